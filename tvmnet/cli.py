@@ -1,0 +1,331 @@
+"""Command line: parses and validates arguments, calls the library, maps errors to exit codes.
+
+No work happens here: each ``cmd_*`` builds a typed options object and calls a library
+function that never sees an argparse Namespace.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import TvmnetError, UsageError
+
+log = logging.getLogger("tvmnet")
+
+
+def _err(msg: str) -> None:
+    print(f"tvmnet: error: {msg}", file=sys.stderr)
+
+
+def _say(msg: str) -> None:
+    print(f"[tvmnet] {msg}", file=sys.stderr, flush=True)
+
+
+def _model_config(args, batch: int = 1):
+    from .config import ModelConfig
+
+    return ModelConfig(alpha=args.alpha, resolution=args.resolution, num_classes=args.num_classes, batch=batch,
+                       weights=args.weights, seed=args.seed)
+
+
+def _add_model_args(p, defaults=True):
+    p.add_argument("--alpha", type=float, default=1.0, help="width multiplier in (0, 1] (default 1.0)")
+    p.add_argument("--resolution", type=int, default=224, help="input size, a multiple of 32 (default 224)")
+    p.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)")
+    p.add_argument("--weights", type=Path, help="PyTorch state_dict checkpoint (default: seeded initialisation)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation without --weights (default 0)")
+
+
+# --------------------------------------------------------------------------------------------- commands
+
+def cmd_info(args) -> int:
+    from .info import format_table, model_info
+
+    info = model_info(_model_config(args))
+    print(json.dumps(info, indent=2) if args.json else format_table(info))
+    return 0
+
+
+def cmd_targets(args) -> int:
+    from .targets import load_target, preset_names
+
+    for name in preset_names():
+        spec = load_target(name)
+        needs = f"; needs {spec.cross_compiler}" if spec.cross_compiler else ("; needs nvcc" if spec.device == "cuda" else "")
+        print(f"{name:<12} {spec.arch:<8} {spec.device:<5} {spec.description}{needs}")
+        if args.verbose_targets:
+            print(f"{'':<12} {json.dumps(spec.target)}")
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from .compiler import CompileOptions, compile_model
+    from .targets import load_target
+
+    if args.tuning_log and args.no_tuning_log:
+        raise UsageError("--tuning-log and --no-tuning-log exclude each other; pass one")
+    spec = load_target(args.target)
+    model = _model_config(args, batch=args.batch)
+    tuning_log = None if args.no_tuning_log else (args.tuning_log or "auto")
+    opts = CompileOptions(model=model, target=spec, output=args.output, onnx=args.onnx, tuning_log=tuning_log,
+                          gemm=not args.no_gemm)
+    for line in opts.display().splitlines():
+        _say(line)
+    t0 = time.perf_counter()
+    art = compile_model(opts, progress=_say)
+    tun = art.metadata["tuning"]
+    if tun["kernels_tuned"] == 0 and spec.is_cpu:
+        _say(f"warning: no tuned records for these kernels, so the code is naive and slow; run "
+             f"`tvmnet tune --target {spec.name} --alpha {model.alpha:g} --resolution {model.resolution}` first")
+    elif tun["kernels_tuned"] < tun["kernels_total"]:
+        _say(f"note: {tun['kernels_total'] - tun['kernels_tuned']} of {tun['kernels_total']} kernels have no tuned record")
+    print(f"compiled {art.summary()} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _report(report, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print("\n".join(report.lines()))
+    if not report.ok:
+        _err("validation failed: " + "; ".join(report.failures))
+        return 7
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .artifact import load_artifact
+    from .reference import Reference
+    from .validate import compare
+
+    art = load_artifact(args.artifact)
+    if args.rpc or args.tracker:
+        from . import rpc
+
+        with rpc.open_remote(art, rpc.endpoint_from_args(args), say=_say) as session:
+            report = compare(session.run, Reference(art), art, args.samples, args.rtol, args.atol, args.seed,
+                             where=session.where)
+        return _report(report, args.json)
+    from .runner import open_local
+
+    session = open_local(art)
+    report = compare(session.run, Reference(art), art, args.samples, args.rtol, args.atol, args.seed,
+                     where=str(session.device))
+    return _report(report, args.json)
+
+
+def cmd_tune(args) -> int:
+    from .targets import load_target
+    from .tuning import RpcConfig, TuneOptions, tune_model
+
+    spec = load_target(args.target)
+    rpc_cfg = None
+    if args.tracker or args.rpc:
+        if args.tracker and not args.key:
+            raise UsageError("--tracker needs --key (the key the boards registered under)")
+        rpc_cfg = RpcConfig(tracker=args.tracker, key=args.key, server=args.rpc, timeout=args.connect_timeout)
+    opts = TuneOptions(model=_model_config(args), target=spec, trials=args.trials, per_task=args.per_task,
+                       log_dir=args.log_dir, repeats=args.repeats, number=args.number, timeout=args.timeout,
+                       seed=args.seed, rpc=rpc_cfg, progress=not args.no_progress)
+    for line in opts.display().splitlines():
+        _say(line)
+    res = tune_model(opts, say=_say)
+    est = f"{res.estimate_ms:.3f} ms" if res.estimate_ms is not None else "n/a (some tasks untuned)"
+    status = "interrupted; records kept, rerun the same command to resume" if res.interrupted else "done"
+    print(f"tuning {status}: {res.trials_run} new trials in {res.seconds:.0f} s ({res.trials_per_minute:.1f}/min), "
+          f"{res.failed} failed; {res.trials_before} measured before; estimated latency {est}; database {res.database}")
+    return 130 if res.interrupted else 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import BenchOptions, run_bench
+
+    opts = BenchOptions(artifact=args.artifact, threads=args.threads, rounds=args.rounds, runs=args.runs,
+                        warmup=args.warmup, engines=tuple(args.engines.split(",")))
+    res = run_bench(opts, say=_say)
+    print(res.table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(res.to_json(), indent=2) + "\n")
+        _say(f"figures written to {args.json}")
+    return 0
+
+
+def cmd_export_onnx(args) -> int:
+    from .frontend import export_onnx
+    from .models import build_model
+
+    cfg = _model_config(args, batch=args.batch)
+    path = export_onnx(build_model(cfg), cfg.input_shape, args.output)
+    print(f"wrote {path} ({cfg.display()})")
+    return 0
+
+
+def cmd_deploy(args) -> int:
+    from . import rpc
+    from .artifact import load_artifact
+
+    art = load_artifact(args.artifact)
+    report, timing, where, seconds = rpc.deploy(art, rpc.endpoint_from_args(args), samples=args.samples, rtol=args.rtol,
+                                                atol=args.atol, seed=args.seed, runs=args.runs, say=_say)
+    print("\n".join(report.lines()))
+    print(f"device timing on {where}: {timing}")
+    print(f"deploy round trip (upload, load, validate, time): {seconds:.1f} s")
+    if not report.ok:
+        _err("validation failed: " + "; ".join(report.failures))
+        return 7
+    return 0
+
+
+def cmd_emulator(args) -> int:
+    from . import emulator
+
+    if args.action == "start":
+        info = emulator.start(board=args.board, host=args.host, port=args.port, tracker=args.tracker, key=args.key,
+                              say=_say)
+        print(info)
+    elif args.action == "stop":
+        print(emulator.stop(board=args.board, port=args.port))
+    else:
+        print(emulator.status())
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- parser
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer")
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
+    return v
+
+
+def _add_tolerances(p):
+    from .validate import DEFAULT_ATOL, DEFAULT_RTOL
+
+    p.add_argument("--samples", type=_positive_int, default=4, help="seeded inputs to compare (default 4)")
+    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (default {DEFAULT_RTOL:g})")
+    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
+
+
+def _add_remote(p, required=False):
+    g = p.add_argument_group("remote device (TVM RPC)")
+    g.add_argument("--rpc", metavar="HOST:PORT", help="an RPC server (a board, or `tvmnet emulator`)")
+    g.add_argument("--tracker", metavar="HOST:PORT", help="an RPC tracker; needs --key")
+    g.add_argument("--key", help="device key at the tracker")
+    g.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to wait for the device (default 30)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tvmnet", description="MobileNet v1 from PyTorch to tuned machine code via Apache TVM")
+    p.add_argument("--version", action="version", version=f"tvmnet {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and debug logs")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("info", help="per-layer shapes, mult-adds and parameters")
+    _add_model_args(s)
+    s.add_argument("--json", action="store_true", help="print JSON (top-level integer keys macs and params)")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("targets", help="list the target presets")
+    s.add_argument("--json-dicts", dest="verbose_targets", action="store_true", help="also print each TVM target dict")
+    s.set_defaults(func=cmd_targets)
+
+    s = sub.add_parser("compile", help="build a deployable artifact directory")
+    _add_model_args(s)
+    s.add_argument("--target", default="x86", help="preset name, JSON file or inline JSON dict (default x86: this host)")
+    s.add_argument("-o", "--output", type=Path, default=Path("build"), help="artifact directory (default build/)")
+    s.add_argument("--onnx", type=Path, help="compile this ONNX model instead of the zoo model")
+    s.add_argument("--batch", type=_positive_int, default=1, help="batch size (default 1)")
+    s.add_argument("--tuning-log", type=Path, help="MetaSchedule database directory (default tuning_logs/<target>/)")
+    s.add_argument("--no-tuning-log", action="store_true", help="ignore tuning logs (untuned build)")
+    s.add_argument("--no-gemm", action="store_true", help="keep 1x1 convolutions as conv2d (no GEMM lowering)")
+    s.set_defaults(func=cmd_compile)
+
+    s = sub.add_parser("validate", help="run an artifact and compare it with PyTorch")
+    s.add_argument("artifact", type=Path)
+    _add_tolerances(s)
+    _add_remote(s)
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("tune", help="tune the kernels with MetaSchedule (resumable)")
+    _add_model_args(s)
+    s.add_argument("--target", default="x86", help="preset name, JSON file or inline JSON dict (default x86)")
+    s.add_argument("--trials", type=_positive_int, default=2000, help="total measured trials for this model (default 2000)")
+    s.add_argument("--per-task", type=_positive_int, help="cap per kernel (default trials / tasks, at least 8)")
+    s.add_argument("--log-dir", type=Path, help="root of the databases (default tuning_logs/); uses <log-dir>/<target>/")
+    s.add_argument("--repeats", type=_positive_int, default=3, help="measurement repeats per candidate (default 3)")
+    s.add_argument("--number", type=_positive_int, default=10, help="runs per repeat (default 10)")
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds per candidate run (default 30)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_remote(s)
+    s.set_defaults(func=cmd_tune)
+
+    s = sub.add_parser("bench", help="latency of the artifact vs PyTorch eager and ONNX Runtime")
+    s.add_argument("artifact", type=Path)
+    s.add_argument("--threads", type=_positive_int, help="threads for every engine (default: the target's cores)")
+    s.add_argument("--rounds", type=_positive_int, default=5, help="interleaved rounds (default 5)")
+    s.add_argument("--runs", type=_positive_int, default=20, help="timed runs per engine per round (default 20)")
+    s.add_argument("--warmup", type=_positive_int, default=10, help="warm-up runs per engine (default 10)")
+    s.add_argument("--engines", default="tvmnet,pytorch,onnxruntime", help="comma-separated engines")
+    s.add_argument("--json", metavar="FILE", help="write the figures to FILE")
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("export-onnx", help="export the zoo model to ONNX")
+    _add_model_args(s)
+    s.add_argument("--batch", type=_positive_int, default=1)
+    s.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
+    s.set_defaults(func=cmd_export_onnx)
+
+    s = sub.add_parser("deploy", help="upload an artifact to a board over RPC, validate and time it there")
+    s.add_argument("artifact", type=Path)
+    _add_tolerances(s)
+    _add_remote(s)
+    s.add_argument("--runs", type=_positive_int, default=10, help="timed repeats on the device (default 10)")
+    s.set_defaults(func=cmd_deploy)
+
+    s = sub.add_parser("emulator", help="an emulated board (qemu-user) running TVM's RPC server")
+    s.add_argument("action", choices=["start", "stop", "status"])
+    s.add_argument("--board", default="rpi4", help="board to emulate (default rpi4)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    s.add_argument("--port", type=int, default=9090, help="RPC port (default 9090)")
+    s.add_argument("--tracker", metavar="HOST:PORT", help="register at this tracker instead of serving directly")
+    s.add_argument("--key", help="key to register under at the tracker (default: the board name)")
+    s.set_defaults(func=cmd_emulator)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except TvmnetError as err:
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        _err(str(err))
+        return err.exit_code
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except Exception as err:  # an internal error: still one line unless --verbose
+        if args.verbose:
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+        _err(f"internal error ({type(err).__name__}: {first}); rerun with --verbose and report it")
+        return 1

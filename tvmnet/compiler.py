@@ -1,0 +1,187 @@
+"""``compile_model``: model (zoo or ONNX) -> passes -> build for a target -> artifact dir."""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+from . import __version__
+from .artifact import FORMAT, LIBRARY, METADATA, Artifact, is_artifact_dir
+from .config import ModelConfig
+from .errors import ArtifactError, ToolchainError, TvmnetError
+from .targets import TargetSpec
+
+log = logging.getLogger(__name__)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """What to compile and how."""
+
+    model: ModelConfig
+    target: TargetSpec
+    output: Path
+    onnx: Optional[Path] = None
+    tuning_log: Union[Path, str, None] = "auto"   # "auto": tuning_logs/<target>/ if present; None: no tuning
+    gemm: bool = True
+
+    def display(self) -> str:
+        src = f"ONNX {self.onnx}" if self.onnx else self.model.display()
+        return f"{src}\ntarget: {self.target.name} ({self.target.description})\noutput: {self.output}"
+
+
+def import_model(model: ModelConfig, onnx: Optional[Path] = None):
+    """Returns (Relax IRModule, input name, input shape, model metadata dict)."""
+    from . import frontend
+
+    if onnx is not None:
+        mod, shape, name = frontend.from_onnx(onnx)
+        info = {"source": "onnx", "onnx": str(Path(onnx).resolve()), "onnx_sha256": sha256(Path(onnx)),
+                "alpha": None, "resolution": shape[2], "num_classes": None, "seed": None}
+        return mod, name, shape, info
+    from .models import build_model
+
+    torch_model = build_model(model)
+    mod = frontend.from_torch(torch_model, model.input_shape)
+    info = {"source": "zoo", "alpha": model.alpha, "resolution": model.resolution, "num_classes": model.num_classes,
+            "seed": model.seed, "weights": str(model.weights.resolve()) if model.weights else None,
+            "weights_sha256": sha256(model.weights) if model.weights else None}
+    return mod, "x", model.input_shape, info
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse to write into a directory holding something other than a tvmnet artifact."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"output {out} is a file; pass -o with a new or empty directory")
+    if out.is_dir() and any(out.iterdir()) and not is_artifact_dir(out):
+        raise ArtifactError(f"output directory {out} holds other files and is not a tvmnet artifact; "
+                            "pass -o with a new or empty directory (nothing was written)")
+
+
+def export(ex, spec: TargetSpec, path: Path) -> None:
+    """Export a built executable as a shared library, cross-compiled where the target says so."""
+    if spec.cross_compiler:
+        from tvm.support import cc
+
+        ex.export_library(str(path), fcompile=cc.cross_compiler(spec.cross_compiler))
+    else:
+        ex.export_library(str(path))
+
+
+def elf_machine(path: Path) -> str:
+    """ELF e_machine of a shared library, as an architecture name."""
+    data = Path(path).read_bytes()[:20]
+    if data[:4] != b"\x7fELF":
+        return "unknown"
+    code = int.from_bytes(data[18:20], "little" if data[5] == 1 else "big")
+    return {62: "x86_64", 183: "aarch64", 40: "arm", 3: "x86"}.get(code, f"elf-{code}")
+
+
+def compile_model(opts: CompileOptions, progress=None) -> Artifact:
+    """Build ``opts.model`` for ``opts.target`` into the artifact directory ``opts.output``.
+
+    Writes into a temporary directory first and swaps it in at the end, so a failed build
+    never destroys an earlier artifact.
+    """
+    import tvm
+
+    from . import tuning
+    from .passes import pipeline
+
+    spec, out = opts.target, Path(opts.output)
+    say = progress or (lambda msg: log.info(msg))
+    check_output_dir(out)
+    spec.check_toolchain()
+    t0 = time.perf_counter()
+
+    say("importing model")
+    mod, input_name, input_shape, model_info = import_model(opts.model, opts.onnx)
+    say("running graph passes (fold BatchNorm, pointwise conv -> GEMM) and lowering to TIR")
+    mod = pipeline.lower_to_tir(mod, spec, gemm=opts.gemm)
+    kernels = pipeline.tir_kernels(mod)
+
+    database, log_path = tuning.open_database_for_compile(spec, opts.tuning_log)
+    tuned = tuning.count_tuned(mod, spec, database) if database is not None else 0
+    say(f"scheduling {len(kernels)} kernels ({tuned} from tuning log {log_path})" if database is not None
+        else f"scheduling {len(kernels)} kernels (no tuning log)")
+    mod = pipeline.finalize(mod, spec, database)
+
+    say(f"building for {spec.name}" + (f" with {spec.cross_compiler}" if spec.cross_compiler else ""))
+    try:
+        ex = tvm.compile(mod, target=spec.tvm_target())
+    except TvmnetError:
+        raise
+    except Exception as err:
+        raise ToolchainError(f"TVM failed to build for {spec.name}: {str(err).strip().splitlines()[-1]}; "
+                             "run with --verbose for the trace") from err
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        lib = staging / LIBRARY
+        export(ex, spec, lib)
+        machine = elf_machine(lib)
+        if machine != spec.arch:
+            raise ToolchainError(f"built library is {machine}, expected {spec.arch}; check the target's cross_compiler")
+        out_shape = _output_shape(mod)
+        meta = {
+            "format": FORMAT,
+            "tvmnet_version": __version__,
+            "tvm_version": tvm.__version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "build_host": {"machine": platform.machine(), "python": sys.version.split()[0]},
+            "target": spec.to_json(),
+            "model": model_info,
+            "input": {"name": input_name, "shape": list(input_shape), "dtype": "float32"},
+            "output": {"shape": list(out_shape), "dtype": "float32"},
+            "library": LIBRARY,
+            "library_elf_machine": machine,
+            "passes": ["FoldBatchNorm"] + (["PointwiseToGemm"] if opts.gemm else []),
+            "tuning": {"log": str(log_path) if log_path else None, "kernels_total": len(kernels),
+                       "kernels_tuned": tuned},
+            "compile_seconds": round(time.perf_counter() - t0, 2),
+        }
+        (staging / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
+        _swap_in(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Artifact(out, meta)
+
+
+def _output_shape(mod) -> tuple:
+    from tvm import relax
+
+    ty = mod["main"].ret_ty
+    while isinstance(ty, relax.TupleType):
+        ty = ty.fields[0]
+    return tuple(int(d) for d in ty.shape)
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out)

@@ -1,0 +1,102 @@
+"""The compile pipeline, in phases, in one place.
+
+Phase 1 ``graph``: graph-level rewrites on Relax (BN folding, pointwise conv -> GEMM).
+Phase 2 ``lower``: legalize to TIR and fuse (conv/matmul + bias + ReLU become one kernel).
+   The module after this phase is what MetaSchedule tunes; tuning and compile share it, so
+   database records always match the kernels that get built.
+Phase 3 ``schedule``: apply tuned records from the database; default GPU schedules (dlight)
+   for CUDA kernels without records; weight pre-packing for tuned CPU kernels.
+
+A pass that does not apply to a target is an empty ``Sequential([])``, not an ``if``.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Optional
+
+import tvm
+from tvm import relax
+from tvm.relax import transform as T
+
+from .fold_batchnorm import FoldBatchNorm
+from .pointwise_to_gemm import PointwiseToGemm
+
+log = logging.getLogger(__name__)
+
+_EMPTY = tvm.transform.Sequential([])
+
+
+def graph_passes(gemm: bool = True) -> tvm.transform.Pass:
+    return tvm.transform.Sequential([
+        FoldBatchNorm(),
+        T.FoldConstant(),
+        PointwiseToGemm() if gemm else _EMPTY,
+        T.DecomposeOpsForInference(),   # any batch_norm not after a conv
+        T.CanonicalizeBindings(),
+        T.FoldConstant(),
+    ], name="tvmnet.graph")
+
+
+def lower_passes(is_cpu: bool) -> tvm.transform.Pass:
+    return tvm.transform.Sequential([
+        T.LegalizeOps(),
+        T.AnnotateTIROpPattern(),
+        T.FoldConstant(),
+        T.FuseOps(),
+        T.FuseTIR(),
+        T.DeadCodeElimination(),
+        T.AttachAttrLayoutFreeBuffers() if is_cpu else _EMPTY,
+    ], name="tvmnet.lower")
+
+
+def lower_to_tir(mod: tvm.IRModule, spec, gemm: bool = True) -> tvm.IRModule:
+    """Phases 1 and 2: the fused TIR module that tuning and compile both start from."""
+    with spec.tvm_target():
+        mod = graph_passes(gemm)(mod)
+        log.debug("graph phase: %s", op_counts(mod))
+        mod = lower_passes(spec.is_cpu)(mod)
+    return mod
+
+
+def _gpu_default_schedule() -> tvm.transform.Pass:
+    from tvm.s_tir import dlight as dl
+
+    return dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                   dl.gpu.GeneralReduction(), dl.gpu.Fallback())
+
+
+def finalize(mod: tvm.IRModule, spec, database=None) -> tvm.IRModule:
+    """Phase 3: apply tuned records (if any), default GPU schedules, CPU weight pre-packing."""
+    from tvm.s_tir import meta_schedule as ms
+
+    seq = tvm.transform.Sequential([
+        T.MetaScheduleApplyDatabase(enable_warning=False) if database is not None else _EMPTY,
+        _gpu_default_schedule() if not spec.is_cpu else _EMPTY,
+        tvm.transform.Sequential([T.SplitLayoutRewritePreproc(), T.LiftTransformParams(), T.FoldConstant()])
+        if spec.is_cpu and database is not None else _EMPTY,
+    ], name="tvmnet.schedule")
+    with spec.tvm_target():
+        if database is not None:
+            with database:
+                return seq(mod)
+        return seq(mod)
+
+
+def op_counts(mod: tvm.IRModule) -> Counter:
+    """Count Relax operator calls (e.g. ``relax.nn.batch_norm``) in every Relax function."""
+    counts: Counter = Counter()
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+            counts[expr.op.name] += 1
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return counts
+
+
+def tir_kernels(mod: tvm.IRModule) -> list:
+    """Names of the TIR kernels (PrimFuncs) in a lowered module."""
+    return sorted(g.name_hint for g, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc))

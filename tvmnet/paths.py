@@ -1,0 +1,10 @@
+"""Where tvmnet's data folders live (the repository root: targets/, tuning_logs/)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(os.environ.get("TVMNET_HOME", Path(__file__).resolve().parent.parent))
+TARGETS_DIR = ROOT / "targets"
+TUNING_LOGS_DIR = ROOT / "tuning_logs"
+CACHE_DIR = Path(os.environ.get("TVMNET_CACHE", Path.home() / ".cache" / "tvmnet"))

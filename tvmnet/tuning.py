@@ -1,0 +1,350 @@
+"""``tune_model``: MetaSchedule (XGBoost cost model, evolutionary search) over the fused TIR
+kernels of the folded, GEMM-lowered graph; one JSON database per target, resumable.
+
+Layout: ``<log_dir>/<target name>/database_workload.json`` and
+``database_tuning_record.json`` (MetaSchedule's own JSON database; its lookups ignore the
+target, apache/tvm #15549, hence one database per target). MetaSchedule's text logs go to
+``~/.cache/tvmnet/tune/<target>/logs``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+from .config import ModelConfig
+from .errors import TuningLogError, UsageError
+from .paths import CACHE_DIR, TUNING_LOGS_DIR
+from .targets import TargetSpec
+
+log = logging.getLogger(__name__)
+
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
+
+
+def database_dir(spec: TargetSpec, log_dir: Optional[Path] = None) -> Path:
+    return Path(log_dir or TUNING_LOGS_DIR) / spec.name
+
+
+def check_database_files(path: Path) -> int:
+    """Validate a database directory without modifying it; returns the number of records."""
+    path = Path(path)
+    wl, rec = path / WORKLOAD_FILE, path / RECORD_FILE
+    if not path.is_dir():
+        raise TuningLogError(f"tuning log {path} is not a directory; pass the directory that holds "
+                             f"{WORKLOAD_FILE} and {RECORD_FILE}, or run `tvmnet tune` to create it")
+    if not wl.is_file() or not rec.is_file():
+        missing = [p.name for p in (wl, rec) if not p.is_file()]
+        raise TuningLogError(f"tuning log {path} lacks {', '.join(missing)}; pass a MetaSchedule JSON database "
+                             "directory, or run `tvmnet tune` to create one")
+    n_workloads = 0
+    for lineno, line in enumerate(wl.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            ok = isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise TuningLogError(f"tuning log {wl} is corrupt or not a MetaSchedule workload file (line {lineno}); "
+                                 "it was left untouched: move it away or pass another --log-dir")
+        n_workloads += 1
+    records = 0
+    for lineno, line in enumerate(rec.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            ok = (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int)
+                  and 0 <= item[0] < n_workloads and isinstance(item[1], list))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise TuningLogError(f"tuning log {rec} is corrupt or not a MetaSchedule record file (line {lineno}); "
+                                 "it was left untouched: move it away or pass another --log-dir")
+        records += 1
+    return records
+
+
+def open_database(path: Path, create: bool = False):
+    from tvm.s_tir import meta_schedule as ms
+
+    path = Path(path)
+    if create and not path.exists():
+        path.mkdir(parents=True)
+        (path / WORKLOAD_FILE).touch()
+        (path / RECORD_FILE).touch()
+    check_database_files(path)
+    try:
+        return ms.database.JSONDatabase(path_workload=str(path / WORKLOAD_FILE),
+                                        path_tuning_record=str(path / RECORD_FILE), allow_missing=False)
+    except Exception as err:
+        raise TuningLogError(f"tuning log {path} cannot be loaded by MetaSchedule ({str(err).strip().splitlines()[-1]}); "
+                             "it was left untouched: move it away or pass another log") from err
+
+
+def open_database_for_compile(spec: TargetSpec, tuning_log: Union[Path, str, None]):
+    """(database or None, its path) for ``compile``: "auto" looks in tuning_logs/<target>/."""
+    if tuning_log is None:
+        return None, None
+    if tuning_log == "auto":
+        path = database_dir(spec)
+        if not (path / RECORD_FILE).is_file():
+            return None, None
+        return open_database(path), path
+    return open_database(Path(tuning_log)), Path(tuning_log)
+
+
+def extract_tasks(mod, spec: TargetSpec):
+    from tvm.s_tir import meta_schedule as ms
+
+    tasks = ms.relax_integration.extract_tasks(mod, spec.tvm_target())
+    return [t for t in tasks if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled", False)]
+
+
+def _best_seconds(db, task, target) -> Optional[float]:
+    rec = db.query_tuning_record(task.dispatched[0], target, task.task_name)
+    if rec is None or not rec.run_secs:
+        return None
+    secs = [float(s) for s in rec.run_secs]
+    return sum(secs) / len(secs)
+
+
+def count_tuned(mod, spec: TargetSpec, db) -> int:
+    """How many of the module's kernels (tuning tasks) have a record in ``db``."""
+    target = spec.tvm_target()
+    return sum(1 for t in extract_tasks(mod, spec) if db.query_tuning_record(t.dispatched[0], target, t.task_name) is not None)
+
+
+def _records_per_task(db, tasks) -> list:
+    counts = []
+    for task in tasks:
+        mod = task.dispatched[0]
+        if db.has_workload(mod):
+            counts.append(len(db.get_top_k(db.commit_workload(mod), 1 << 30)))
+        else:
+            counts.append(0)
+    return counts
+
+
+@dataclass(frozen=True)
+class RpcConfig:
+    """Where candidates run: a tracker + key (many boards) or one server."""
+
+    tracker: Optional[str] = None   # "HOST:PORT"
+    key: Optional[str] = None
+    server: Optional[str] = None    # "HOST:PORT" (no tracker)
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    model: ModelConfig
+    target: TargetSpec
+    trials: int = 2000
+    per_task: Optional[int] = None
+    log_dir: Optional[Path] = None
+    repeats: int = 3
+    number: int = 10
+    timeout: float = 30.0
+    seed: int = 0
+    trials_per_iter: int = 64
+    rpc: Optional[RpcConfig] = None
+    gemm: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.trials < 1:
+            raise UsageError(f"--trials {self.trials} must be at least 1")
+        if self.per_task is not None and self.per_task < 1:
+            raise UsageError(f"--per-task {self.per_task} must be at least 1")
+        if self.repeats < 1 or self.number < 1:
+            raise UsageError("--repeats and --number must be at least 1")
+        if self.timeout <= 0:
+            raise UsageError(f"--timeout {self.timeout} must be positive (seconds)")
+
+    def display(self) -> str:
+        where = "locally"
+        if self.rpc is not None:
+            where = f"on tracker {self.rpc.tracker} key {self.rpc.key}" if self.rpc.tracker else f"on {self.rpc.server}"
+        return (f"{self.model.display()}\ntarget: {self.target.name}; trials {self.trials}"
+                f" (per task {self.per_task or 'auto'}), measured {where}, seed {self.seed}\n"
+                f"database: {database_dir(self.target, self.log_dir)}")
+
+
+@dataclass
+class TuneResult:
+    database: Path
+    tasks: int
+    trials_run: int
+    trials_before: int
+    failed: int
+    seconds: float
+    interrupted: bool
+    estimate_ms: Optional[float]
+    per_task: list = field(default_factory=list)
+
+    @property
+    def trials_per_minute(self) -> float:
+        return self.trials_run / (self.seconds / 60) if self.seconds > 0 else 0.0
+
+
+def _make_runner(opts: TuneOptions):
+    from tvm.s_tir import meta_schedule as ms
+
+    evaluator = ms.runner.EvaluatorConfig(number=opts.number, repeat=opts.repeats, min_repeat_ms=0,
+                                          enable_cpu_cache_flush=opts.target.is_cpu)
+    if opts.rpc is None:
+        return ms.runner.LocalRunner(timeout_sec=opts.timeout, evaluator_config=evaluator)
+    from .rpc import make_rpc_runner
+
+    return make_rpc_runner(opts.rpc, evaluator, opts.timeout)
+
+
+class _Progress:
+    """MetaSchedule measure callback: progress bar, failures, end-to-end estimate."""
+
+    def __init__(self, tasks, weights, target, db, budget, before_ms, enabled):
+        from tqdm import tqdm
+
+        self.tasks, self.weights, self.target = tasks, weights, target
+        self.best = [None] * len(tasks)
+        for i, t in enumerate(tasks):
+            self.best[i] = _best_seconds(db, t, target)
+        self.done = 0
+        self.failed = 0
+        self.bar = tqdm(total=budget, unit="trial", file=sys.stderr, disable=not enabled, dynamic_ncols=True,
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}] {postfix}")
+        self._post()
+
+    def estimate_ms(self) -> Optional[float]:
+        if any(b is None for b in self.best):
+            known = [w * b for w, b in zip(self.weights, self.best) if b is not None]
+            return None if not known else None
+        return 1e3 * sum(w * b for w, b in zip(self.weights, self.best))
+
+    def _post(self):
+        est = self.estimate_ms()
+        self.bar.set_postfix_str(f"est. {est:.2f} ms" if est is not None else "est. n/a (untuned tasks)")
+
+    def update(self, task_id, runner_results, builder_results):
+        n = len(runner_results)
+        for b, r in zip(builder_results, runner_results):
+            if b.error_msg or r.error_msg or not r.run_secs:
+                self.failed += 1
+                continue
+            secs = [float(s) for s in r.run_secs]
+            mean = sum(secs) / len(secs)
+            if self.best[task_id] is None or mean < self.best[task_id]:
+                self.best[task_id] = mean
+        self.done += n
+        self.bar.update(n)
+        self._post()
+
+    def close(self):
+        self.bar.close()
+
+
+def _callback(progress: _Progress):
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.utils import derived_object
+
+    @derived_object
+    class ProgressCallback(ms.measure_callback.PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            progress.update(task_id, runner_results, builder_results)
+
+    return ProgressCallback()
+
+
+def prepare_tasks(opts: TuneOptions):
+    """Import, pass, lower; returns (lowered module, extracted tasks)."""
+    from .compiler import import_model
+    from .passes import pipeline
+
+    mod, *_ = import_model(opts.model)
+    mod = pipeline.lower_to_tir(mod, opts.target, gemm=opts.gemm)
+    return mod, extract_tasks(mod, opts.target)
+
+
+def tune_model(opts: TuneOptions, say=print) -> TuneResult:
+    """Tune (or resume tuning) the model's kernels into the target's database."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from .builder_fix import make_builder
+
+    spec = opts.target
+    db_path = database_dir(spec, opts.log_dir)
+    spec.check_toolchain()
+    db = open_database(db_path, create=True)
+    target = spec.tvm_target()
+
+    say("extracting tuning tasks")
+    _, tasks = prepare_tasks(opts)
+    weights = [float(t.weight) for t in tasks]
+    per_task = opts.per_task or max(8, math.ceil(opts.trials / max(1, len(tasks))))
+    existing = _records_per_task(db, tasks)
+    before = sum(min(c, per_task) for c in existing)
+    todo = [i for i, c in enumerate(existing) if c < per_task]
+    budget = max(0, opts.trials - before)
+    say(f"{len(tasks)} tasks, per-task cap {per_task}; {before} trials already in {db_path}; "
+        f"{budget} to run over {len(todo)} unfinished tasks")
+    result = TuneResult(db_path, len(tasks), 0, before, 0, 0.0, False, None)
+    progress = _Progress(tasks, weights, target, db, budget, before, opts.progress)
+    if budget == 0 or not todo:
+        progress.close()
+        result.estimate_ms = progress.estimate_ms()
+        say("nothing to do: the budget is already spent (raise --trials to tune further)")
+        return result
+
+    work_dir = CACHE_DIR / "tune" / spec.name
+    work_dir.mkdir(parents=True, exist_ok=True)
+    sub_tasks = [tasks[i] for i in todo]
+    contexts, ctx_weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        sub_tasks, str(work_dir), space="post-order-apply", strategy="evolutionary", seed=opts.seed)
+    cost_model = ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(), adaptive_training=True,
+                                        num_tuning_cores=None)
+    callbacks = ms.measure_callback.MeasureCallback.create("default") + [_callback(_SubProgress(progress, todo))]
+    builder = make_builder(spec)
+    runner = _make_runner(opts)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    t0 = time.perf_counter()
+    try:
+        ms.tune.tune_tasks(tasks=contexts, task_weights=ctx_weights, work_dir=str(work_dir),
+                           max_trials_global=budget, max_trials_per_task=per_task,
+                           num_trials_per_iter=min(opts.trials_per_iter, per_task), builder=builder, runner=runner,
+                           database=db, cost_model=cost_model, measure_callbacks=callbacks, task_scheduler="gradient")
+    except KeyboardInterrupt:
+        result.interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        progress.close()
+    result.seconds = time.perf_counter() - t0
+    result.trials_run = progress.done
+    result.failed = progress.failed
+    result.estimate_ms = progress.estimate_ms()
+    result.per_task = [(t.task_name, w, b) for t, w, b in zip(tasks, weights, progress.best)]
+    return result
+
+
+class _SubProgress:
+    """Maps the task ids of the unfinished subset back to the full task list."""
+
+    def __init__(self, progress, todo):
+        self.progress, self.todo = progress, todo
+
+    def update(self, task_id, runner_results, builder_results):
+        self.progress.update(self.todo[task_id], runner_results, builder_results)
