@@ -1,11 +1,15 @@
-"""Fix for MetaSchedule's builder on small machines (every build times out out of the box).
+"""MetaSchedule builder that works on small machines (out of the box every build times out).
 
-``default_build`` runs ``import tvm.s_tir.tensor_intrin`` in every builder worker; that
-package imports the intrinsics of every backend (CUDA alone ~23 s on a 2-core machine,
-35-47 s in all), and ``LocalBuilder`` restarts its worker pool for each batch with a 30 s
-timeout, so every candidate fails to build. The worker initializer below registers a light
-``tvm.s_tir.tensor_intrin`` package in ``sys.modules`` that loads only the intrinsics of the
-target being tuned, before ``default_build`` asks for the package.
+Two problems, both in ``LocalBuilder``:
+
+1. ``default_build`` runs ``import tvm.s_tir.tensor_intrin`` in every builder worker; that
+   package imports the intrinsics of every backend (CUDA alone ~23 s on a 2-core machine,
+   35-47 s in all) and the build times out at 30 s, so every candidate fails.
+   Fix: the worker initializer registers a light ``tvm.s_tir.tensor_intrin`` package in
+   ``sys.modules`` that loads only the target's intrinsics.
+2. ``LocalBuilder`` starts a new worker pool for every batch (each worker pays ``import tvm``,
+   ~4 s), which dominates small batches. Fix: ``PersistentBuilder`` keeps one pool for the
+   whole tuning run and restarts it only after a worker dies.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import sys
 import types
 from functools import partial
 
-_INTRIN_MODULES = {"x86": ("x86",), "arm": ("arm_cpu",), "cuda": ("cuda",), "llvm": ()}
+_INTRIN_MODULES = {"x86": ("x86",), "arm": ("arm_cpu",), "cuda": ("cuda",)}
 
 
 def _install_light_tensor_intrin(families: tuple) -> None:
@@ -23,9 +27,8 @@ def _install_light_tensor_intrin(families: tuple) -> None:
         return
     import tvm.s_tir as s_tir
 
-    real_dir = [str(p) for p in s_tir.__path__]
     pkg = types.ModuleType(name)
-    pkg.__path__ = [d + "/tensor_intrin" for d in real_dir]
+    pkg.__path__ = [d + "/tensor_intrin" for d in s_tir.__path__]
     pkg.__package__ = name
     sys.modules[name] = pkg
     s_tir.tensor_intrin = pkg
@@ -44,14 +47,64 @@ def intrin_families(spec) -> tuple:
 
 
 def worker_initializer(spec):
-    """A picklable initializer for ``LocalBuilder(initializer=...)``."""
+    """A picklable initializer for builder worker processes."""
     return partial(_install_light_tensor_intrin, intrin_families(spec))
 
 
-def make_builder(spec, max_workers=None, timeout_sec: float = 60.0):
+def export_shared(rt_mod, cross_compiler=None) -> str:
+    """Export a candidate as a shared library (cross-compiled for ARM) for RPC runners."""
+    import os
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(), "tvm_tmp_mod.so")
+    if cross_compiler:
+        from tvm.support import cc
+
+        rt_mod.export_library(path, fcompile=cc.cross_compiler(cross_compiler))
+    else:
+        rt_mod.export_library(path)
+    return path
+
+
+def make_builder(spec, max_workers=None, timeout_sec: float = 60.0, shared_library: bool = False):
+    from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.builder import local_builder as lb
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
     from .targets import host_cores
 
-    return ms.builder.LocalBuilder(max_workers=max_workers or host_cores(), timeout_sec=timeout_sec,
-                                   initializer=worker_initializer(spec))
+    workers = max_workers or host_cores()
+    initializer = worker_initializer(spec)
+    f_export = partial(export_shared, cross_compiler=spec.cross_compiler) if (shared_library or spec.cross_compiler) else None
+
+    @derived_object
+    class PersistentBuilder(ms.builder.PyBuilder):
+        def __init__(self):
+            super().__init__()
+            self.pool = None
+
+        def _pool(self):
+            if self.pool is None:
+                self.pool = PopenPoolExecutor(max_workers=workers, timeout=timeout_sec, initializer=initializer)
+            return self.pool
+
+        def build(self, build_inputs):
+            results = []
+            pool = self._pool()
+            broken = False
+            jobs = [(None, f_export, b.mod, b.target, lb._serialize_params(b.params)) for b in build_inputs]
+            for res in pool.map_with_error_catching(lambda x: lb._worker_func(*x), jobs):
+                if res.status == StatusKind.COMPLETE:
+                    results.append(ms.builder.BuilderResult(res.value, None))
+                elif res.status == StatusKind.TIMEOUT:
+                    broken = True
+                    results.append(ms.builder.BuilderResult(None, f"build timed out after {timeout_sec} s"))
+                else:
+                    results.append(ms.builder.BuilderResult(None, "build failed:\n" + str(res.value)))
+            if broken:  # a killed worker: start afresh next time
+                pool.shutdown()
+                self.pool = None
+            return results
+
+    return PersistentBuilder()

@@ -132,7 +132,8 @@ def cmd_tune(args) -> int:
         rpc_cfg = RpcConfig(tracker=args.tracker, key=args.key, server=args.rpc, timeout=args.connect_timeout)
     opts = TuneOptions(model=_model_config(args), target=spec, trials=args.trials, per_task=args.per_task,
                        log_dir=args.log_dir, repeats=args.repeats, number=args.number, timeout=args.timeout,
-                       seed=args.seed, rpc=rpc_cfg, progress=not args.no_progress)
+                       seed=args.seed, rpc=rpc_cfg, progress=not args.no_progress, kernels=args.kernels,
+                       population=args.population)
     for line in opts.display().splitlines():
         _say(line)
     res = tune_model(opts, say=_say)
@@ -268,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=_positive_int, default=3, help="measurement repeats per candidate (default 3)")
     s.add_argument("--number", type=_positive_int, default=10, help="runs per repeat (default 10)")
     s.add_argument("--timeout", type=float, default=30.0, help="seconds per candidate run (default 30)")
+    s.add_argument("--kernels", metavar="SUBSTRING", help="only tune kernels whose name contains this (e.g. matmul)")
+    s.add_argument("--population", type=_positive_int, default=512,
+                   help="evolutionary search population (default 512; smaller is faster and worse)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_remote(s)
     s.set_defaults(func=cmd_tune)

@@ -161,6 +161,8 @@ class TuneOptions:
     rpc: Optional[RpcConfig] = None
     gemm: bool = True
     progress: bool = True
+    kernels: Optional[str] = None        # only tune kernels whose name contains this
+    population: int = 512                # evolutionary search population (smaller: faster, worse)
 
     def __post_init__(self):
         if self.trials < 1:
@@ -256,7 +258,7 @@ class _Progress:
 
 def _callback(progress: _Progress):
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.utils import derived_object
+    from tvm.ir.utils import derived_object
 
     @derived_object
     class ProgressCallback(ms.measure_callback.PyMeasureCallback):
@@ -290,6 +292,11 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
 
     say("extracting tuning tasks")
     _, tasks = prepare_tasks(opts)
+    if opts.kernels:
+        tasks = [t for t in tasks if opts.kernels in t.task_name]
+        if not tasks:
+            raise UsageError(f"no kernel name contains {opts.kernels!r}; kernels are named like "
+                             "fused_matmul_add1_relu11 or fused_conv2d1_add_relu1")
     weights = [float(t.weight) for t in tasks]
     per_task = opts.per_task or max(8, math.ceil(opts.trials / max(1, len(tasks))))
     existing = _records_per_task(db, tasks)
@@ -310,7 +317,8 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
     work_dir.mkdir(parents=True, exist_ok=True)
     sub_tasks = [tasks[i] for i in todo]
     contexts, ctx_weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        sub_tasks, str(work_dir), space="post-order-apply", strategy="evolutionary", seed=opts.seed)
+        sub_tasks, str(work_dir), space="post-order-apply",
+        strategy=ms.search_strategy.EvolutionarySearch(population_size=opts.population), seed=opts.seed)
     cost_model = ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(), adaptive_training=True,
                                         num_tuning_cores=None)
     callbacks = ms.measure_callback.MeasureCallback.create("default") + [_callback(_SubProgress(progress, todo))]

@@ -45,6 +45,7 @@ def lower_passes(is_cpu: bool) -> tvm.transform.Pass:
         T.FoldConstant(),
         T.FuseOps(),
         T.FuseTIR(),
+        T.RewriteDataflowReshape(),     # reshape kernels -> free views, so they are not tuned
         T.DeadCodeElimination(),
         T.AttachAttrLayoutFreeBuffers() if is_cpu else _EMPTY,
     ], name="tvmnet.lower")
@@ -70,13 +71,13 @@ def finalize(mod: tvm.IRModule, spec, database=None) -> tvm.IRModule:
     """Phase 3: apply tuned records (if any), default GPU schedules, CPU weight pre-packing."""
     from tvm.s_tir import meta_schedule as ms
 
-    seq = tvm.transform.Sequential([
-        T.MetaScheduleApplyDatabase(enable_warning=False) if database is not None else _EMPTY,
-        _gpu_default_schedule() if not spec.is_cpu else _EMPTY,
-        tvm.transform.Sequential([T.SplitLayoutRewritePreproc(), T.LiftTransformParams(), T.FoldConstant()])
-        if spec.is_cpu and database is not None else _EMPTY,
-    ], name="tvmnet.schedule")
     with spec.tvm_target():
+        seq = tvm.transform.Sequential([
+            T.MetaScheduleApplyDatabase(enable_warning=False) if database is not None else _EMPTY,
+            _gpu_default_schedule() if not spec.is_cpu else _EMPTY,
+            tvm.transform.Sequential([T.SplitLayoutRewritePreproc(), T.LiftTransformParams(), T.FoldConstant()])
+            if spec.is_cpu and database is not None else _EMPTY,
+        ], name="tvmnet.schedule")
         if database is not None:
             with database:
                 return seq(mod)
