@@ -79,7 +79,9 @@ def cmd_compile(args) -> int:
     t0 = time.perf_counter()
     art = compile_model(opts, progress=_say)
     tun = art.metadata["tuning"]
-    if tun["kernels_tuned"] == 0 and spec.is_cpu:
+    if tuning_log is None:
+        pass
+    elif tun["kernels_tuned"] == 0 and spec.is_cpu:
         _say(f"warning: no tuned records for these kernels, so the code is naive and slow; run "
              f"`tvmnet tune --target {spec.name} --alpha {model.alpha:g} --resolution {model.resolution}` first")
     elif tun["kernels_tuned"] < tun["kernels_total"]:
@@ -186,7 +188,9 @@ def cmd_deploy(args) -> int:
 def cmd_emulator(args) -> int:
     from . import emulator
 
-    if args.action == "start":
+    if args.action == "prepare":
+        print(f"emulator userland ready in {emulator.prepare(board=args.board, say=_say)}")
+    elif args.action == "start":
         info = emulator.start(board=args.board, host=args.host, port=args.port, tracker=args.tracker, key=args.key,
                               say=_say)
         print(info)
@@ -300,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_deploy)
 
     s = sub.add_parser("emulator", help="an emulated board (qemu-user) running TVM's RPC server")
-    s.add_argument("action", choices=["start", "stop", "status"])
+    s.add_argument("action", choices=["prepare", "start", "stop", "status"])
     s.add_argument("--board", default="rpi4", help="board to emulate (default rpi4)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     s.add_argument("--port", type=int, default=9090, help="RPC port (default 9090)")

@@ -1,0 +1,29 @@
+"""Shared fixtures. Tests are grouped by marker: unit (no build), e2e (local TVM build and
+run), tune (a real tiny MetaSchedule run), device (an RPC device: the emulated Pi), gpu."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args, cwd=None, env=None, timeout=900):
+    """Run the real `tvmnet` command line in a subprocess; returns CompletedProcess."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "tvmnet", *map(str, args)], cwd=cwd or ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def x86_small(tmp_path_factory):
+    """An untuned x86 artifact of MobileNet 0.25-96, built once for the session."""
+    out = tmp_path_factory.mktemp("art") / "mnet-025-96"
+    res = run_cli("compile", "--target", "x86", "--alpha", "0.25", "--resolution", "96", "-o", out, "--no-tuning-log")
+    assert res.returncode == 0, res.stderr
+    return out

@@ -1,0 +1,124 @@
+"""compile -> validate, end to end, with real TVM builds and real PyTorch references."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tvmnet.artifact import load_artifact
+from tvmnet.compiler import elf_machine
+from tvmnet.models import MobileNetV1
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.e2e
+
+
+def validate_ok(path, *extra):
+    res = run_cli("validate", path, "--json", *extra)
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads(res.stdout)
+    assert report["ok"] and report["top1_agree"] == report["samples"]
+    assert report["max_abs"] < 1e-4 and report["input_sensitivity"] > 1e-2
+    return report
+
+
+def test_x86_small_compile_validate(x86_small):
+    meta = json.loads((x86_small / "metadata.json").read_text())
+    assert meta["model"]["alpha"] == 0.25 and meta["input"]["shape"] == [1, 3, 96, 96]
+    assert meta["output"]["shape"] == [1, 1000]
+    assert meta["target"]["name"] == "x86" and meta["tuning"]["kernels_tuned"] == 0
+    assert meta["tuning"]["kernels_total"] > 10 and meta["tvm_version"].startswith("0.27")
+    assert elf_machine(x86_small / "model.so") == "x86_64"
+    validate_ok(x86_small, "--samples", "3")
+
+
+def test_x86_second_pair_with_weights(tmp_path):
+    """alpha 0.5 at 128 from a real checkpoint (with live BN statistics)."""
+    from tvmnet.config import ModelConfig
+    from tvmnet.models import build_model
+
+    weights = tmp_path / "w.pt"
+    torch.save(build_model(ModelConfig(0.5, 128, seed=7)).state_dict(), weights)
+    out = tmp_path / "m"
+    res = run_cli("compile", "--alpha", "0.5", "--resolution", "128", "--weights", weights, "-o", out, "--no-tuning-log")
+    assert res.returncode == 0, res.stderr
+    assert "naive and slow" not in res.stderr  # --no-tuning-log: the user asked for it
+    validate_ok(out)
+
+
+def test_validate_fails_on_wrong_numbers(x86_small, tmp_path):
+    """Same artifact against a different set of weights: validate must fail and say so."""
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(x86_small, bad)
+    meta = json.loads((bad / "metadata.json").read_text())
+    meta["model"]["seed"] = 12345        # the reference is now a differently initialised model
+    (bad / "metadata.json").write_text(json.dumps(meta))
+    res = run_cli("validate", bad)
+    assert res.returncode == 7
+    assert "FAIL" in res.stdout and "validation failed" in res.stderr
+
+
+def test_arm_cross_build_is_aarch64_and_refused_locally(tmp_path):
+    out = tmp_path / "arm"
+    res = run_cli("compile", "--target", "arm_cpu", "--alpha", "0.25", "--resolution", "64", "-o", out)
+    assert res.returncode == 0, res.stderr
+    assert elf_machine(out / "model.so") == "aarch64"
+    raw = (out / "model.so").read_bytes()
+    assert int.from_bytes(raw[18:20], "little") == 183
+    meta = load_artifact(out).metadata
+    assert meta["target"]["target"]["mcpu"] == "cortex-a72" and meta["target"]["cross_compiler"]
+    res = run_cli("validate", out)
+    assert res.returncode == 5 and "--rpc" in res.stderr and "aarch64" in res.stderr
+
+
+def test_onnx_path_gives_same_numbers(tmp_path):
+    onnx_path = tmp_path / "m.onnx"
+    res = run_cli("export-onnx", "--alpha", "0.25", "--resolution", "64", "-o", onnx_path)
+    assert res.returncode == 0, res.stderr
+    out_onnx, out_torch = tmp_path / "from-onnx", tmp_path / "from-torch"
+    assert run_cli("compile", "--onnx", onnx_path, "-o", out_onnx, "--no-tuning-log").returncode == 0
+    assert run_cli("compile", "--alpha", "0.25", "--resolution", "64", "-o", out_torch,
+                   "--no-tuning-log").returncode == 0
+    validate_ok(out_onnx)       # against ONNX Runtime on the same file
+
+    from tvmnet.runner import open_local
+    from tvmnet.config import ModelConfig
+    from tvmnet.models import build_model
+
+    x = np.random.default_rng(3).standard_normal((1, 3, 64, 64)).astype("float32")
+    a = open_local(load_artifact(out_onnx)).run(x)
+    b = open_local(load_artifact(out_torch)).run(x)
+    with torch.no_grad():
+        ref = build_model(ModelConfig(0.25, 64)).eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(a, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(b, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_recompile_replaces_artifact_and_failure_keeps_it(tmp_path):
+    out = tmp_path / "m"
+    assert run_cli("compile", "--alpha", "0.25", "--resolution", "32", "-o", out, "--no-tuning-log").returncode == 0
+    first = (out / "metadata.json").read_text()
+    res = run_cli("compile", "--alpha", "0.25", "--resolution", "32", "--target", "x86", "--tuning-log",
+                  tmp_path / "no-such-log", "-o", out)
+    assert res.returncode != 0 and "tuning log" in res.stderr
+    assert (out / "metadata.json").read_text() == first and (out / "model.so").is_file()
+    assert run_cli("compile", "--alpha", "0.25", "--resolution", "64", "-o", out, "--no-tuning-log").returncode == 0
+    assert load_artifact(out).input_shape == (1, 3, 64, 64)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m"]   # no staging leftovers
+
+
+def test_batch_compile(tmp_path):
+    out = tmp_path / "b4"
+    assert run_cli("compile", "--alpha", "0.25", "--resolution", "32", "--batch", "4", "-o", out,
+                   "--no-tuning-log").returncode == 0
+    validate_ok(out, "--samples", "2")
+
+
+def test_python_api(tmp_path):
+    from tvmnet import CompileOptions, ModelConfig, compile_model, load_target
+
+    art = compile_model(CompileOptions(ModelConfig(0.25, 32), load_target("x86"), tmp_path / "api", tuning_log=None))
+    assert art.library.is_file() and art.metadata["model"]["resolution"] == 32

@@ -1,0 +1,162 @@
+"""Pass tests: TVMScript before/expected with assert_structural_equal, and whole-model
+op counts and numerics against PyTorch."""
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax
+from tvm.script import ir as I
+from tvm.script import relax as R
+
+from tvmnet.config import ModelConfig
+from tvmnet.frontend import from_torch
+from tvmnet.models import build_model
+from tvmnet.passes import FoldBatchNorm, PointwiseToGemm, op_counts
+from tvmnet.passes.pipeline import graph_passes
+
+
+@pytest.mark.unit
+def test_fold_batchnorm_structure():
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((1, 3, 8, 8), "float32"), w: R.Tensor((4, 3, 3, 3), "float32"),
+                 gamma: R.Tensor((4,), "float32"), beta: R.Tensor((4,), "float32"),
+                 mean: R.Tensor((4,), "float32"), var: R.Tensor((4,), "float32")):
+            with R.dataflow():
+                y = R.nn.conv2d(x, w, strides=[2, 2], padding=[1, 1, 1, 1])
+                bn = R.nn.batch_norm(y, gamma, beta, mean, var, axis=1, epsilon=1e-3, training=False)
+                z = bn[0]
+                r = R.nn.relu(z)
+                R.output(r)
+            return r
+
+    @I.ir_module
+    class Expected:
+        @R.function
+        def main(x: R.Tensor((1, 3, 8, 8), "float32"), w: R.Tensor((4, 3, 3, 3), "float32"),
+                 gamma: R.Tensor((4,), "float32"), beta: R.Tensor((4,), "float32"),
+                 mean: R.Tensor((4,), "float32"), var: R.Tensor((4,), "float32")):
+            with R.dataflow():
+                lv = R.add(var, R.const(1e-3, "float32"))
+                lv1 = R.sqrt(lv)
+                scale = R.divide(gamma, lv1)
+                lv3 = R.reshape(scale, R.shape([4, 1, 1, 1]))
+                w2 = R.multiply(w, lv3)
+                y = R.nn.conv2d(x, w2, strides=[2, 2], padding=[1, 1, 1, 1])
+                lv6 = R.multiply(mean, scale)
+                bias = R.subtract(beta, lv6)
+                lv8 = R.reshape(bias, R.shape([1, 4, 1, 1]))
+                z = R.add(y, lv8)
+                r = R.nn.relu(z)
+                R.output(r)
+            return r
+
+    tvm.ir.assert_structural_equal(FoldBatchNorm()(Before), Expected)
+
+
+@pytest.mark.unit
+def test_fold_batchnorm_leaves_training_mode_alone():
+    @I.ir_module
+    class Training:
+        @R.function
+        def main(x: R.Tensor((1, 4, 8, 8), "float32"), w: R.Tensor((4, 1, 3, 3), "float32"),
+                 g: R.Tensor((4,), "float32"), b: R.Tensor((4,), "float32"),
+                 m: R.Tensor((4,), "float32"), v: R.Tensor((4,), "float32")):
+            with R.dataflow():
+                y = R.nn.conv2d(x, w, padding=[1, 1, 1, 1], groups=4)
+                bn = R.nn.batch_norm(y, g, b, m, v, axis=1, training=True)
+                z = bn[0]
+                R.output(z)
+            return z
+
+    tvm.ir.assert_structural_equal(FoldBatchNorm()(Training), Training)
+
+
+@pytest.mark.unit
+def test_pointwise_to_gemm_structure():
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((1, 8, 4, 4), "float32"), w: R.Tensor((16, 8, 1, 1), "float32"),
+                 b: R.Tensor((1, 16, 1, 1), "float32"), dw: R.Tensor((16, 1, 3, 3), "float32")):
+            with R.dataflow():
+                y = R.nn.conv2d(x, w)
+                z = R.add(y, b)
+                r = R.nn.relu(z)
+                d = R.nn.conv2d(r, dw, padding=[1, 1, 1, 1], groups=16)   # depthwise: untouched
+                R.output(d)
+            return d
+
+    @I.ir_module
+    class Expected:
+        @R.function
+        def main(x: R.Tensor((1, 8, 4, 4), "float32"), w: R.Tensor((16, 8, 1, 1), "float32"),
+                 b: R.Tensor((1, 16, 1, 1), "float32"), dw: R.Tensor((16, 1, 3, 3), "float32")):
+            with R.dataflow():
+                wm = R.reshape(w, R.shape([16, 8]))
+                xm = R.reshape(x, R.shape([1, 8, 16]))
+                g = R.matmul(wm, xm)
+                b3 = R.reshape(b, R.shape([1, 16, 1]))
+                s = R.add(g, b3)
+                a = R.nn.relu(s)
+                r = R.reshape(a, R.shape([1, 16, 4, 4]))
+                d = R.nn.conv2d(r, dw, padding=[1, 1, 1, 1], groups=16)
+                R.output(d)
+            return d
+
+    tvm.ir.assert_structural_equal(PointwiseToGemm()(Before), Expected)
+
+
+@pytest.mark.unit
+def test_pointwise_to_gemm_skips_strided_and_3x3():
+    @I.ir_module
+    class Mod:
+        @R.function
+        def main(x: R.Tensor((1, 8, 4, 4), "float32"), w: R.Tensor((16, 8, 1, 1), "float32"),
+                 w3: R.Tensor((16, 8, 3, 3), "float32")):
+            with R.dataflow():
+                y = R.nn.conv2d(x, w, strides=[2, 2])
+                z = R.nn.conv2d(x, w3, padding=[1, 1, 1, 1])
+                R.output(y, z)
+            return (y, z)
+
+    tvm.ir.assert_structural_equal(PointwiseToGemm()(Mod), Mod)
+
+
+def _build_and_run(mod, x):
+    ex = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm", "num-cores": 2}))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x))
+    while not hasattr(out, "numpy"):
+        out = out[0]
+    return out.numpy()
+
+
+@pytest.mark.e2e
+def test_whole_model_fold_and_gemm():
+    cfg = ModelConfig(0.25, 64)
+    model = build_model(cfg)
+    mod = from_torch(model, cfg.input_shape)
+    before = op_counts(mod)
+    assert before["relax.nn.batch_norm"] == 27 and before["relax.nn.conv2d"] == 27
+
+    with tvm.target.Target({"kind": "llvm", "num-cores": 2}):
+        folded = tvm.transform.Sequential([FoldBatchNorm(), relax.transform.FoldConstant()])(mod)
+        lowered = graph_passes(gemm=True)(mod)
+    after = op_counts(folded)
+    assert after["relax.nn.batch_norm"] == 0
+    assert after["relax.nn.conv2d"] == 27
+    # between each conv and its ReLU: exactly one bias add, no per-channel multiply/subtract/divide
+    assert after["relax.add"] == 28 and after["relax.nn.relu"] == 27   # 27 bias adds + the FC bias
+    assert after["relax.multiply"] == after["relax.subtract"] == after["relax.divide"] == 0
+    low = op_counts(lowered)
+    assert low["relax.matmul"] == 13 + 1 and low["relax.nn.conv2d"] == 14   # 13 pointwise + FC; stem + 13 dw
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(cfg.input_shape).astype("float32")
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    for m in (folded, lowered):
+        out = _build_and_run(m, x)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
