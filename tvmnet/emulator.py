@@ -17,6 +17,7 @@ import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -213,26 +214,33 @@ def _kill(pid: int) -> bool:
     return was_alive
 
 
-def _answers(host: str, port: int) -> bool:
-    """Whether the server accepts connections; sends a wrong magic so it just closes and goes on listening."""
+def _answers(host: str, port, probe: bytes = b"\0\0\0\0") -> bool:
+    """Whether ``host:port`` accepts connections. The default probe is a wrong RPC magic, on which the
+    server just closes the connection and goes on listening."""
     try:
-        with socket.create_connection(("127.0.0.1" if host in ("0.0.0.0", "") else host, port), timeout=1) as s:
-            s.sendall(b"\0\0\0\0")
+        with socket.create_connection(("127.0.0.1" if host in ("0.0.0.0", "") else host, int(port)), timeout=2) as s:
+            s.sendall(probe)
         return True
     except OSError:
         return False
 
 
 def _registered(tracker: str, key: str, port: int) -> bool:
-    """Whether the tracker lists a server with ``key`` on ``port``."""
-    from tvm import rpc
+    """Whether the tracker lists a server with ``key`` on ``port`` (one short query, no retries)."""
+    from tvm.rpc import base
 
+    thost, tport = tracker.rsplit(":", 1)
     try:
-        thost, tport = tracker.rsplit(":", 1)
-        info = rpc.connect_tracker(thost, int(tport)).summary()["server_info"]
-    except Exception:  # tracker not up yet or unreachable: keep waiting
+        with socket.create_connection((thost, int(tport)), timeout=2) as sock:
+            sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
+            if struct.unpack("<i", base.recvall(sock, 4))[0] != base.RPC_TRACKER_MAGIC:
+                return False
+            base.sendjson(sock, [base.TrackerCode.SUMMARY])
+            code, info = base.recvjson(sock)
+    except (OSError, ValueError):
         return False
-    return any(s.get("key") == f"server:{key}" and s.get("addr", [None, None])[1] == port for s in info)
+    return code == base.TrackerCode.SUCCESS and any(
+        s.get("key") == f"server:{key}" and s.get("addr", [None, None])[1] == port for s in info["server_info"])
 
 
 def _summary(rec: dict, note: str = "") -> str:
@@ -255,6 +263,9 @@ def start(board: str = "rpi4", host: str = "127.0.0.1", port: int = 9090, tracke
         raise UsageError(f"tracker {tracker!r} is not HOST:PORT; write e.g. --tracker 127.0.0.1:9190")
     if key and not tracker:
         raise UsageError(f"--key {key} only applies with --tracker HOST:PORT; drop it or add a tracker")
+    if tracker and not _answers(*tracker.rsplit(":", 1), probe=b""):
+        raise DeviceError(f"tracker {tracker} does not answer; start one (`python -m tvm.exec.rpc_tracker "
+                          f"--host 0.0.0.0 --port {tracker.rsplit(':', 1)[1]}`) or fix --tracker")
     rec_path = _record(board, port)
     if rec_path.is_file():
         rec = json.loads(rec_path.read_text())

@@ -287,6 +287,19 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
     spec = opts.target
     db_path = database_dir(spec, opts.log_dir)
     spec.check_toolchain()
+    if opts.rpc is None:
+        why = spec.host_mismatch()
+        if why:
+            raise UsageError(f"target {spec.name} cannot be measured on this machine ({why}); tune on the board with "
+                             "--tracker HOST:PORT --key KEY")
+        if spec.device == "cuda":
+            import tvm
+
+            if not tvm.cuda(0).exist:
+                from .errors import DeviceError
+
+                raise DeviceError(f"tuning {spec.name} measures on a local NVIDIA GPU and this machine has none; "
+                                  "run `tvmnet tune` on a machine with one")
     db = open_database(db_path, create=True)
     target = spec.tvm_target()
 
@@ -322,7 +335,7 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
     cost_model = ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(), adaptive_training=True,
                                         num_tuning_cores=None)
     callbacks = ms.measure_callback.MeasureCallback.create("default") + [_callback(_SubProgress(progress, todo))]
-    builder = make_builder(spec)
+    builder = make_builder(spec, shared_library=opts.rpc is not None)
     runner = _make_runner(opts)
 
     def on_term(signum, frame):
