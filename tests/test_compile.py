@@ -93,8 +93,12 @@ def test_onnx_path_gives_same_numbers(tmp_path):
     b = open_local(load_artifact(out_torch)).run(x)
     with torch.no_grad():
         ref = build_model(ModelConfig(0.25, 64)).eval()(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(a, ref, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(b, ref, rtol=1e-5, atol=1e-5)
+    # fp32: the ONNX exporter folds BN itself, in another order than our pass; both within
+    # validate's default tolerance of PyTorch and of each other
+    scale = float(np.abs(ref).max())
+    np.testing.assert_allclose(a, ref, rtol=0, atol=2e-5 * scale)
+    np.testing.assert_allclose(b, ref, rtol=0, atol=2e-5 * scale)
+    np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * scale)
 
 
 def test_recompile_replaces_artifact_and_failure_keeps_it(tmp_path):

@@ -176,6 +176,20 @@ def deploy(artifact: Artifact, endpoint: Endpoint, samples=4, rtol=1e-4, atol=1e
     return report, timing, where, time.perf_counter() - t0
 
 
+def _host_random_fill(arg) -> None:
+    import numpy as np
+
+    arg.copyfrom(np.random.uniform(-1, 1, size=[int(d) for d in arg.shape]).astype(str(arg.dtype)))
+
+
+def alloc_argument_from_host(session, device, args_info, alloc_repeat):
+    """MetaSchedule's argument allocation, filled from the host: a board with only the TVM
+    runtime lacks ``tvm.contrib.random.random_fill_for_measure``, which the default uses."""
+    from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
+
+    return alloc_argument_common(_host_random_fill, device, args_info, alloc_repeat)
+
+
 def make_rpc_runner(cfg, evaluator, timeout: float):
     """MetaSchedule runner measuring on the boards registered under a tracker key."""
     from tvm.s_tir import meta_schedule as ms
@@ -187,4 +201,5 @@ def make_rpc_runner(cfg, evaluator, timeout: float):
     _probe(host, port, cfg.timeout, "RPC tracker")
     rpc_config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=cfg.key,
                                      session_priority=1, session_timeout_sec=int(max(timeout, 10)))
-    return ms.runner.RPCRunner(rpc_config=rpc_config, evaluator_config=evaluator, max_workers=1)
+    return ms.runner.RPCRunner(rpc_config=rpc_config, evaluator_config=evaluator, max_workers=1,
+                               f_alloc_argument=alloc_argument_from_host)

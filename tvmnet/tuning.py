@@ -204,7 +204,7 @@ def _make_runner(opts: TuneOptions):
     from tvm.s_tir import meta_schedule as ms
 
     evaluator = ms.runner.EvaluatorConfig(number=opts.number, repeat=opts.repeats, min_repeat_ms=0,
-                                          enable_cpu_cache_flush=opts.target.is_cpu)
+                                          enable_cpu_cache_flush=opts.target.is_cpu and opts.rpc is None)
     if opts.rpc is None:
         return ms.runner.LocalRunner(timeout_sec=opts.timeout, evaluator_config=evaluator)
     from .rpc import make_rpc_runner
@@ -337,6 +337,10 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
     callbacks = ms.measure_callback.MeasureCallback.create("default") + [_callback(_SubProgress(progress, todo))]
     builder = make_builder(spec, shared_library=opts.rpc is not None)
     runner = _make_runner(opts)
+
+    ms_log = logging.getLogger("tvm.s_tir.meta_schedule")   # its console output would drown the progress bar
+    if ms_log.level == logging.NOTSET:
+        ms_log.setLevel(logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
 
     def on_term(signum, frame):
         raise KeyboardInterrupt

@@ -1,0 +1,100 @@
+"""A tiny real MetaSchedule tune: builds succeed (the builder fix), records land in the
+per-target database, a rerun resumes, SIGTERM keeps records, bad logs are refused intact."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.tune
+
+TINY = ["--target", "x86", "--alpha", "0.25", "--resolution", "32", "--population", "16", "--no-progress"]
+
+
+def records(db):
+    path = db / "database_tuning_record.json"
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("logs")
+    res = run_cli("tune", *TINY, "--kernels", "matmul", "--trials", "12", "--per-task", "2", "--log-dir", logs)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return logs, res
+
+
+def test_tiny_tune_measures_real_records(tuned):
+    logs, res = tuned
+    recs = records(logs / "x86")
+    assert len(recs) >= 6, res.stdout + res.stderr[-2000:]
+    assert all(r[1][1] and all(float(s) > 0 for s in r[1][1]) for r in recs)   # measured run times
+    assert " 0 failed" in res.stdout
+
+
+def test_rerun_resumes_without_spending_budget(tuned):
+    logs, _ = tuned
+    before = len(records(logs / "x86"))
+    res = run_cli("tune", *TINY, "--kernels", "matmul", "--trials", "12", "--per-task", "2", "--log-dir", logs)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "nothing to do" in res.stderr or "0 new trials" in res.stdout
+    assert len(records(logs / "x86")) == before
+
+
+def test_compile_applies_the_log_and_validates(tuned, tmp_path):
+    logs, _ = tuned
+    out = tmp_path / "tuned"
+    res = run_cli("compile", "--alpha", "0.25", "--resolution", "32", "--tuning-log", logs / "x86", "-o", out)
+    assert res.returncode == 0, res.stderr
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["tuning"]["kernels_tuned"] >= 6 and meta["tuning"]["log"].endswith("x86")
+    assert f"{meta['tuning']['kernels_tuned']} from tuning log" in res.stderr
+    res = run_cli("validate", out)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_corrupt_log_is_reported_and_left_untouched(tmp_path):
+    db = tmp_path / "x86"
+    db.mkdir()
+    (db / "database_workload.json").write_text("")
+    bad = db / "database_tuning_record.json"
+    bad.write_text('[0, ["trace"\n')
+    for cmd in (["tune", *TINY, "--trials", "4", "--log-dir", tmp_path],
+                ["compile", "--alpha", "0.25", "--resolution", "32", "--tuning-log", db, "-o", tmp_path / "o"]):
+        res = run_cli(*cmd)
+        assert res.returncode == 6, res.stderr
+        assert str(bad) in res.stderr and "untouched" in res.stderr
+        assert "Traceback" not in res.stderr
+    assert bad.read_text() == '[0, ["trace"\n'
+
+
+def test_missing_log_is_an_error(tmp_path):
+    res = run_cli("compile", "--alpha", "0.25", "--resolution", "32", "--tuning-log", tmp_path / "nope", "-o", tmp_path / "o")
+    assert res.returncode == 6 and "tvmnet tune" in res.stderr
+
+
+def test_sigterm_keeps_records_and_resume_counts_them(tmp_path):
+    cmd = [sys.executable, "-m", "tvmnet", "tune", *TINY, "--kernels", "matmul", "--trials", "400", "--per-task", "40",
+           "--log-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and len(records(tmp_path / "x86")) < 2 and proc.poll() is None:
+        time.sleep(2)
+    assert proc.poll() is None, "tuning ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in out
+    kept = records(tmp_path / "x86")
+    assert len(kept) >= 2
+    # resume: the kept records count against the budget, so a budget equal to them runs nothing
+    res = run_cli("tune", *TINY, "--kernels", "matmul", "--trials", str(len(kept)), "--per-task", "40",
+                  "--log-dir", tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"{len(kept)} trials already in" in res.stderr and "nothing to do" in res.stderr
+    assert len(records(tmp_path / "x86")) == len(kept)
