@@ -1,0 +1,152 @@
+"""Deploy, validate and tune over TVM RPC against emulated Raspberry Pi 4 boards."""
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tvmnet import emulator
+
+from conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.device
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def board():
+    port = free_port()
+    emulator.start("rpi4", host="127.0.0.1", port=port)
+    yield f"127.0.0.1:{port}"
+    emulator.stop("rpi4", port)
+
+
+@pytest.fixture(scope="module")
+def rpi4_artifact(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rpi") / "mnet-rpi4"
+    res = run_cli("compile", "--target", "rpi4", "--alpha", "0.25", "--resolution", "64", "-o", out)
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def test_deploy_to_emulated_rpi4(board, rpi4_artifact):
+    res = run_cli("deploy", rpi4_artifact, "--rpc", board, "--samples", "3", "--runs", "3")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "PASS" in res.stdout and "(aarch64)" in res.stdout
+    assert "top-1 agreement 3/3" in res.stdout
+    assert "device timing" in res.stdout and "median" in res.stdout
+
+
+def test_validate_over_rpc(board, rpi4_artifact):
+    res = run_cli("validate", rpi4_artifact, "--rpc", board, "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    rep = json.loads(res.stdout)
+    assert rep["ok"] and rep["max_abs"] < 1e-4 and rep["input_sensitivity"] > 1e-2
+    assert "aarch64" in rep["where"]
+
+
+def test_wrong_architecture_refused_before_upload(board, x86_small):
+    res = run_cli("deploy", x86_small, "--rpc", board)
+    assert res.returncode == 5
+    assert "x86_64" in res.stderr and "aarch64" in res.stderr and "nothing was uploaded" in res.stderr
+
+
+def test_unreachable_server_fails_fast(rpi4_artifact):
+    port = free_port()   # nothing listens there
+    t0 = time.time()
+    res = run_cli("deploy", rpi4_artifact, "--rpc", f"127.0.0.1:{port}")
+    assert res.returncode == 8 and f"127.0.0.1:{port}" in res.stderr
+    t0 = time.time()
+    res = run_cli("validate", rpi4_artifact, "--rpc", "10.255.255.1:9090", "--connect-timeout", "3")
+    assert res.returncode == 8 and "10.255.255.1:9090" in res.stderr
+    assert time.time() - t0 < 60   # bounded: import time + 3 s, never a hang
+
+
+def test_silent_server_times_out(rpi4_artifact):
+    """A port that accepts but never speaks RPC: an error within the connect timeout."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    try:
+        t0 = time.time()
+        res = run_cli("validate", rpi4_artifact, "--rpc", f"127.0.0.1:{port}", "--connect-timeout", "4")
+        assert res.returncode == 8 and f"127.0.0.1:{port}" in res.stderr, res.stderr
+        assert time.time() - t0 < 60
+    finally:
+        srv.close()
+
+
+def test_device_dies_mid_session(rpi4_artifact):
+    from tvmnet.artifact import load_artifact
+    from tvmnet.errors import DeviceError
+    from tvmnet.rpc import Endpoint, open_remote
+    from tvmnet.validate import seeded_inputs
+
+    port = free_port()
+    emulator.start("rpi4", host="127.0.0.1", port=port)
+    art = load_artifact(rpi4_artifact)
+    x = seeded_inputs(art.input_shape, 1)[0]
+    try:
+        with open_remote(art, Endpoint(rpc=f"127.0.0.1:{port}", timeout=20), say=lambda m: None) as sess:
+            sess.run(x)
+            emulator.stop("rpi4", port)
+            with pytest.raises(DeviceError):
+                sess.run(x)
+    finally:
+        emulator.stop("rpi4", port)
+
+
+@pytest.fixture(scope="module")
+def tracker_with_two_boards():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
+                             "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.5)
+    tracker = f"127.0.0.1:{port}"
+    ports = [free_port(), free_port()]
+    for p in ports:
+        emulator.start("rpi4", host="127.0.0.1", port=p, tracker=tracker, key="rpi4-ci")
+    yield tracker
+    for p in ports:
+        emulator.stop("rpi4", p)
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_rpc_tuning_through_tracker_then_compile_applies(tracker_with_two_boards, tmp_path):
+    logs = tmp_path / "logs"
+    res = run_cli("tune", "--target", "rpi4", "--alpha", "0.25", "--resolution", "32", "--kernels", "matmul",
+                  "--trials", "6", "--per-task", "2", "--population", "16", "--no-progress", "--log-dir", logs,
+                  "--tracker", tracker_with_two_boards, "--key", "rpi4-ci")
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    assert " 0 failed" in res.stdout
+    recs = [l for l in (logs / "rpi4" / "database_tuning_record.json").read_text().splitlines() if l.strip()]
+    assert len(recs) >= 3
+    out = tmp_path / "tuned-rpi4"
+    res = run_cli("compile", "--target", "rpi4", "--alpha", "0.25", "--resolution", "32", "--tuning-log",
+                  logs / "rpi4", "-o", out)
+    assert res.returncode == 0, res.stderr
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["tuning"]["kernels_tuned"] >= 3
+    res = run_cli("deploy", out, "--tracker", tracker_with_two_boards, "--key", "rpi4-ci", "--samples", "2")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "PASS" in res.stdout
+
+
+def test_tune_for_arm_without_board_is_refused():
+    res = run_cli("tune", "--target", "rpi4", "--alpha", "0.25", "--resolution", "32", "--trials", "2")
+    assert res.returncode == 2 and "--tracker" in res.stderr
