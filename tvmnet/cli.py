@@ -146,6 +146,14 @@ def cmd_tune(args) -> int:
     return 130 if res.interrupted else 0
 
 
+def cmd_prune_log(args) -> int:
+    from .tuning import prune_database
+
+    before, after, backup = prune_database(args.log, say=_say)
+    print(f"{args.log}: kept the best of each kernel, {after} of {before} records (full copy: {backup})")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import BenchOptions, run_bench
 
@@ -279,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_remote(s)
     s.set_defaults(func=cmd_tune)
+
+    s = sub.add_parser("prune-log", help="keep only the best record per kernel in a tuning database (for shipping)")
+    s.add_argument("log", type=Path, help="database directory, e.g. tuning_logs/x86")
+    s.set_defaults(func=cmd_prune_log)
 
     s = sub.add_parser("bench", help="latency of the artifact vs PyTorch eager and ONNX Runtime")
     s.add_argument("artifact", type=Path)

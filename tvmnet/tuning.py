@@ -125,15 +125,69 @@ def count_tuned(mod, spec: TargetSpec, db) -> int:
     return sum(1 for t in extract_tasks(mod, spec) if db.query_tuning_record(t.dispatched[0], target, t.task_name) is not None)
 
 
-def _records_per_task(db, tasks) -> list:
+PRUNED_FILE = "pruned_trials.json"
+
+
+def _wl_key(workload) -> str:
+    import tvm_ffi
+
+    return str(tvm_ffi.structural_hash(workload.mod))
+
+
+def _pruned_counts(path: Path) -> dict:
+    """Trials measured earlier whose records ``prune_database`` dropped, by workload hash."""
+    try:
+        data = json.loads((Path(path) / PRUNED_FILE).read_text())
+        return {str(k): int(v) for k, v in data.items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _records_per_task(db, tasks, pruned: dict) -> list:
+    """Trials already measured per task: records in the database plus pruned ones."""
     counts = []
     for task in tasks:
         mod = task.dispatched[0]
         if db.has_workload(mod):
-            counts.append(len(db.get_top_k(db.commit_workload(mod), 1 << 30)))
+            wl = db.commit_workload(mod)
+            counts.append(len(db.get_top_k(wl, 1 << 30)) + pruned.get(_wl_key(wl), 0))
         else:
             counts.append(0)
     return counts
+
+
+def prune_database(path: Path, say=print) -> tuple:
+    """Keep only the best record per kernel (MetaSchedule's ``dump_pruned``), in place.
+
+    The dropped trials are counted in ``pruned_trials.json`` so that a later ``tune`` still
+    knows they were measured. The full database is moved to the cache, not deleted.
+    Returns (records before, records after, backup path).
+    """
+    import datetime
+    import shutil
+    from collections import Counter
+
+    path = Path(path)
+    before = check_database_files(path)
+    db = open_database(path)
+    per_wl = Counter(_wl_key(r.workload) for r in db.get_all_tuning_records())
+    staging = path.parent / f".{path.name}.pruned"
+    shutil.rmtree(staging, ignore_errors=True)
+    dest = open_database(staging, create=True)
+    db.dump_pruned(dest)
+    kept = Counter(_wl_key(r.workload) for r in dest.get_all_tuning_records())
+    pruned = _pruned_counts(path)
+    for shash, n in per_wl.items():
+        pruned[shash] = pruned.get(shash, 0) + n - kept.get(shash, 0)
+    (staging / PRUNED_FILE).write_text(json.dumps(pruned, indent=0, sort_keys=True) + "\n")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    backup = CACHE_DIR / "pruned-backups" / f"{path.name}-{stamp}"
+    backup.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(path), str(backup))
+    staging.rename(path)
+    after = sum(kept.values())
+    say(f"pruned {path}: {before} records -> {after} (best per kernel); full database moved to {backup}")
+    return before, after, backup
 
 
 @dataclass(frozen=True)
@@ -312,7 +366,7 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
                              "fused_matmul_add1_relu11 or fused_conv2d1_add_relu1")
     weights = [float(t.weight) for t in tasks]
     per_task = opts.per_task or max(8, math.ceil(opts.trials / max(1, len(tasks))))
-    existing = _records_per_task(db, tasks)
+    existing = _records_per_task(db, tasks, _pruned_counts(db_path))
     before = sum(min(c, per_task) for c in existing)
     todo = [i for i, c in enumerate(existing) if c < per_task]
     budget = max(0, opts.trials - before)
