@@ -98,6 +98,19 @@ def _torch_runner(art, x, threads):
     torch.set_num_threads(threads)
     model = build_model(reference_model_config(art))
     tx = torch.from_numpy(x)
+    if art.target["device"] == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        model, tx = model.cuda(), tx.cuda()
+
+        def run():
+            with torch.inference_mode():
+                y = model(tx)
+            torch.cuda.synchronize()
+            return y
+
+        return run, lambda: run().cpu().numpy()
 
     def run():
         with torch.inference_mode():
@@ -141,6 +154,9 @@ def run_bench(opts: BenchOptions, say=print) -> BenchResult:
         makers = {"tvmnet": lambda: _tvm_runner(art, x, threads), "pytorch": lambda: _torch_runner(art, x, threads),
                   "onnxruntime": lambda: _ort_runner(art, x, threads, tmp)}
         engines = [e for e in ENGINES if e in opts.engines]
+        if art.target["device"] == "cuda" and "onnxruntime" in engines:
+            say("CUDA artifact: comparing with PyTorch CUDA eager only (ONNX Runtime here is CPU-only)")
+            engines.remove("onnxruntime")
         if art.model["source"] == "onnx" and "pytorch" in engines:
             say("artifact was built from ONNX: no PyTorch model to compare with; skipping PyTorch")
             engines.remove("pytorch")
@@ -166,9 +182,12 @@ def run_bench(opts: BenchOptions, say=print) -> BenchResult:
                     res.samples[e].append((time.perf_counter() - t0) * 1e3)
             say(f"round {r + 1}/{opts.rounds}: " + ", ".join(f"{e} {statistics.median(res.samples[e]):.2f} ms"
                                                             for e in engines))
-    import onnxruntime
-    import torch
-    import tvm
+    import importlib.metadata as md
 
-    res.versions = {"tvm": tvm.__version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
+    res.versions = {}
+    for pkg in ("apache-tvm", "torch", "onnxruntime"):
+        try:
+            res.versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            res.versions[pkg] = "n/a"
     return res

@@ -30,6 +30,7 @@ class Reference:
     def __init__(self, artifact: Artifact, threads: int = 0):
         m = artifact.model
         self.kind = m["source"]
+        self.device = "cpu"
         if self.kind == "zoo":
             import torch
 
@@ -39,6 +40,13 @@ class Reference:
                 torch.set_num_threads(threads)
             self.model = build_model(reference_model_config(artifact))
             self.name = "PyTorch"
+            if artifact.target.get("device") == "cuda" and torch.cuda.is_available():
+                # a CUDA artifact is compared with PyTorch on the GPU where PyTorch has CUDA
+                torch.backends.cudnn.allow_tf32 = False
+                torch.backends.cuda.matmul.allow_tf32 = False
+                self.device = "cuda"
+                self.model = self.model.to("cuda")
+                self.name = "PyTorch (CUDA, TF32 off)"
         elif self.kind == "onnx":
             import onnxruntime as ort
 
@@ -59,5 +67,6 @@ class Reference:
             import torch
 
             with torch.no_grad():
-                return self.model(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+                tx = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device)
+                return self.model(tx).cpu().numpy()
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]

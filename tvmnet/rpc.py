@@ -129,7 +129,7 @@ class RemoteSession(Session):
 @contextlib.contextmanager
 def open_remote(artifact: Artifact, endpoint: Endpoint, say=print, session_timeout: float = 0):
     """Upload and load the artifact on the board; refuses a wrong-architecture artifact first."""
-    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine  # runtime only: works where just the TVM runtime is installed
 
     if artifact.target["device"] != "cpu":
         raise ArtifactError(f"artifact {artifact.path} targets {artifact.target['device']}; RPC deployment is for CPU boards")
@@ -146,7 +146,7 @@ def open_remote(artifact: Artifact, endpoint: Endpoint, say=print, session_timeo
         remote.upload(str(artifact.library), name)
         rlib = remote.load_module(name)
         dev = remote.cpu()
-        vm = relax.VirtualMachine(rlib, dev)
+        vm = VirtualMachine(rlib, dev)
     except Exception as err:
         raise DeviceError(f"loading {artifact.library.name} on {endpoint} failed: "
                           f"{str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}") from err

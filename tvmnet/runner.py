@@ -68,7 +68,7 @@ class Session:
 def open_local(artifact: Artifact) -> Session:
     """Load an artifact on this machine; refuses one built for another machine."""
     import tvm
-    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine  # runtime only: works where just the TVM runtime is installed
 
     from .targets import load_target, TargetSpec
 
@@ -88,7 +88,7 @@ def open_local(artifact: Artifact) -> Session:
         dev = tvm.cpu(0)
     try:
         lib = tvm.runtime.load_module(str(artifact.library))
-        vm = relax.VirtualMachine(lib, dev)
+        vm = VirtualMachine(lib, dev)
     except Exception as err:
         raise ArtifactError(f"cannot load {artifact.library}: {str(err).strip().splitlines()[-1]}; rebuild it with "
                             "`tvmnet compile`") from err
