@@ -266,6 +266,10 @@ def _make_runner(opts: TuneOptions):
     return make_rpc_runner(opts.rpc, evaluator, opts.timeout)
 
 
+class _AllFailing(Exception):
+    """Two whole batches failed in a row: the device or the toolchain is broken."""
+
+
 class _Progress:
     """MetaSchedule measure callback: progress bar, failures, end-to-end estimate."""
 
@@ -278,6 +282,8 @@ class _Progress:
             self.best[i] = _best_seconds(db, t, target)
         self.done = 0
         self.failed = 0
+        self.failed_batches = 0      # consecutive batches in which every candidate failed
+        self.first_error = None
         self.bar = tqdm(total=budget, unit="trial", file=sys.stderr, disable=not enabled, dynamic_ncols=True,
                         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}] {postfix}")
         self._post()
@@ -294,9 +300,13 @@ class _Progress:
 
     def update(self, task_id, runner_results, builder_results):
         n = len(runner_results)
+        batch_failed = 0
         for b, r in zip(builder_results, runner_results):
             if b.error_msg or r.error_msg or not r.run_secs:
                 self.failed += 1
+                batch_failed += 1
+                if self.first_error is None:
+                    self.first_error = (b.error_msg or r.error_msg or "no run time").strip()
                 continue
             secs = [float(s) for s in r.run_secs]
             mean = sum(secs) / len(secs)
@@ -305,6 +315,9 @@ class _Progress:
         self.done += n
         self.bar.update(n)
         self._post()
+        self.failed_batches = self.failed_batches + 1 if n and batch_failed == n else 0
+        if self.failed_batches >= 2:
+            raise _AllFailing(self.first_error)
 
     def close(self):
         self.bar.close()
@@ -396,10 +409,15 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
     if ms_log.level == logging.NOTSET:
         ms_log.setLevel(logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
 
-    def on_term(signum, frame):
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):
+        # Raised inside MetaSchedule's C++ loop, this may come back wrapped as another
+        # exception type; the flag says what really happened.
+        stop["signal"] = signum
         raise KeyboardInterrupt
 
-    old = signal.signal(signal.SIGTERM, on_term)
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     t0 = time.perf_counter()
     try:
         ms.tune.tune_tasks(tasks=contexts, task_weights=ctx_weights, work_dir=str(work_dir),
@@ -408,8 +426,15 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
                            database=db, cost_model=cost_model, measure_callbacks=callbacks, task_scheduler="gradient")
     except KeyboardInterrupt:
         result.interrupted = True
+    except Exception as err:  # noqa: BLE001 - becomes a one-line error; records so far stay in the database
+        if stop["signal"] is not None:
+            result.interrupted = True
+        else:
+            progress.close()
+            _raise_stopped(err, progress, db_path)
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
         progress.close()
     result.seconds = time.perf_counter() - t0
     result.trials_run = progress.done
@@ -417,6 +442,20 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
     result.estimate_ms = progress.estimate_ms()
     result.per_task = [(t.task_name, w, b) for t, w, b in zip(tasks, weights, progress.best)]
     return result
+
+
+def _raise_stopped(err, progress, db_path):
+    from .errors import DeviceError
+
+    if isinstance(err, _AllFailing) or progress.failed_batches >= 2:
+        first = (progress.first_error or "").splitlines()
+        why = next((l for l in reversed(first) if l.strip()), "unknown error")
+        raise DeviceError(f"tuning stopped: every candidate of the last two batches failed ({why[:200]}); "
+                          f"{progress.done - progress.failed} measured records are kept in {db_path}; fix the "
+                          "device (is it alive?) and rerun the same command to resume") from err
+    msg = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+    raise TuningLogError(f"tuning stopped: {msg}; records measured so far are in {db_path}; "
+                         "rerun the same command to resume") from err
 
 
 class _SubProgress:
