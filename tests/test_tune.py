@@ -79,7 +79,8 @@ def test_missing_log_is_an_error(tmp_path):
 
 
 def test_sigterm_keeps_records_and_resume_counts_them(tmp_path):
-    cmd = [sys.executable, "-m", "tvmnet", "tune", *TINY, "--kernels", "matmul", "--trials", "400", "--per-task", "40",
+    one_kernel = ["--kernels", "matmul1_"]   # a single GEMM task: fast to start, long to finish
+    cmd = [sys.executable, "-m", "tvmnet", "tune", *TINY, *one_kernel, "--trials", "400", "--per-task", "400",
            "--log-dir", str(tmp_path)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
@@ -93,8 +94,7 @@ def test_sigterm_keeps_records_and_resume_counts_them(tmp_path):
     kept = records(tmp_path / "x86")
     assert len(kept) >= 2
     # resume: the kept records count against the budget, so a budget equal to them runs nothing
-    res = run_cli("tune", *TINY, "--kernels", "matmul", "--trials", str(len(kept)), "--per-task", "40",
-                  "--log-dir", tmp_path)
+    res = run_cli("tune", *TINY, *one_kernel, "--trials", str(len(kept)), "--per-task", "400", "--log-dir", tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"{len(kept)} trials already in" in res.stderr and "nothing to do" in res.stderr
     assert len(records(tmp_path / "x86")) == len(kept)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax
+from ._common import rewrite_relax_functions
 from tvm.relax.dpl import is_op, is_tuple_get_item, rewrite_call, wildcard
 
 
@@ -58,12 +59,5 @@ class FoldBatchNorm:
     """Fold every inference-mode ``batch_norm`` that follows a ``conv2d`` into it."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        updates = {}
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                new = _rewrite_function(func)
-                if not new.same_as(func):
-                    updates[gvar] = new
-        for gvar, func in updates.items():
-            mod[gvar] = func
-        return relax.transform.DeadCodeElimination()(mod) if updates else mod
+        new = rewrite_relax_functions(mod, _rewrite_function)
+        return relax.transform.DeadCodeElimination()(new) if new is not mod else mod

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax
+from ._common import rewrite_relax_functions
 from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
 
@@ -101,12 +102,5 @@ class PointwiseToGemm:
     """Rewrite every 1x1 stride-1 conv2d as reshape -> matmul -> reshape."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        updates = {}
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                new = _rewrite_function(func)
-                if not new.same_as(func):
-                    updates[gvar] = new
-        for gvar, func in updates.items():
-            mod[gvar] = func
-        return mod
+        new = rewrite_relax_functions(mod, _rewrite_function)
+        return new

@@ -1,0 +1,23 @@
+"""Shared plumbing of tvmnet's module passes."""
+from __future__ import annotations
+
+from typing import Callable
+
+import tvm
+from tvm import relax
+
+
+def rewrite_relax_functions(mod: tvm.IRModule, rewrite: Callable[[relax.Function], relax.Function]) -> tvm.IRModule:
+    """Apply ``rewrite`` to every Relax function; returns ``mod`` itself when nothing changed."""
+    updates = {}
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            new = rewrite(func)
+            if not new.same_as(func):
+                updates[gvar] = new
+    if not updates:
+        return mod
+    mod = mod.clone() if hasattr(mod, "clone") else tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+    for gvar, func in updates.items():
+        mod[gvar] = func
+    return mod
