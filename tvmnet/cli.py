@@ -244,17 +244,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and debug logs")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    common = argparse.ArgumentParser(add_help=False)   # --verbose after the command works too
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks and debug logs")
 
-    s = sub.add_parser("info", help="per-layer shapes, mult-adds and parameters")
+    def add(name, **kw):
+        return sub.add_parser(name, parents=[common], **kw)
+
+    s = add("info", help="per-layer shapes, mult-adds and parameters")
     _add_model_args(s)
     s.add_argument("--json", action="store_true", help="print JSON (top-level integer keys macs and params)")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("targets", help="list the target presets")
+    s = add("targets", help="list the target presets")
     s.add_argument("--json-dicts", dest="verbose_targets", action="store_true", help="also print each TVM target dict")
     s.set_defaults(func=cmd_targets)
 
-    s = sub.add_parser("compile", help="build a deployable artifact directory")
+    s = add("compile", help="build a deployable artifact directory")
     _add_model_args(s)
     s.add_argument("--target", default="x86", help="preset name, JSON file or inline JSON dict (default x86: this host)")
     s.add_argument("-o", "--output", type=Path, default=Path("build"), help="artifact directory (default build/)")
@@ -265,14 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-gemm", action="store_true", help="keep 1x1 convolutions as conv2d (no GEMM lowering)")
     s.set_defaults(func=cmd_compile)
 
-    s = sub.add_parser("validate", help="run an artifact and compare it with PyTorch")
+    s = add("validate", help="run an artifact and compare it with PyTorch")
     s.add_argument("artifact", type=Path)
     _add_tolerances(s)
     _add_remote(s)
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=cmd_validate)
 
-    s = sub.add_parser("tune", help="tune the kernels with MetaSchedule (resumable)")
+    s = add("tune", help="tune the kernels with MetaSchedule (resumable)")
     _add_model_args(s)
     s.add_argument("--target", default="x86", help="preset name, JSON file or inline JSON dict (default x86)")
     s.add_argument("--trials", type=_positive_int, default=2000, help="total measured trials for this model (default 2000)")
@@ -288,11 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_remote(s)
     s.set_defaults(func=cmd_tune)
 
-    s = sub.add_parser("prune-log", help="keep only the best record per kernel in a tuning database (for shipping)")
+    s = add("prune-log", help="keep only the best record per kernel in a tuning database (for shipping)")
     s.add_argument("log", type=Path, help="database directory, e.g. tuning_logs/x86")
     s.set_defaults(func=cmd_prune_log)
 
-    s = sub.add_parser("bench", help="latency of the artifact vs PyTorch eager and ONNX Runtime")
+    s = add("bench", help="latency of the artifact vs PyTorch eager and ONNX Runtime")
     s.add_argument("artifact", type=Path)
     s.add_argument("--threads", type=_positive_int, help="threads for every engine (default: the target's cores)")
     s.add_argument("--rounds", type=_positive_int, default=5, help="interleaved rounds (default 5)")
@@ -302,20 +308,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", metavar="FILE", help="write the figures to FILE")
     s.set_defaults(func=cmd_bench)
 
-    s = sub.add_parser("export-onnx", help="export the zoo model to ONNX")
+    s = add("export-onnx", help="export the zoo model to ONNX")
     _add_model_args(s)
     s.add_argument("--batch", type=_positive_int, default=1)
     s.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
     s.set_defaults(func=cmd_export_onnx)
 
-    s = sub.add_parser("deploy", help="upload an artifact to a board over RPC, validate and time it there")
+    s = add("deploy", help="upload an artifact to a board over RPC, validate and time it there")
     s.add_argument("artifact", type=Path)
     _add_tolerances(s)
     _add_remote(s)
     s.add_argument("--runs", type=_positive_int, default=10, help="timed repeats on the device (default 10)")
     s.set_defaults(func=cmd_deploy)
 
-    s = sub.add_parser("emulator", help="an emulated board (qemu-user) running TVM's RPC server")
+    s = add("emulator", help="an emulated board (qemu-user) running TVM's RPC server")
     s.add_argument("action", choices=["prepare", "start", "stop", "status"])
     s.add_argument("--board", default="rpi4", help="board to emulate (default rpi4)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
