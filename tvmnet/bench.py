@@ -147,7 +147,7 @@ def _ort_runner(art, x, threads, tmpdir):
 def run_bench(opts: BenchOptions, say=print) -> BenchResult:
     art = load_artifact(opts.artifact)
     threads = opts.threads or int(art.target["target"].get("num-cores") or 1)
-    os.environ["TVM_NUM_THREADS"] = str(threads)   # read when TVM's thread pool starts
+    os.environ["TVM_NUM_THREADS"] = str(threads)   # read when TVM's thread pool starts (0.27 defaults to 1 here)
     x = np.random.default_rng(0).standard_normal(art.input_shape).astype(np.float32)
     res = BenchResult(str(art.path), threads, art.input_shape)
     with tempfile.TemporaryDirectory() as tmp:

@@ -85,6 +85,9 @@ def open_local(artifact: Artifact) -> Session:
             raise DeviceError(f"artifact {artifact.path} is built for CUDA and this machine has no usable NVIDIA GPU; "
                               "run it on a machine with one")
     else:
+        from .targets import use_threads
+
+        use_threads(spec.target.get("num-cores") or 1)
         dev = tvm.cpu(0)
     try:
         lib = tvm.runtime.load_module(str(artifact.library))

@@ -354,6 +354,10 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
     spec = opts.target
     db_path = database_dir(spec, opts.log_dir)
     spec.check_toolchain()
+    if opts.rpc is None and spec.is_cpu:
+        from .targets import use_threads
+
+        use_threads(spec.target.get("num-cores") or 1)   # the runner's workers inherit it
     if opts.rpc is None:
         why = spec.host_mismatch()
         if why:
