@@ -13,7 +13,9 @@ exec > >(tee -a "$OUT/log.txt") 2>&1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 python3 -c 'import tvm, torch; print("tvm", tvm.__version__, "cuda", tvm.cuda(0).exist, "torch", torch.__version__, torch.cuda.is_available())'
 status=0
-for alpha in "${@:-0.5 1.0}"; do
+ALPHAS=("$@")
+[ ${#ALPHAS[@]} -eq 0 ] && ALPHAS=(0.5 1.0)
+for alpha in "${ALPHAS[@]}"; do
     for dir in .device/build/mnet-"$alpha"-b*; do
         [ -d "$dir" ] || continue
         name="$(basename "$dir")"
