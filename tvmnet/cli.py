@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .errors import TvmnetError, UsageError
+from .errors import TvmnetError, UsageError, err_line
 
 log = logging.getLogger("tvmnet")
 
@@ -352,6 +352,5 @@ def main(argv=None) -> int:
     except Exception as err:  # an internal error: still one line unless --verbose
         if args.verbose:
             raise
-        first = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-        _err(f"internal error ({type(err).__name__}: {first}); rerun with --verbose and report it")
+        _err(f"internal error ({type(err).__name__}: {err_line(err)}); rerun with --verbose and report it")
         return 1

@@ -18,7 +18,7 @@ from typing import Optional, Union
 from . import __version__
 from .artifact import FORMAT, LIBRARY, METADATA, Artifact, is_artifact_dir
 from .config import ModelConfig
-from .errors import ArtifactError, ToolchainError, TvmnetError
+from .errors import ArtifactError, ToolchainError, TvmnetError, err_line
 from .targets import TargetSpec
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
     except TvmnetError:
         raise
     except Exception as err:
-        raise ToolchainError(f"TVM failed to build for {spec.name}: {str(err).strip().splitlines()[-1]}; "
+        raise ToolchainError(f"TVM failed to build for {spec.name}: {err_line(err)}; "
                              "run with --verbose for the trace") from err
 
     out.parent.mkdir(parents=True, exist_ok=True)

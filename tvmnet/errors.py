@@ -5,6 +5,14 @@ Every message says what was given, what is allowed, and how to fix it, on one li
 from __future__ import annotations
 
 
+def err_line(err: BaseException, last: bool = True) -> str:
+    """The last (or first) non-empty line of an exception's message, or its type name.
+
+    TVM's errors end with the useful line, after a C++ trace; Python's start with it."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return (lines[-1] if last else lines[0]).strip() if lines else type(err).__name__
+
+
 class TvmnetError(Exception):
     """Base class of every error tvmnet reports to a user."""
 

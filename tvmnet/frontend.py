@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import WeightsError
+from .errors import WeightsError, err_line
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def load_onnx(path: Path):
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
     except Exception as err:
-        raise WeightsError(f"cannot read ONNX model {path}: {str(err).splitlines()[0]}; pass a valid .onnx file") from err
+        raise WeightsError(f"cannot read ONNX model {path}: {err_line(err, last=False)}; pass a valid .onnx file") from err
     return model
 
 
@@ -73,7 +73,7 @@ def from_onnx(path: Path) -> tuple:
     try:
         mod = _from_onnx(model, shape_dict={name: shape}, dtype_dict={name: dtype}, keep_params_in_input=False)
     except Exception as err:
-        raise WeightsError(f"TVM cannot import ONNX model {path}: {str(err).splitlines()[0]}") from err
+        raise WeightsError(f"TVM cannot import ONNX model {path}: {err_line(err, last=False)}") from err
     return mod, shape, name
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .artifact import Artifact
-from .errors import ArtifactError, DeviceError, UsageError
+from .errors import ArtifactError, DeviceError, UsageError, err_line
 from .runner import Session
 
 
@@ -80,7 +80,7 @@ def _with_deadline(fn, timeout: float, what: str):
                           "retry later or raise --connect-timeout")
     if "error" in box:
         err = box["error"]
-        raise DeviceError(f"{what} failed: {str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}") from err
+        raise DeviceError(f"{what} failed: {err_line(err)}") from err
     return box["value"]
 
 
@@ -149,7 +149,7 @@ def open_remote(artifact: Artifact, endpoint: Endpoint, say=print, session_timeo
         vm = VirtualMachine(rlib, dev)
     except Exception as err:
         raise DeviceError(f"loading {artifact.library.name} on {endpoint} failed: "
-                          f"{str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}") from err
+                          f"{err_line(err)}") from err
     say(f"uploaded and loaded {artifact.library.name} ({artifact.library.stat().st_size / 1e6:.1f} MB) on "
         f"{endpoint} [{arch or 'arch unknown'}] in {time.perf_counter() - t0:.1f} s")
     session = RemoteSession(vm, dev, artifact)

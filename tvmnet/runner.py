@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .artifact import Artifact
-from .errors import ArtifactError, DeviceError
+from .errors import ArtifactError, DeviceError, err_line
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Session:
             self.vm.invoke_stateful("main")
             out = self.vm.get_outputs("main")
         except Exception as err:
-            raise DeviceError(f"running the model failed on {self.device}: {str(err).strip().splitlines()[-1]}") from err
+            raise DeviceError(f"running the model failed on {self.device}: {err_line(err)}") from err
         while not hasattr(out, "numpy"):
             out = out[0]
         return out.numpy()
@@ -60,7 +60,7 @@ class Session:
                                            min_repeat_ms=min_repeat_ms)
             res = timer("main")
         except Exception as err:
-            raise DeviceError(f"timing the model failed on {self.device}: {str(err).strip().splitlines()[-1]}") from err
+            raise DeviceError(f"timing the model failed on {self.device}: {err_line(err)}") from err
         ms = [r * 1e3 for r in res.results]
         return Timing(statistics.median(ms), percentile(ms, 90), len(ms))
 
@@ -93,6 +93,6 @@ def open_local(artifact: Artifact) -> Session:
         lib = tvm.runtime.load_module(str(artifact.library))
         vm = VirtualMachine(lib, dev)
     except Exception as err:
-        raise ArtifactError(f"cannot load {artifact.library}: {str(err).strip().splitlines()[-1]}; rebuild it with "
+        raise ArtifactError(f"cannot load {artifact.library}: {err_line(err)}; rebuild it with "
                             "`tvmnet compile`") from err
     return Session(vm, dev, artifact)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Tuple
 
-from .errors import TargetError, ToolchainError
+from .errors import TargetError, ToolchainError, err_line
 from .paths import TARGETS_DIR
 
 
@@ -97,7 +97,7 @@ class TargetSpec:
             return tvm.target.Target(self.target)
         except Exception as err:
             raise TargetError(f"TVM rejects target {self.name} ({json.dumps(self.target)}): "
-                              f"{str(err).splitlines()[0]}; fix the target dict") from err
+                              f"{err_line(err, last=False)}; fix the target dict") from err
 
     @property
     def is_cpu(self) -> bool:

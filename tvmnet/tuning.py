@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from .config import ModelConfig
-from .errors import TuningLogError, UsageError
+from .errors import TuningLogError, UsageError, err_line
 from .paths import CACHE_DIR, TUNING_LOGS_DIR
 from .targets import TargetSpec
 
@@ -88,7 +88,7 @@ def open_database(path: Path, create: bool = False):
         return ms.database.JSONDatabase(path_workload=str(path / WORKLOAD_FILE),
                                         path_tuning_record=str(path / RECORD_FILE), allow_missing=False)
     except Exception as err:
-        raise TuningLogError(f"tuning log {path} cannot be loaded by MetaSchedule ({str(err).strip().splitlines()[-1]}); "
+        raise TuningLogError(f"tuning log {path} cannot be loaded by MetaSchedule ({err_line(err)}); "
                              "it was left untouched: move it away or pass another log") from err
 
 
@@ -457,7 +457,7 @@ def _raise_stopped(err, progress, db_path):
         raise DeviceError(f"tuning stopped: every candidate of the last two batches failed ({why[:200]}); "
                           f"{progress.done - progress.failed} measured records are kept in {db_path}; fix the "
                           "device (is it alive?) and rerun the same command to resume") from err
-    msg = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+    msg = err_line(err)
     raise TuningLogError(f"tuning stopped: {msg}; records measured so far are in {db_path}; "
                          "rerun the same command to resume") from err
 

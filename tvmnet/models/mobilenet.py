@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..errors import WeightsError
+from ..errors import WeightsError, err_line
 
 #: (stride, output channels) of the 13 depthwise-separable blocks, from Table 1.
 #: The paper lists the 13th depthwise conv as "s2", a known typo: the 7x7 map stays 7x7.
@@ -107,7 +107,7 @@ def load_weights(model: nn.Module, path: Path, config: Optional[ModelConfig] = N
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt files
-        raise WeightsError(f"cannot read weights {path}: {str(err).splitlines()[0]}; pass a state_dict saved with torch.save") from err
+        raise WeightsError(f"cannot read weights {path}: {err_line(err, last=False)}; pass a state_dict saved with torch.save") from err
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
