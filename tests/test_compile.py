@@ -7,7 +7,6 @@ import torch
 
 from tvmnet.artifact import load_artifact
 from tvmnet.compiler import elf_machine
-from tvmnet.models import MobileNetV1
 
 from conftest import run_cli
 

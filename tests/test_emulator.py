@@ -1,13 +1,13 @@
 """The emulated Raspberry Pi (qemu-user + TVM's RPC server): it serves, runs aarch64 code, and is listed."""
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 
 from tvmnet import emulator
 from tvmnet.errors import UsageError
+
+from conftest import free_port
 
 BOARD = "rpi4"
 
@@ -15,9 +15,7 @@ BOARD = "rpi4"
 @pytest.fixture(scope="module")
 def server():
     """An emulated rpi4 on a free loopback port for this module; (host, port)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     emulator.prepare(BOARD)
     emulator.start(BOARD, host="127.0.0.1", port=port)
     yield "127.0.0.1", port

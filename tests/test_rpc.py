@@ -9,15 +9,9 @@ import pytest
 
 from tvmnet import emulator
 
-from conftest import ROOT, run_cli
+from conftest import free_port, run_cli
 
 pytestmark = pytest.mark.device
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

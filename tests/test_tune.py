@@ -1,7 +1,6 @@
 """A tiny real MetaSchedule tune: builds succeed (the builder fix), records land in the
 per-target database, a rerun resumes, SIGTERM keeps records, bad logs are refused intact."""
 import json
-import os
 import signal
 import subprocess
 import sys

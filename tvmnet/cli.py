@@ -79,7 +79,7 @@ def cmd_compile(args) -> int:
     t0 = time.perf_counter()
     art = compile_model(opts, progress=_say)
     tun = art.metadata["tuning"]
-    if tuning_log is None:
+    if tuning_log is None:   # --no-tuning-log: the user asked for an untuned build
         pass
     elif tun["kernels_tuned"] == 0 and spec.is_cpu:
         _say(f"warning: no tuned records for these kernels, so the code is naive and slow; run "
@@ -124,14 +124,11 @@ def cmd_validate(args) -> int:
 
 def cmd_tune(args) -> int:
     from .targets import load_target
-    from .tuning import RpcConfig, TuneOptions, tune_model
+    from .rpc import endpoint_from_args
+    from .tuning import TuneOptions, tune_model
 
     spec = load_target(args.target)
-    rpc_cfg = None
-    if args.tracker or args.rpc:
-        if args.tracker and not args.key:
-            raise UsageError("--tracker needs --key (the key the boards registered under)")
-        rpc_cfg = RpcConfig(tracker=args.tracker, key=args.key, server=args.rpc, timeout=args.connect_timeout)
+    rpc_cfg = endpoint_from_args(args) if (args.tracker or args.rpc) else None
     opts = TuneOptions(model=_model_config(args), target=spec, trials=args.trials, per_task=args.per_task,
                        log_dir=args.log_dir, repeats=args.repeats, number=args.number, timeout=args.timeout,
                        seed=args.seed, rpc=rpc_cfg, progress=not args.no_progress, kernels=args.kernels,

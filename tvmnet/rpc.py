@@ -200,7 +200,7 @@ def create_session_fail_fast(rpc_config):
                           f"a device with key {rpc_config.tracker_key!r}")
 
 
-def make_rpc_runner(cfg, evaluator, timeout: float):
+def make_rpc_runner(cfg: Endpoint, evaluator, timeout: float):
     """MetaSchedule runner measuring on the boards registered under a tracker key."""
     from tvm.s_tir import meta_schedule as ms
 
@@ -209,15 +209,11 @@ def make_rpc_runner(cfg, evaluator, timeout: float):
                          "boards with --tracker/--key, then pass --tracker HOST:PORT --key KEY")
     host, port = parse_hostport(cfg.tracker, "--tracker")
     _probe(host, port, cfg.timeout, "RPC tracker")
-    from tvm import rpc
-
-    summary = _with_deadline(lambda: rpc.connect_tracker(host, port).summary(), cfg.timeout, f"RPC tracker {cfg.tracker}")
-    boards = sum(1 for item in summary.get("server_info", []) if str(item.get("key", "")).split(":")[-1] == cfg.key)
-    if boards == 0:
+    rpc_config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=cfg.key,
+                                     session_priority=1, session_timeout_sec=int(max(timeout, 10)))
+    if _with_deadline(rpc_config.count_num_servers, cfg.timeout, f"RPC tracker {cfg.tracker}") == 0:
         raise DeviceError(f"no board is registered under key {cfg.key!r} at tracker {cfg.tracker}; start one with "
                           f"`python -m tvm.exec.rpc_server --tracker {cfg.tracker} --key {cfg.key}` (or "
                           f"`tvmnet emulator start --tracker {cfg.tracker} --key {cfg.key}`)")
-    rpc_config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=cfg.key,
-                                     session_priority=1, session_timeout_sec=int(max(timeout, 10)))
     return ms.runner.RPCRunner(rpc_config=rpc_config, evaluator_config=evaluator, max_workers=1,
                                f_alloc_argument=alloc_argument_from_host, f_create_session=create_session_fail_fast)

@@ -70,11 +70,9 @@ def open_local(artifact: Artifact) -> Session:
     import tvm
     from tvm.runtime.vm import VirtualMachine  # runtime only: works where just the TVM runtime is installed
 
-    from .targets import load_target, TargetSpec
+    from .targets import TargetSpec
 
-    t = artifact.target
-    spec = TargetSpec(name=t["name"], description=t.get("description", ""), target=t["target"], host=t.get("host"),
-                      arch=t["arch"], device=t["device"], cpu_flags=tuple(t.get("cpu_flags", ())))
+    spec = TargetSpec.from_json(artifact.target)
     why = spec.host_mismatch()
     if why:
         raise ArtifactError(f"artifact {artifact.path} cannot run here: {why}; run it on its board with "
@@ -85,9 +83,7 @@ def open_local(artifact: Artifact) -> Session:
             raise DeviceError(f"artifact {artifact.path} is built for CUDA and this machine has no usable NVIDIA GPU; "
                               "run it on a machine with one")
     else:
-        from .targets import use_threads
-
-        use_threads(spec.target.get("num-cores") or 1)
+        spec.use_threads()
         dev = tvm.cpu(0)
     try:
         lib = tvm.runtime.load_module(str(artifact.library))

@@ -53,14 +53,6 @@ def host_cpu_flags() -> set:
     return set()
 
 
-def use_threads(n: int) -> None:
-    """Make TVM's CPU thread pool use ``n`` threads (in this process and the ones it starts).
-
-    TVM 0.27 defaults to one thread on this class of machine (2 vCPUs), so code tuned and run
-    without this uses half the CPU. An explicit TVM_NUM_THREADS from the user wins."""
-    os.environ.setdefault("TVM_NUM_THREADS", str(max(1, int(n))))
-
-
 def _resolve_host_values(d: Optional[dict]) -> Optional[dict]:
     if d is None:
         return None
@@ -111,6 +103,19 @@ class TargetSpec:
         return {"name": self.name, "description": self.description, "target": self.target, "host": self.host,
                 "arch": self.arch, "device": self.device, "cross_compiler": self.cross_compiler,
                 "cpu_flags": list(self.cpu_flags), "qemu_cpu": self.qemu_cpu}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TargetSpec":
+        """The spec recorded by ``to_json`` (e.g. in an artifact's metadata)."""
+        return cls(name=d["name"], description=d.get("description", ""), target=d["target"], host=d.get("host"),
+                   arch=d["arch"], device=d["device"], cross_compiler=d.get("cross_compiler"),
+                   cpu_flags=tuple(d.get("cpu_flags", ())), qemu_cpu=d.get("qemu_cpu"))
+
+    def use_threads(self) -> None:
+        """Make TVM's CPU thread pool (here and in processes started from here) use the
+        target's ``num-cores``: TVM 0.27 defaults to one thread on 2-vCPU machines, so code
+        tuned and run without this uses half the CPU. An explicit TVM_NUM_THREADS wins."""
+        os.environ.setdefault("TVM_NUM_THREADS", str(max(1, int(self.target.get("num-cores") or 1))))
 
     def check_toolchain(self) -> None:
         """Fail early, with the install command, if the target's compiler is missing."""

@@ -14,7 +14,6 @@ import math
 import signal
 import sys
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -22,6 +21,7 @@ from typing import Optional, Union
 from .config import ModelConfig
 from .errors import TuningLogError, UsageError, err_line
 from .paths import CACHE_DIR, TUNING_LOGS_DIR
+from .rpc import Endpoint
 from .targets import TargetSpec
 
 log = logging.getLogger(__name__)
@@ -191,16 +191,6 @@ def prune_database(path: Path, say=print) -> tuple:
 
 
 @dataclass(frozen=True)
-class RpcConfig:
-    """Where candidates run: a tracker + key (many boards) or one server."""
-
-    tracker: Optional[str] = None   # "HOST:PORT"
-    key: Optional[str] = None
-    server: Optional[str] = None    # "HOST:PORT" (no tracker)
-    timeout: float = 30.0
-
-
-@dataclass(frozen=True)
 class TuneOptions:
     model: ModelConfig
     target: TargetSpec
@@ -212,7 +202,7 @@ class TuneOptions:
     timeout: float = 30.0
     seed: int = 0
     trials_per_iter: int = 64
-    rpc: Optional[RpcConfig] = None
+    rpc: Optional[Endpoint] = None       # measure on remote boards (a tracker and key)
     gemm: bool = True
     progress: bool = True
     kernels: Optional[str] = None        # only tune kernels whose name contains this
@@ -229,9 +219,7 @@ class TuneOptions:
             raise UsageError(f"--timeout {self.timeout} must be positive (seconds)")
 
     def display(self) -> str:
-        where = "locally"
-        if self.rpc is not None:
-            where = f"on tracker {self.rpc.tracker} key {self.rpc.key}" if self.rpc.tracker else f"on {self.rpc.server}"
+        where = "locally" if self.rpc is None else f"on {self.rpc}"
         return (f"{self.model.display()}\ntarget: {self.target.name}; trials {self.trials}"
                 f" (per task {self.per_task or 'auto'}), measured {where}, seed {self.seed}\n"
                 f"database: {database_dir(self.target, self.log_dir)}")
@@ -290,8 +278,7 @@ class _Progress:
 
     def estimate_ms(self) -> Optional[float]:
         if any(b is None for b in self.best):
-            known = [w * b for w, b in zip(self.weights, self.best) if b is not None]
-            return None if not known else None
+            return None
         return 1e3 * sum(w * b for w, b in zip(self.weights, self.best))
 
     def _post(self):
@@ -355,9 +342,7 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
     db_path = database_dir(spec, opts.log_dir)
     spec.check_toolchain()
     if opts.rpc is None and spec.is_cpu:
-        from .targets import use_threads
-
-        use_threads(spec.target.get("num-cores") or 1)   # the runner's workers inherit it
+        spec.use_threads()   # the runner's worker processes inherit it
     if opts.rpc is None:
         why = spec.host_mismatch()
         if why:
@@ -371,6 +356,7 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
 
                 raise DeviceError(f"tuning {spec.name} measures on a local NVIDIA GPU and this machine has none; "
                                   "run `tvmnet tune` on a machine with one")
+    runner = _make_runner(opts)   # an unreachable tracker fails here, before any file is created
     db = open_database(db_path, create=True)
     target = spec.tvm_target()
 
@@ -407,7 +393,6 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
                                         num_tuning_cores=None)
     callbacks = ms.measure_callback.MeasureCallback.create("default") + [_callback(_SubProgress(progress, todo))]
     builder = make_builder(spec, shared_library=opts.rpc is not None)
-    runner = _make_runner(opts)
 
     ms_log = logging.getLogger("tvm.s_tir.meta_schedule")   # its console output would drown the progress bar
     if ms_log.level == logging.NOTSET:
@@ -434,7 +419,6 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
         if stop["signal"] is not None:
             result.interrupted = True
         else:
-            progress.close()
             _raise_stopped(err, progress, db_path)
     finally:
         for sig, handler in old.items():

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Optional
 
 import tvm
 from tvm import relax
@@ -84,8 +83,6 @@ def _gpu_default_schedule() -> tvm.transform.Pass:
 
 def finalize(mod: tvm.IRModule, spec, database=None) -> tvm.IRModule:
     """Phase 3: apply tuned records (if any), default GPU schedules, CPU weight pre-packing."""
-    from tvm.s_tir import meta_schedule as ms
-
     with spec.tvm_target():
         seq = tvm.transform.Sequential([
             T.MetaScheduleApplyDatabase(enable_warning=False) if database is not None else _EMPTY,
