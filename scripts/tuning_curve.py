@@ -27,7 +27,7 @@ def main():
 
     from tvmnet import CompileOptions, ModelConfig, compile_model, load_target
     from tvmnet.artifact import load_artifact
-    from tvmnet.compiler import import_model
+    from tvmnet.frontend import import_model
     from tvmnet.passes import pipeline
     from tvmnet.runner import open_local
     from tvmnet.tuning import extract_tasks, open_database

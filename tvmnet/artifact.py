@@ -1,6 +1,7 @@
 """The deployable artifact: a directory with the compiled library and ``metadata.json``."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,14 @@ from .errors import ArtifactError
 FORMAT = "tvmnet-artifact/1"
 LIBRARY = "model.so"
 METADATA = "metadata.json"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -24,14 +23,6 @@ from .targets import TargetSpec
 log = logging.getLogger(__name__)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class CompileOptions:
     """What to compile and how."""
@@ -46,25 +37,6 @@ class CompileOptions:
     def display(self) -> str:
         src = f"ONNX {self.onnx}" if self.onnx else self.model.display()
         return f"{src}\ntarget: {self.target.name} ({self.target.description})\noutput: {self.output}"
-
-
-def import_model(model: ModelConfig, onnx: Optional[Path] = None):
-    """Returns (Relax IRModule, input name, input shape, model metadata dict)."""
-    from . import frontend
-
-    if onnx is not None:
-        mod, shape, name = frontend.from_onnx(onnx)
-        info = {"source": "onnx", "onnx": str(Path(onnx).resolve()), "onnx_sha256": sha256(Path(onnx)),
-                "alpha": None, "resolution": shape[2], "num_classes": None, "seed": None}
-        return mod, name, shape, info
-    from .models import build_model
-
-    torch_model = build_model(model)
-    mod = frontend.from_torch(torch_model, model.input_shape)
-    info = {"source": "zoo", "alpha": model.alpha, "resolution": model.resolution, "num_classes": model.num_classes,
-            "seed": model.seed, "weights": str(model.weights.resolve()) if model.weights else None,
-            "weights_sha256": sha256(model.weights) if model.weights else None}
-    return mod, "x", model.input_shape, info
 
 
 def check_output_dir(out: Path) -> None:
@@ -105,6 +77,7 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
     import tvm
 
     from . import tuning
+    from .frontend import import_model
     from .passes import pipeline
 
     spec, out = opts.target, Path(opts.output)

@@ -4,9 +4,12 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
+from .artifact import sha256
+from .config import ModelConfig
 from .errors import WeightsError, err_line
 
 log = logging.getLogger(__name__)
@@ -89,3 +92,20 @@ def export_onnx(model, input_shape, path: Path) -> Path:
         torch.onnx.export(model.eval(), (example,), str(path), input_names=[INPUT_NAME], output_names=["logits"],
                           opset_version=17, dynamo=False)
     return path
+
+
+def import_model(model: ModelConfig, onnx: Optional[Path] = None):
+    """Returns (Relax IRModule, input name, input shape, model metadata dict)."""
+    if onnx is not None:
+        mod, shape, name = from_onnx(onnx)
+        info = {"source": "onnx", "onnx": str(Path(onnx).resolve()), "onnx_sha256": sha256(Path(onnx)),
+                "alpha": None, "resolution": shape[2], "num_classes": None, "seed": None}
+        return mod, name, shape, info
+    from .models import build_model
+
+    torch_model = build_model(model)
+    mod = from_torch(torch_model, model.input_shape)
+    info = {"source": "zoo", "alpha": model.alpha, "resolution": model.resolution, "num_classes": model.num_classes,
+            "seed": model.seed, "weights": str(model.weights.resolve()) if model.weights else None,
+            "weights_sha256": sha256(model.weights) if model.weights else None}
+    return mod, str(mod["main"].params[0].name), model.input_shape, info

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import Artifact
-from .compiler import sha256
+from .artifact import Artifact, sha256
 from .config import ModelConfig
 from .errors import ArtifactError, WeightsError
 

@@ -324,7 +324,7 @@ def _callback(progress: _Progress):
 
 def prepare_tasks(opts: TuneOptions):
     """Import, pass, lower; returns (lowered module, extracted tasks)."""
-    from .compiler import import_model
+    from .frontend import import_model
     from .passes import pipeline
 
     mod, *_ = import_model(opts.model)
