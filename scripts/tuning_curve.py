@@ -1,10 +1,14 @@
-"""Latency reached after N tuning trials: rebuild the model from the first N records of a
-database (records are appended in measurement order) and time each build.
+"""Latency reached after N tuning trials, or after M minutes of a tune: rebuild the model
+from the records the database held then (records are appended in measurement order) and
+time each build.
 
-    python3 scripts/tuning_curve.py /path/to/full/x86 --alpha 0.5 --trials 250 500 1000 2000
+    python3 scripts/tuning_curve.py DB --alpha 0.5 --trials 250 500 1000 2000
+    python3 scripts/tuning_curve.py DB --alpha 0.5 --minutes 5 10 20 30 --journal J
 
-Needs the *full* database (before `tvmnet prune-log`). Prints one row per N: records used,
-kernels covered, median latency (time_evaluator, after warm-up).
+J is the journal `tvmnet tune` prints at its end (when each batch landed, and how many
+lines the record file had then). Needs the *full* database (before `tvmnet prune-log`).
+Prints one row per point: records used, kernels covered, median latency (time_evaluator,
+after warm-up).
 """
 import argparse
 import json
@@ -21,6 +25,8 @@ def main():
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--trials", type=int, nargs="+", default=[250, 500, 1000, 2000])
+    ap.add_argument("--minutes", type=float, nargs="+", help="points in minutes of tuning (needs --journal)")
+    ap.add_argument("--journal", type=Path, help="the tune's journal (tvmnet tune prints its path)")
     ap.add_argument("--target", default="x86")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -30,7 +36,8 @@ def main():
     from tvmnet.frontend import import_model
     from tvmnet.passes import pipeline
     from tvmnet.runner import open_local
-    from tvmnet.tuning import extract_tasks, open_database
+    from tvmnet.logs import open_database
+    from tvmnet.tuning import extract_tasks
 
     spec = load_target(args.target)
     cfg = ModelConfig(args.alpha, args.resolution)
@@ -44,24 +51,35 @@ def main():
         if full.has_workload(t.dispatched[0]):
             wl = full.commit_workload(t.dispatched[0])
             own.add(hashes.index(wl.as_json()[0]))
-    records = [l for l in (args.db / "database_tuning_record.json").read_text().splitlines()
-               if l.strip() and json.loads(l)[0] in own]
+    all_lines = [l for l in (args.db / "database_tuning_record.json").read_text().splitlines() if l.strip()]
+    if args.minutes:
+        journal = [json.loads(l) for l in args.journal.read_text().splitlines() if l.strip()]
+        points = []
+        for m in args.minutes:
+            lines = max([j["record_lines"] for j in journal if j["seconds"] <= 60 * m], default=0)
+            points.append((f"{m:g} min", lines))
+    else:
+        points = [(f"{n} trials", n) for n in args.trials]
     rows = []
     x = np.random.default_rng(0).standard_normal(cfg.input_shape).astype("float32")
-    for n in args.trials:
+    for label, n in points:
+        if args.minutes:   # the record file's first n lines, this model's among them
+            records = [l for l in all_lines[:n] if json.loads(l)[0] in own]
+        else:              # this model's first n records
+            records = [l for l in all_lines if json.loads(l)[0] in own][:n]
         with tempfile.TemporaryDirectory() as tmp:
             db = Path(tmp) / "db"
             db.mkdir()
             shutil.copy(args.db / "database_workload.json", db)
-            (db / "database_tuning_record.json").write_text("\n".join(records[:n]) + "\n")
+            (db / "database_tuning_record.json").write_text("\n".join(records) + "\n")
             art = compile_model(CompileOptions(cfg, spec, Path(tmp) / "art", tuning_log=db), progress=lambda m: None)
             sess = open_local(load_artifact(art.path))
             sess.time(x, number=10, repeat=3)
             t = sess.time(x, number=20, repeat=15)
-            rows.append({"trials": n, "records_used": min(n, len(records)),
+            rows.append({"point": label, "records_used": len(records),
                          "kernels_tuned": art.metadata["tuning"]["kernels_tuned"],
                          "kernels_total": art.metadata["tuning"]["kernels_total"], "median_ms": t.median_ms})
-            print(f"{n:>6} trials ({rows[-1]['records_used']} records): "
+            print(f"{label:>12} ({rows[-1]['records_used']} records): "
                   f"{rows[-1]['kernels_tuned']}/{rows[-1]['kernels_total']} kernels tuned, median {t.median_ms:.3f} ms",
                   flush=True)
     if args.json:

@@ -20,6 +20,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def host_class() -> str:
+    """This machine's class key for the `x86` preset (names its database directory)."""
+    from tvmnet.targets import load_target
+
+    return load_target("x86").machine_class()["key"]
+
+
 def run_cli(*args, cwd=None, env=None, timeout=900):
     """Run the real `tvmnet` command line in a subprocess; returns CompletedProcess."""
     full_env = dict(os.environ)

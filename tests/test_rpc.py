@@ -121,6 +121,9 @@ def tracker_with_two_boards():
     proc.wait(10)
 
 
+RPI4_CLASS = "aarch64-cortex-a72-neon-4c"   # the database directory of tunes for the rpi4 preset
+
+
 def test_rpc_tuning_through_tracker_then_compile_applies(tracker_with_two_boards, tmp_path):
     logs = tmp_path / "logs"
     res = run_cli("tune", "--target", "rpi4", "--alpha", "0.25", "--resolution", "32", "--kernels", "matmul",
@@ -128,11 +131,11 @@ def test_rpc_tuning_through_tracker_then_compile_applies(tracker_with_two_boards
                   "--tracker", tracker_with_two_boards, "--key", "rpi4-ci")
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
     assert " 0 failed" in res.stdout
-    recs = [l for l in (logs / "rpi4" / "database_tuning_record.json").read_text().splitlines() if l.strip()]
+    recs = [l for l in (logs / RPI4_CLASS / "database_tuning_record.json").read_text().splitlines() if l.strip()]
     assert len(recs) >= 3
     out = tmp_path / "tuned-rpi4"
     res = run_cli("compile", "--target", "rpi4", "--alpha", "0.25", "--resolution", "32", "--tuning-log",
-                  logs / "rpi4", "-o", out)
+                  logs / RPI4_CLASS, "-o", out)
     assert res.returncode == 0, res.stderr
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["tuning"]["kernels_tuned"] >= 3

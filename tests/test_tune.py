@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, host_class, run_cli
 
 pytestmark = pytest.mark.tune
 
@@ -22,15 +22,17 @@ def records(db):
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
+    """A tiny cold tune (no warm start) of the GEMM kernels into <logs>/<this machine's class>."""
     logs = tmp_path_factory.mktemp("logs")
-    res = run_cli("tune", *TINY, "--kernels", "matmul", "--trials", "12", "--per-task", "2", "--log-dir", logs)
+    res = run_cli("tune", *TINY, "--kernels", "matmul", "--trials", "12", "--per-task", "2", "--log-dir", logs,
+                  "--no-warm-start")
     assert res.returncode == 0, res.stderr[-3000:]
     return logs, res
 
 
 def test_tiny_tune_measures_real_records(tuned):
     logs, res = tuned
-    recs = records(logs / "x86")
+    recs = records(logs / host_class())
     assert len(recs) >= 6, res.stdout + res.stderr[-2000:]
     assert all(r[1][1] and all(float(s) > 0 for s in r[1][1]) for r in recs)   # measured run times
     assert " 0 failed" in res.stdout
@@ -38,27 +40,28 @@ def test_tiny_tune_measures_real_records(tuned):
 
 def test_rerun_resumes_without_spending_budget(tuned):
     logs, _ = tuned
-    before = len(records(logs / "x86"))
+    before = len(records(logs / host_class()))
     res = run_cli("tune", *TINY, "--kernels", "matmul", "--trials", "12", "--per-task", "2", "--log-dir", logs)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "nothing to do" in res.stderr or "0 new trials" in res.stdout
-    assert len(records(logs / "x86")) == before
+    assert len(records(logs / host_class())) == before
 
 
 def test_compile_applies_the_log_and_validates(tuned, tmp_path):
     logs, _ = tuned
     out = tmp_path / "tuned"
-    res = run_cli("compile", "--alpha", "0.25", "--resolution", "32", "--tuning-log", logs / "x86", "-o", out)
+    res = run_cli("compile", "--alpha", "0.25", "--resolution", "32", "--tuning-log", logs / host_class(), "-o", out)
     assert res.returncode == 0, res.stderr
     meta = json.loads((out / "metadata.json").read_text())
-    assert meta["tuning"]["kernels_tuned"] >= 6 and meta["tuning"]["log"].endswith("x86")
+    assert meta["tuning"]["kernels_tuned"] >= 6 and meta["tuning"]["log"].endswith(host_class())
+    assert meta["tuning"]["match"] == "given" and meta["tuning"]["class"] == host_class()
     assert f"{meta['tuning']['kernels_tuned']} from tuning log" in res.stderr
     res = run_cli("validate", out)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_corrupt_log_is_reported_and_left_untouched(tmp_path):
-    db = tmp_path / "x86"
+    db = tmp_path / host_class()
     db.mkdir()
     (db / "database_workload.json").write_text("")
     bad = db / "database_tuning_record.json"
@@ -83,28 +86,28 @@ def test_sigterm_keeps_records_and_resume_counts_them(tmp_path):
            "--log-dir", str(tmp_path)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
-    while time.time() < deadline and len(records(tmp_path / "x86")) < 2 and proc.poll() is None:
+    while time.time() < deadline and len(records(tmp_path / host_class())) < 2 and proc.poll() is None:
         time.sleep(2)
     assert proc.poll() is None, "tuning ended before it could be interrupted"
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in out
-    kept = records(tmp_path / "x86")
+    kept = records(tmp_path / host_class())
     assert len(kept) >= 2
     # resume: the kept records count against the budget, so a budget equal to them runs nothing
     res = run_cli("tune", *TINY, *one_kernel, "--trials", str(len(kept)), "--per-task", "400", "--log-dir", tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"{len(kept)} trials already in" in res.stderr and "nothing to do" in res.stderr
-    assert len(records(tmp_path / "x86")) == len(kept)
+    assert len(records(tmp_path / host_class())) == len(kept)
 
 
 def test_prune_keeps_best_and_resume_accounting(tuned, tmp_path):
     import shutil
 
     logs, _ = tuned
-    db = tmp_path / "x86"
-    shutil.copytree(logs / "x86", db)
+    db = tmp_path / host_class()
+    shutil.copytree(logs / host_class(), db)
     before = records(db)
     res = run_cli("prune-log", db)
     assert res.returncode == 0, res.stderr

@@ -14,6 +14,7 @@ Two problems, both in ``LocalBuilder``:
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 import types
 from functools import partial
@@ -46,9 +47,16 @@ def intrin_families(spec) -> tuple:
     return ()
 
 
+def _init_worker(families: tuple) -> None:
+    # Ctrl-C reaches the whole process group; the tuner stops at a safe point, so the
+    # workers must not die half-way through a batch.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _install_light_tensor_intrin(families)
+
+
 def worker_initializer(spec):
     """A picklable initializer for builder worker processes."""
-    return partial(_install_light_tensor_intrin, intrin_families(spec))
+    return partial(_init_worker, intrin_families(spec))
 
 
 def export_shared(rt_mod, cross_compiler=None) -> str:

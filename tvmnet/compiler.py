@@ -77,6 +77,7 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
     import tvm
 
     from . import tuning
+    from .logs import choose_logs
     from .frontend import import_model
     from .passes import pipeline
 
@@ -92,11 +93,9 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
     mod = pipeline.lower_to_tir(mod, spec, gemm=opts.gemm)
     kernels = pipeline.tir_kernels(mod)
 
-    database, log_path = tuning.open_database_for_compile(spec, opts.tuning_log)
-    tuned = tuning.count_tuned(mod, spec, database) if database is not None else 0
-    say(f"scheduling {len(kernels)} kernels ({tuned} from tuning log {log_path})" if database is not None
-        else f"scheduling {len(kernels)} kernels (no tuning log)")
-    mod = pipeline.finalize(mod, spec, database)
+    choice = choose_logs(spec, opts.tuning_log, tuning.extract_tasks(mod, spec))
+    say(_describe_logs(choice, len(kernels), opts))
+    mod = pipeline.finalize(mod, spec, choice.database)
 
     say(f"building for {spec.name}" + (f" with {spec.cross_compiler}" if spec.cross_compiler else ""))
     try:
@@ -129,8 +128,7 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
             "library": LIBRARY,
             "library_elf_machine": machine,
             "passes": ["FoldBatchNorm"] + (["PointwiseToGemm"] if opts.gemm else []),
-            "tuning": {"log": str(log_path) if log_path else None, "kernels_total": len(kernels),
-                       "kernels_tuned": tuned},
+            "tuning": choice.metadata(),
             "compile_seconds": round(time.perf_counter() - t0, 2),
         }
         (staging / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
@@ -139,6 +137,29 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return Artifact(out, meta)
+
+
+def _describe_logs(choice, n_kernels: int, opts: CompileOptions) -> str:
+    """One line: which class this machine is, what the logs hold, what was applied, the fix."""
+    if choice.match is None and opts.tuning_log is None:
+        return f"scheduling {n_kernels} kernels (no tuning log: --no-tuning-log)"
+    sources = ", ".join(f"{n} from {src}" for src, n in choice.by_source.items()) or "none"
+    if choice.match == "given":
+        return f"scheduling {n_kernels} kernels ({choice.kernels_tuned} from tuning log {choice.path}: {sources})"
+    if choice.match == "exact" and choice.kernels_tuned == choice.kernels_total:
+        return (f"scheduling {n_kernels} kernels ({choice.kernels_tuned} from tuning log {choice.path}, "
+                f"machine class {choice.this_class})")
+    m = opts.model
+    fix = (f"tvmnet tune --target {opts.target.name} --alpha {m.alpha:g}"
+           + (f" --resolution {m.resolution}" if m.resolution != 224 else "") + " --trials 2000"
+           + (" --tracker HOST:PORT --key KEY" if opts.target.is_cross else ""))
+    held = ", ".join(choice.available) or "none"
+    if choice.match is None:
+        applied = "no schedules (every kernel naive and slow)"
+    else:
+        applied = f"{choice.kernels_tuned}/{choice.kernels_total} kernels tuned ({sources})"
+    return (f"this machine is class {choice.this_class}; tuning logs hold {held}; applied {applied}; "
+            f"schedules from another class run slower than a local tune: run `{fix}`")
 
 
 def _output_shape(mod) -> tuple:

@@ -6,5 +6,5 @@ from pathlib import Path
 
 ROOT = Path(os.environ.get("TVMNET_HOME", Path(__file__).resolve().parent.parent))
 TARGETS_DIR = ROOT / "targets"
-TUNING_LOGS_DIR = ROOT / "tuning_logs"
+TUNING_LOGS_DIR = Path(os.environ.get("TVMNET_TUNING_LOGS", ROOT / "tuning_logs"))   # the shipped logs
 CACHE_DIR = Path(os.environ.get("TVMNET_CACHE", Path.home() / ".cache" / "tvmnet"))

@@ -111,6 +111,33 @@ class TargetSpec:
                    arch=d["arch"], device=d["device"], cross_compiler=d.get("cross_compiler"),
                    cpu_flags=tuple(d.get("cpu_flags", ())), qemu_cpu=d.get("qemu_cpu"))
 
+    def vector_isa(self) -> str:
+        """The vector ISA the target's code may use: avx512 / avx2 / sse (x86), neon or
+        neon-dotprod (aarch64), the CUDA arch for GPUs."""
+        if self.device == "cuda":
+            return str(self.target.get("arch", "cuda"))
+        from tvm.target import codegen
+
+        tgt = self.tvm_target()
+        with tgt:
+            if self.arch == "aarch64":
+                return "neon-dotprod" if tgt.features.has_dotprod else "neon"
+            for isa, feature in (("avx512", "avx512f"), ("avx2", "avx2")):
+                if codegen.llvm_cpu_has_features([feature], tgt):
+                    return isa
+        return "sse" if self.arch == "x86_64" else "generic"
+
+    def machine_class(self) -> dict:
+        """What decides the schedules a tuning log holds: architecture, LLVM mcpu, vector ISA,
+        core count. ``key`` names the database directory in tuning_logs/."""
+        if self.device == "cuda":
+            arch = str(self.target.get("arch", "cuda"))
+            return {"key": f"cuda-{arch}", "arch": "cuda", "mcpu": arch, "isa": arch, "cores": None}
+        mcpu = str(self.target.get("mcpu") or "generic")
+        isa = self.vector_isa()
+        cores = int(self.target.get("num-cores") or 1)
+        return {"key": f"{self.arch}-{mcpu}-{isa}-{cores}c", "arch": self.arch, "mcpu": mcpu, "isa": isa, "cores": cores}
+
     def use_threads(self) -> None:
         """Make TVM's CPU thread pool (here and in processes started from here) use the
         target's ``num-cores``: TVM 0.27 defaults to one thread on 2-vCPU machines, so code

@@ -1,107 +1,40 @@
 """``tune_model``: MetaSchedule (XGBoost cost model, evolutionary search) over the fused TIR
-kernels of the folded, GEMM-lowered graph; one JSON database per target, resumable.
+kernels of the folded, GEMM-lowered graph, into this machine class's database (``logs``).
 
-Layout: ``<log_dir>/<target name>/database_workload.json`` and
-``database_tuning_record.json`` (MetaSchedule's own JSON database; its lookups ignore the
-target, apache/tvm #15549, hence one database per target). MetaSchedule's text logs go to
-``~/.cache/tvmnet/tune/<target>/logs``.
+- **Warm start**: kernels this class has no record for first get the best schedules of the
+  nearest class's log, re-measured here (never copied with their times); the measurements
+  go into this class's database, train the cost model, and seed the evolutionary search,
+  which draws part of its initial population from the database.
+- **Safe points**: a Python task scheduler (TVM's gradient rule) joins each batch as soon as
+  it is measured, so records land in the database and the progress bar moves batch by
+  batch; SIGINT/SIGTERM only set a flag, and the scheduler ends the run at its next
+  decision. Nothing is raised inside MetaSchedule's C++ loop.
+- Resumable: the same command again counts the records (and pruned trials) against the budget.
+
+MetaSchedule's text logs go to ``~/.cache/tvmnet/tune/<class>/logs``.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import random
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, List, Optional
 
 from .config import ModelConfig
-from .errors import TuningLogError, UsageError, err_line
+from .errors import DeviceError, TuningLogError, UsageError, err_line
+from .logs import (RECORD_FILE, best_record, cpu_model, database_dir, nearest_class, open_database, pruned_counts,
+                   write_class_file, wl_key)
 from .paths import CACHE_DIR, TUNING_LOGS_DIR
 from .rpc import Endpoint
 from .targets import TargetSpec
 
 log = logging.getLogger(__name__)
-
-WORKLOAD_FILE = "database_workload.json"
-RECORD_FILE = "database_tuning_record.json"
-
-
-def database_dir(spec: TargetSpec, log_dir: Optional[Path] = None) -> Path:
-    return Path(log_dir or TUNING_LOGS_DIR) / spec.name
-
-
-def check_database_files(path: Path) -> int:
-    """Validate a database directory without modifying it; returns the number of records."""
-    path = Path(path)
-    wl, rec = path / WORKLOAD_FILE, path / RECORD_FILE
-    if not path.is_dir():
-        raise TuningLogError(f"tuning log {path} is not a directory; pass the directory that holds "
-                             f"{WORKLOAD_FILE} and {RECORD_FILE}, or run `tvmnet tune` to create it")
-    if not wl.is_file() or not rec.is_file():
-        missing = [p.name for p in (wl, rec) if not p.is_file()]
-        raise TuningLogError(f"tuning log {path} lacks {', '.join(missing)}; pass a MetaSchedule JSON database "
-                             "directory, or run `tvmnet tune` to create one")
-    n_workloads = 0
-    for lineno, line in enumerate(wl.read_text(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-            ok = isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
-        except ValueError:
-            ok = False
-        if not ok:
-            raise TuningLogError(f"tuning log {wl} is corrupt or not a MetaSchedule workload file (line {lineno}); "
-                                 "it was left untouched: move it away or pass another --log-dir")
-        n_workloads += 1
-    records = 0
-    for lineno, line in enumerate(rec.read_text(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-            ok = (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int)
-                  and 0 <= item[0] < n_workloads and isinstance(item[1], list))
-        except ValueError:
-            ok = False
-        if not ok:
-            raise TuningLogError(f"tuning log {rec} is corrupt or not a MetaSchedule record file (line {lineno}); "
-                                 "it was left untouched: move it away or pass another --log-dir")
-        records += 1
-    return records
-
-
-def open_database(path: Path, create: bool = False):
-    from tvm.s_tir import meta_schedule as ms
-
-    path = Path(path)
-    if create and not path.exists():
-        path.mkdir(parents=True)
-        (path / WORKLOAD_FILE).touch()
-        (path / RECORD_FILE).touch()
-    check_database_files(path)
-    try:
-        return ms.database.JSONDatabase(path_workload=str(path / WORKLOAD_FILE),
-                                        path_tuning_record=str(path / RECORD_FILE), allow_missing=False)
-    except Exception as err:
-        raise TuningLogError(f"tuning log {path} cannot be loaded by MetaSchedule ({err_line(err)}); "
-                             "it was left untouched: move it away or pass another log") from err
-
-
-def open_database_for_compile(spec: TargetSpec, tuning_log: Union[Path, str, None]):
-    """(database or None, its path) for ``compile``: "auto" looks in tuning_logs/<target>/."""
-    if tuning_log is None:
-        return None, None
-    if tuning_log == "auto":
-        path = database_dir(spec)
-        if not (path / RECORD_FILE).is_file():
-            return None, None
-        return open_database(path), path
-    return open_database(Path(tuning_log)), Path(tuning_log)
 
 
 def extract_tasks(mod, spec: TargetSpec):
@@ -111,36 +44,10 @@ def extract_tasks(mod, spec: TargetSpec):
     return [t for t in tasks if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled", False)]
 
 
-def _best_seconds(db, task, target) -> Optional[float]:
-    rec = db.query_tuning_record(task.dispatched[0], target, task.task_name)
-    if rec is None or not rec.run_secs:
-        return None
-    secs = [float(s) for s in rec.run_secs]
-    return sum(secs) / len(secs)
-
-
-def count_tuned(mod, spec: TargetSpec, db) -> int:
-    """How many of the module's kernels (tuning tasks) have a record in ``db``."""
-    target = spec.tvm_target()
-    return sum(1 for t in extract_tasks(mod, spec) if db.query_tuning_record(t.dispatched[0], target, t.task_name) is not None)
-
-
-PRUNED_FILE = "pruned_trials.json"
-
-
-def _wl_key(workload) -> str:
-    import tvm_ffi
-
-    return str(tvm_ffi.structural_hash(workload.mod))
-
-
-def _pruned_counts(path: Path) -> dict:
-    """Trials measured earlier whose records ``prune_database`` dropped, by workload hash."""
-    try:
-        data = json.loads((Path(path) / PRUNED_FILE).read_text())
-        return {str(k): int(v) for k, v in data.items()}
-    except (OSError, ValueError, AttributeError):
-        return {}
+def default_per_task(trials: int, n_tasks: int) -> int:
+    """Cap per kernel: three times the even share, so that the gradient rule can give the
+    kernels that hold the time (MobileNet's 14x14x512 GEMMs) more trials than the rest."""
+    return min(trials, max(8, 3 * math.ceil(trials / max(1, n_tasks))))
 
 
 def _records_per_task(db, tasks, pruned: dict) -> list:
@@ -150,44 +57,10 @@ def _records_per_task(db, tasks, pruned: dict) -> list:
         mod = task.dispatched[0]
         if db.has_workload(mod):
             wl = db.commit_workload(mod)
-            counts.append(len(db.get_top_k(wl, 1 << 30)) + pruned.get(_wl_key(wl), 0))
+            counts.append(len(db.get_top_k(wl, 1 << 30)) + pruned.get(wl_key(wl), 0))
         else:
             counts.append(0)
     return counts
-
-
-def prune_database(path: Path, say=print) -> tuple:
-    """Keep only the best record per kernel (MetaSchedule's ``dump_pruned``), in place.
-
-    The dropped trials are counted in ``pruned_trials.json`` so that a later ``tune`` still
-    knows they were measured. The full database is moved to the cache, not deleted.
-    Returns (records before, records after, backup path).
-    """
-    import datetime
-    import shutil
-    from collections import Counter
-
-    path = Path(path)
-    before = check_database_files(path)
-    db = open_database(path)
-    per_wl = Counter(_wl_key(r.workload) for r in db.get_all_tuning_records())
-    staging = path.parent / f".{path.name}.pruned"
-    shutil.rmtree(staging, ignore_errors=True)
-    dest = open_database(staging, create=True)
-    db.dump_pruned(dest)
-    kept = Counter(_wl_key(r.workload) for r in dest.get_all_tuning_records())
-    pruned = _pruned_counts(path)
-    for shash, n in per_wl.items():
-        pruned[shash] = pruned.get(shash, 0) + n - kept.get(shash, 0)
-    (staging / PRUNED_FILE).write_text(json.dumps(pruned, indent=0, sort_keys=True) + "\n")
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    backup = CACHE_DIR / "pruned-backups" / f"{path.name}-{stamp}"
-    backup.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(path), str(backup))
-    staging.rename(path)
-    after = sum(kept.values())
-    say(f"pruned {path}: {before} records -> {after} (best per kernel); full database moved to {backup}")
-    return before, after, backup
 
 
 @dataclass(frozen=True)
@@ -207,6 +80,9 @@ class TuneOptions:
     progress: bool = True
     kernels: Optional[str] = None        # only tune kernels whose name contains this
     population: int = 512                # evolutionary search population (smaller: faster, worse)
+    warm_start: bool = True              # seed kernels without records from the nearest class's log
+    warm_top_k: int = 4                  # records per kernel taken from that log
+    minutes: Optional[float] = None      # stop (at a safe point) after this long
 
     def __post_init__(self):
         if self.trials < 1:
@@ -217,12 +93,20 @@ class TuneOptions:
             raise UsageError("--repeats and --number must be at least 1")
         if self.timeout <= 0:
             raise UsageError(f"--timeout {self.timeout} must be positive (seconds)")
+        if self.minutes is not None and self.minutes <= 0:
+            raise UsageError(f"--minutes {self.minutes} must be positive")
+        if self.warm_top_k < 1:
+            raise UsageError(f"--warm-top-k {self.warm_top_k} must be at least 1")
+
+    @property
+    def database(self) -> Path:
+        return database_dir(self.target, self.log_dir)
 
     def display(self) -> str:
         where = "locally" if self.rpc is None else f"on {self.rpc}"
-        return (f"{self.model.display()}\ntarget: {self.target.name}; trials {self.trials}"
-                f" (per task {self.per_task or 'auto'}), measured {where}, seed {self.seed}\n"
-                f"database: {database_dir(self.target, self.log_dir)}")
+        return (f"{self.model.display()}\ntarget: {self.target.name}, machine class "
+                f"{self.target.machine_class()['key']}; trials {self.trials} (per task {self.per_task or 'auto'}), "
+                f"measured {where}, seed {self.seed}\ndatabase: {self.database}")
 
 
 @dataclass
@@ -236,10 +120,20 @@ class TuneResult:
     interrupted: bool
     estimate_ms: Optional[float]
     per_task: list = field(default_factory=list)
+    warm_from: Optional[str] = None      # class whose schedules seeded this run
+    warm_measured: int = 0               # of trials_run: its schedules re-measured here
+    out_of_time: bool = False            # stopped by --minutes
+    journal: Optional[Path] = None       # when each batch landed (seconds, trials): tuning curves
 
     @property
     def trials_per_minute(self) -> float:
         return self.trials_run / (self.seconds / 60) if self.seconds > 0 else 0.0
+
+
+def _ignore_sigint():
+    """Worker initializer: Ctrl-C reaches the whole process group; only the tuner handles it,
+    at a safe point, so a measurement in flight is not killed half-way."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _make_runner(opts: TuneOptions):
@@ -248,30 +142,31 @@ def _make_runner(opts: TuneOptions):
     evaluator = ms.runner.EvaluatorConfig(number=opts.number, repeat=opts.repeats, min_repeat_ms=0,
                                           enable_cpu_cache_flush=opts.target.is_cpu and opts.rpc is None)
     if opts.rpc is None:
-        return ms.runner.LocalRunner(timeout_sec=opts.timeout, evaluator_config=evaluator)
+        return ms.runner.LocalRunner(timeout_sec=opts.timeout, evaluator_config=evaluator, initializer=_ignore_sigint)
     from .rpc import make_rpc_runner
 
     return make_rpc_runner(opts.rpc, evaluator, opts.timeout)
 
 
-class _AllFailing(Exception):
-    """Two whole batches failed in a row: the device or the toolchain is broken."""
-
-
 class _Progress:
-    """MetaSchedule measure callback: progress bar, failures, end-to-end estimate."""
+    """Progress bar, failures and end-to-end estimate, fed batch by batch."""
 
-    def __init__(self, tasks, weights, target, db, budget, before_ms, enabled):
+    def __init__(self, tasks, weights, target, db, budget, enabled, journal: Optional[Path] = None,
+                 record_file: Optional[Path] = None):
         from tqdm import tqdm
 
         self.tasks, self.weights, self.target = tasks, weights, target
         self.best = [None] * len(tasks)
         for i, t in enumerate(tasks):
-            self.best[i] = _best_seconds(db, t, target)
+            rec = best_record(db, t, target)
+            if rec is not None and rec.run_secs:
+                secs = [float(s) for s in rec.run_secs]
+                self.best[i] = sum(secs) / len(secs)
         self.done = 0
         self.failed = 0
         self.failed_batches = 0      # consecutive batches in which every candidate failed
         self.first_error = None
+        self.journal, self.record_file, self.t0 = journal, record_file, time.perf_counter()
         self.bar = tqdm(total=budget, unit="trial", file=sys.stderr, disable=not enabled, dynamic_ncols=True,
                         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}] {postfix}")
         self._post()
@@ -300,26 +195,94 @@ class _Progress:
             if self.best[task_id] is None or mean < self.best[task_id]:
                 self.best[task_id] = mean
         self.done += n
+        if self.bar.total is not None and self.done > self.bar.total:
+            self.bar.total = self.done    # the last batch may overshoot the budget
         self.bar.update(n)
         self._post()
         self.failed_batches = self.failed_batches + 1 if n and batch_failed == n else 0
-        if self.failed_batches >= 2:
-            raise _AllFailing(self.first_error)
+        if self.journal is not None:   # when each batch landed: tuning curves against time
+            with open(self.journal, "a") as f:
+                lines = sum(1 for _ in open(self.record_file)) if self.record_file else None
+                f.write(json.dumps({"seconds": round(time.perf_counter() - self.t0, 1), "trials": self.done,
+                                    "record_lines": lines, "task": self.tasks[task_id].task_name,
+                                    "estimate_ms": self.estimate_ms()}) + "\n")
 
     def close(self):
         self.bar.close()
 
 
-def _callback(progress: _Progress):
-    from tvm.s_tir import meta_schedule as ms
+def _callback(progress: _Progress, todo: List[int]):
+    """MetaSchedule measure callback; maps the ids of the tuned subset back to all tasks."""
     from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
 
     @derived_object
     class ProgressCallback(ms.measure_callback.PyMeasureCallback):
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-            progress.update(task_id, runner_results, builder_results)
+            progress.update(todo[task_id], runner_results, builder_results)
 
     return ProgressCallback()
+
+
+def _scheduler(should_stop: Callable[[], bool], best_seconds: Callable[[int], Optional[float]], seed: int,
+               alpha: float = 0.2, window: int = 3):
+    """A task scheduler that picks tasks by TVM's gradient rule (``GradientBased``: expected
+    gain of the task's weighted latency, so trials go where the time is) and
+
+    - joins every batch right after it is sent, so its records are in the database and the
+      progress bar moves before the next batch is built (TVM's scheduler joins the first
+      round only after every task had its turn: ~17 min without a single record);
+    - never overlaps a measurement with the next batch's search and build, which share the
+      same cores on a small machine and would disturb the timing;
+    - returns -1 (stop) at its next decision once ``should_stop()``: the run ends through
+      MetaSchedule's normal exit, never by an exception inside its C++ loop.
+    """
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class SafePointGradient(ms.task_scheduler.PyTaskScheduler):
+        def __init__(self):
+            super().__init__()
+            self.rng = random.Random(seed)
+            self.history = None       # best latency after each join, per task
+            self.first_round = 0
+
+        def next_task_id(self) -> int:
+            outer = self._outer()
+            tasks = outer.tasks_
+            n = len(tasks)
+            if self.history is None:
+                self.history = [[] for _ in range(n)]
+            for i in range(n):
+                if tasks[i].runner_futures is not None:
+                    outer.join_running_task(i)
+                    best = best_seconds(i)
+                    self.history[i].append(best if best is not None else 1e9)
+            if should_stop():
+                return -1
+            alive = [i for i in range(n) if not tasks[i].is_terminated]
+            if not alive:
+                return -1
+            while self.first_round < n:          # every task once, in order
+                i = self.first_round
+                self.first_round += 1
+                if i in alive:
+                    return i
+            grads = []
+            for i in alive:
+                h = self.history[i]
+                if not h or h[-1] >= 1e9:
+                    grads.append(-1e9)
+                    continue
+                g1 = (h[-1 - window] - h[-1]) / window if len(h) >= 1 + window else 0.0
+                g2 = h[-1] / len(h)
+                grads.append((alpha * g1 + (1 - alpha) * g2) * float(tasks[i].task_weight))
+            if max(grads) == min(grads):
+                return self.rng.choice(alive)
+            return alive[grads.index(max(grads))]
+
+    return SafePointGradient()
 
 
 def prepare_tasks(opts: TuneOptions):
@@ -332,14 +295,64 @@ def prepare_tasks(opts: TuneOptions):
     return mod, extract_tasks(mod, opts.target)
 
 
+def warm_start(tasks, contexts, source_db, db, builder, runner, target, top_k: int, cost_model=None,
+               on_batch=None, should_stop=lambda: False) -> int:
+    """Measure here the best ``top_k`` schedules another class's log holds for each task and
+    commit them, with the times measured here, to ``db``; train ``cost_model`` on them.
+    Returns the number of candidates measured. ``source_db`` is only read."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    device_type = {"llvm": "cpu"}.get(target.kind.name, target.kind.name)
+    measured = 0
+    for task_id, (task, ctx) in enumerate(zip(tasks, contexts)):
+        if should_stop():
+            break
+        mod = task.dispatched[0]
+        if not source_db.has_workload(mod):
+            continue
+        records = source_db.get_top_k(source_db.commit_workload(mod), top_k)
+        candidates, traces = [], []
+        for rec in records:
+            try:
+                sch = tvm.s_tir.Schedule(mod)
+                rec.trace.apply_to_schedule(sch, remove_postproc=False)
+            except Exception as err:  # noqa: BLE001 - a schedule that does not replay here is skipped
+                log.debug("warm start: a record of %s does not replay: %s", task.task_name, err_line(err))
+                continue
+            args = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
+            candidates.append(ms.MeasureCandidate(sch, args))
+            traces.append(rec.trace)
+        if not candidates:
+            continue
+        built = builder.build([ms.builder.BuilderInput(c.sch.mod, target) for c in candidates])
+        ok = [i for i, b in enumerate(built) if not b.error_msg]
+        futures = runner.run([ms.runner.RunnerInput(built[i].artifact_path, device_type, candidates[i].args_info)
+                              for i in ok])
+        results = [ms.runner.RunnerResult(None, built[i].error_msg) for i in range(len(built))]
+        for i, fut in zip(ok, futures):
+            results[i] = fut.result()
+        workload = db.commit_workload(mod)
+        for trace, cand, res in zip(traces, candidates, results):
+            if res.run_secs and not res.error_msg:
+                db.commit_tuning_record(ms.database.TuningRecord(trace, workload, res.run_secs, target,
+                                                                 cand.args_info))
+        if cost_model is not None:
+            cost_model.update(ctx, candidates, results)
+        measured += len(candidates)
+        if on_batch is not None:
+            on_batch(task_id, results, built)
+    return measured
+
+
 def tune_model(opts: TuneOptions, say=print) -> TuneResult:
-    """Tune (or resume tuning) the model's kernels into the target's database."""
+    """Tune (or resume tuning) the model's kernels into this machine class's database."""
     from tvm.s_tir import meta_schedule as ms
 
     from .builder_fix import make_builder
 
     spec = opts.target
-    db_path = database_dir(spec, opts.log_dir)
+    db_path = opts.database
     spec.check_toolchain()
     if opts.rpc is None and spec.is_cpu:
         spec.use_threads()   # the runner's worker processes inherit it
@@ -352,12 +365,11 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
             import tvm
 
             if not tvm.cuda(0).exist:
-                from .errors import DeviceError
-
                 raise DeviceError(f"tuning {spec.name} measures on a local NVIDIA GPU and this machine has none; "
                                   "run `tvmnet tune` on a machine with one")
     runner = _make_runner(opts)   # an unreachable tracker fails here, before any file is created
     db = open_database(db_path, create=True)
+    write_class_file(db_path, spec, measured_on=cpu_model() if opts.rpc is None else f"RPC boards: {opts.rpc}")
     target = spec.tvm_target()
 
     say("extracting tuning tasks")
@@ -368,62 +380,85 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
             raise UsageError(f"no kernel name contains {opts.kernels!r}; kernels are named like "
                              "fused_matmul_add1_relu11 or fused_conv2d1_add_relu1")
     weights = [float(t.weight) for t in tasks]
-    per_task = opts.per_task or max(8, math.ceil(opts.trials / max(1, len(tasks))))
-    existing = _records_per_task(db, tasks, _pruned_counts(db_path))
+    per_task = opts.per_task or default_per_task(opts.trials, len(tasks))
+    existing = _records_per_task(db, tasks, pruned_counts(db_path))
     before = sum(min(c, per_task) for c in existing)
     todo = [i for i, c in enumerate(existing) if c < per_task]
     budget = max(0, opts.trials - before)
     say(f"{len(tasks)} tasks, per-task cap {per_task}; {before} trials already in {db_path}; "
         f"{budget} to run over {len(todo)} unfinished tasks")
     result = TuneResult(db_path, len(tasks), 0, before, 0, 0.0, False, None)
-    progress = _Progress(tasks, weights, target, db, budget, before, opts.progress)
+    class_key = spec.machine_class()["key"]
+    work_dir = CACHE_DIR / "tune" / class_key
+    work_dir.mkdir(parents=True, exist_ok=True)
+    journal = work_dir / "journals" / f"{time.strftime('%Y%m%d-%H%M%S')}-a{opts.model.alpha:g}-r{opts.model.resolution}.jsonl"
+    journal.parent.mkdir(exist_ok=True)
+    result.journal = journal
+    progress = _Progress(tasks, weights, target, db, budget, opts.progress, journal=journal,
+                         record_file=db_path / RECORD_FILE)
     if budget == 0 or not todo:
         progress.close()
         result.estimate_ms = progress.estimate_ms()
         say("nothing to do: the budget is already spent (raise --trials to tune further)")
         return result
 
-    work_dir = CACHE_DIR / "tune" / spec.name
-    work_dir.mkdir(parents=True, exist_ok=True)
     sub_tasks = [tasks[i] for i in todo]
+    t0 = time.perf_counter()
+    _quiet_metaschedule()
     contexts, ctx_weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         sub_tasks, str(work_dir), space="post-order-apply",
         strategy=ms.search_strategy.EvolutionarySearch(population_size=opts.population), seed=opts.seed)
     cost_model = ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(), adaptive_training=True,
                                         num_tuning_cores=None)
-    callbacks = ms.measure_callback.MeasureCallback.create("default") + [_callback(_SubProgress(progress, todo))]
+    callbacks = ms.measure_callback.MeasureCallback.create("default") + [_callback(progress, todo)]
     builder = make_builder(spec, shared_library=opts.rpc is not None)
-
-    ms_log = logging.getLogger("tvm.s_tir.meta_schedule")   # its console output would drown the progress bar
-    if ms_log.level == logging.NOTSET:
-        ms_log.setLevel(logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
 
     stop = {"signal": None}
 
     def on_signal(signum, frame):
-        # Raised inside MetaSchedule's C++ loop, this may come back wrapped as another
-        # exception type; the flag says what really happened.
+        if stop["signal"] is None:
+            progress.bar.write(f"[tvmnet] {signal.Signals(signum).name}: stopping after the batch in flight "
+                               "(its records are kept)", file=sys.stderr)
         stop["signal"] = signum
-        raise KeyboardInterrupt
+
+    deadline = None if opts.minutes is None else time.perf_counter() + 60 * opts.minutes
+
+    def should_stop() -> bool:
+        if deadline is not None and time.perf_counter() > deadline and not result.out_of_time:
+            result.out_of_time = True
+            say(f"time is up (--minutes {opts.minutes:g}): stopping")
+        return stop["signal"] is not None or progress.failed_batches >= 2 or result.out_of_time
 
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    t0 = time.perf_counter()
     try:
-        ms.tune.tune_tasks(tasks=contexts, task_weights=ctx_weights, work_dir=str(work_dir),
-                           max_trials_global=budget, max_trials_per_task=per_task,
-                           num_trials_per_iter=min(opts.trials_per_iter, per_task), builder=builder, runner=runner,
-                           database=db, cost_model=cost_model, measure_callbacks=callbacks, task_scheduler="gradient")
-    except KeyboardInterrupt:
-        result.interrupted = True
+        fresh = [j for j, i in enumerate(todo) if existing[i] == 0]
+        source = _warm_source(opts) if opts.warm_start and fresh else None
+        if source is not None:
+            info, src_path = source
+            result.warm_from = info["key"]
+            say(f"warm start: re-measuring here the best {opts.warm_top_k} schedules per kernel of class "
+                f"{info['key']} ({src_path}) for {len(fresh)} kernels without records")
+            result.warm_measured = warm_start(
+                [sub_tasks[j] for j in fresh], [contexts[j] for j in fresh], open_database(src_path), db, builder,
+                runner, target, opts.warm_top_k, cost_model,
+                on_batch=lambda k, res, built: progress.update(todo[fresh[k]], res, built), should_stop=should_stop)
+        remaining = budget - progress.done
+        if remaining > 0 and not should_stop():
+            scheduler = _scheduler(should_stop, lambda j: progress.best[todo[j]], opts.seed)
+            ms.tune.tune_tasks(tasks=contexts, task_weights=ctx_weights, work_dir=str(work_dir),
+                               max_trials_global=remaining, max_trials_per_task=per_task,
+                               num_trials_per_iter=min(opts.trials_per_iter, per_task), builder=builder,
+                               runner=runner, database=db, cost_model=cost_model, measure_callbacks=callbacks,
+                               task_scheduler=scheduler)
     except Exception as err:  # noqa: BLE001 - becomes a one-line error; records so far stay in the database
-        if stop["signal"] is not None:
-            result.interrupted = True
-        else:
-            _raise_stopped(err, progress, db_path)
+        _raise_stopped(err, progress, db_path)
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
         progress.close()
+    if progress.failed_batches >= 2:
+        _raise_stopped(None, progress, db_path)
+    result.interrupted = stop["signal"] is not None
     result.seconds = time.perf_counter() - t0
     result.trials_run = progress.done
     result.failed = progress.failed
@@ -432,10 +467,21 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
     return result
 
 
-def _raise_stopped(err, progress, db_path):
-    from .errors import DeviceError
+def _warm_source(opts: TuneOptions):
+    """The nearest other class's log: under --log-dir first, then the shipped logs."""
+    roots = [Path(opts.log_dir)] if opts.log_dir else []
+    return nearest_class(opts.target, *roots, TUNING_LOGS_DIR)
 
-    if isinstance(err, _AllFailing) or progress.failed_batches >= 2:
+
+def _quiet_metaschedule():
+    """MetaSchedule configures its loggers to print INFO (``TaskScheduler picks Task ...``) on
+    the console; it would drown the progress bar. Its per-task logs still go to files."""
+    ms_log = logging.getLogger("tvm.s_tir.meta_schedule")
+    ms_log.setLevel(logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
+
+
+def _raise_stopped(err, progress, db_path):
+    if progress.failed_batches >= 2:   # the device or the toolchain is broken
         first = (progress.first_error or "").splitlines()
         why = next((l for l in reversed(first) if l.strip()), "unknown error")
         raise DeviceError(f"tuning stopped: every candidate of the last two batches failed ({why[:200]}); "
@@ -444,13 +490,3 @@ def _raise_stopped(err, progress, db_path):
     msg = err_line(err)
     raise TuningLogError(f"tuning stopped: {msg}; records measured so far are in {db_path}; "
                          "rerun the same command to resume") from err
-
-
-class _SubProgress:
-    """Maps the task ids of the unfinished subset back to the full task list."""
-
-    def __init__(self, progress, todo):
-        self.progress, self.todo = progress, todo
-
-    def update(self, task_id, runner_results, builder_results):
-        self.progress.update(self.todo[task_id], runner_results, builder_results)

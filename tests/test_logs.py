@@ -1,0 +1,142 @@
+"""Tuning logs keyed by machine class: the lookup compile does (exact, nearest, none) and the
+warm start of a tune on a class without logs (records of another class are re-measured here,
+never copied with their times)."""
+import json
+import shutil
+
+import pytest
+
+from conftest import host_class, run_cli
+
+SMALL = ["--alpha", "0.25", "--resolution", "32"]
+
+
+def write_class(d, key, arch="x86_64", mcpu="somecpu", isa="avx2", cores=2):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "class.json").write_text(json.dumps({"key": key, "arch": arch, "mcpu": mcpu, "isa": isa, "cores": cores}))
+    for f in ("database_workload.json", "database_tuning_record.json"):
+        (d / f).touch()
+
+
+def records(db):
+    return [json.loads(l) for l in (db / "database_tuning_record.json").read_text().splitlines() if l.strip()]
+
+
+def relabel(src, dst, key, **cls):
+    """A copy of the database ``src`` presented as another machine class."""
+    shutil.copytree(src, dst)
+    (dst / "class.json").unlink()
+    write_class(dst, key, **cls)
+
+
+@pytest.mark.unit
+def test_nearest_class_ranks_same_isa_then_mcpu_then_cores_and_never_crosses_arch(tmp_path):
+    from tvmnet.logs import class_distance, list_classes, nearest_class
+    from tvmnet.targets import load_target
+
+    spec = load_target('{"kind": "llvm", "mcpu": "haswell", "num-cores": 2}')   # avx2
+    assert nearest_class(spec, tmp_path) is None
+    write_class(tmp_path / "a", "aarch64-cortex-a72-neon-4c", arch="aarch64", mcpu="cortex-a72", isa="neon", cores=4)
+    assert nearest_class(spec, tmp_path) is None                      # other architectures never apply
+    write_class(tmp_path / "b", "x86_64-znver4-avx512-2c", mcpu="znver4", isa="avx512")
+    assert nearest_class(spec, tmp_path)[0]["key"] == "x86_64-znver4-avx512-2c"
+    write_class(tmp_path / "c", "x86_64-znver3-avx2-16c", mcpu="znver3", isa="avx2", cores=16)
+    assert nearest_class(spec, tmp_path)[0]["key"] == "x86_64-znver3-avx2-16c"   # same ISA beats same cores
+    write_class(tmp_path / "d", "x86_64-znver3-avx2-2c", mcpu="znver3", isa="avx2", cores=2)
+    assert nearest_class(spec, tmp_path)[0]["key"] == "x86_64-znver3-avx2-2c"
+    write_class(tmp_path / "e", "x86_64-haswell-avx2-2c", mcpu="haswell", isa="avx2", cores=2)
+    assert nearest_class(spec, tmp_path)[0]["key"] == "x86_64-znver3-avx2-2c"    # its own class is not "nearest"
+    assert {c["key"] for c, _ in list_classes(tmp_path)} >= {"x86_64-haswell-avx2-2c", "aarch64-cortex-a72-neon-4c"}
+    assert class_distance(spec.machine_class(), spec.machine_class()) == 0
+
+
+@pytest.mark.unit
+def test_machine_class_of_presets():
+    from tvmnet.targets import load_target
+
+    assert load_target("rpi4").machine_class()["key"] == "aarch64-cortex-a72-neon-4c"
+    assert load_target("rpi5").machine_class()["key"] == "aarch64-cortex-a76-neon-dotprod-4c"
+    assert load_target("x86-avx2").machine_class()["isa"] == "avx2"
+    assert load_target("x86-avx512").machine_class()["isa"] == "avx512"
+    assert load_target("x86").machine_class()["key"] == host_class()
+
+
+@pytest.fixture(scope="module")
+def host_log(tmp_path_factory):
+    """A real tiny database of this machine's class: the GEMM kernels of MobileNet 0.25-32."""
+    logs = tmp_path_factory.mktemp("hostlogs")
+    res = run_cli("tune", "--target", "x86", *SMALL, "--population", "16", "--no-progress", "--kernels", "matmul",
+                  "--trials", "6", "--per-task", "1", "--log-dir", logs, "--no-warm-start")
+    assert res.returncode == 0, res.stderr[-3000:]
+    db = logs / host_class()
+    assert len(records(db)) >= 5 and json.loads((db / "class.json").read_text())["key"] == host_class()
+    return db
+
+
+@pytest.mark.tune
+def test_compile_applies_the_exact_class(host_log, tmp_path):
+    root = tmp_path / "logs"
+    shutil.copytree(host_log, root / host_class())
+    out = tmp_path / "o"
+    res = run_cli("compile", *SMALL, "-o", out, env={"TVMNET_TUNING_LOGS": str(root)})
+    assert res.returncode == 0, res.stderr
+    tun = json.loads((out / "metadata.json").read_text())["tuning"]
+    assert tun["match"] == "exact" and tun["class"] == tun["this_class"] == host_class()
+    assert tun["kernels_by_source"] == {host_class(): tun["kernels_tuned"]} and tun["kernels_tuned"] >= 5
+    assert f"this machine is class {host_class()}" in res.stderr     # not every kernel is tuned: it says so
+    assert run_cli("validate", out).returncode == 0
+
+
+@pytest.mark.tune
+def test_compile_falls_back_to_the_nearest_class_and_names_the_fix(host_log, tmp_path):
+    root = tmp_path / "logs"
+    relabel(host_log, root / "x86_64-othercpu-avx2-2c", "x86_64-othercpu-avx2-2c", mcpu="othercpu")
+    write_class(root / "aarch64-cortex-a72-neon-4c", "aarch64-cortex-a72-neon-4c", arch="aarch64",
+                mcpu="cortex-a72", isa="neon", cores=4)
+    out = tmp_path / "o"
+    res = run_cli("compile", *SMALL, "-o", out, env={"TVMNET_TUNING_LOGS": str(root)})
+    assert res.returncode == 0, res.stderr
+    tun = json.loads((out / "metadata.json").read_text())["tuning"]
+    assert tun["match"] == "nearest" and tun["class"] == "x86_64-othercpu-avx2-2c" and tun["kernels_tuned"] >= 5
+    line = next(l for l in res.stderr.splitlines() if "this machine is class" in l)
+    assert host_class() in line and "x86_64-othercpu-avx2-2c" in line and "aarch64-cortex-a72-neon-4c" in line
+    assert "tvmnet tune --target x86 --alpha 0.25 --resolution 32 --trials 2000" in line
+    assert run_cli("validate", out).returncode == 0
+
+
+@pytest.mark.tune
+def test_compile_without_a_usable_class_says_naive(host_log, tmp_path):
+    root = tmp_path / "logs"
+    write_class(root / "aarch64-cortex-a72-neon-4c", "aarch64-cortex-a72-neon-4c", arch="aarch64",
+                mcpu="cortex-a72", isa="neon", cores=4)
+    out = tmp_path / "o"
+    res = run_cli("compile", *SMALL, "-o", out, env={"TVMNET_TUNING_LOGS": str(root)})
+    assert res.returncode == 0, res.stderr
+    tun = json.loads((out / "metadata.json").read_text())["tuning"]
+    assert tun["match"] is None and tun["kernels_tuned"] == 0
+    line = next(l for l in res.stderr.splitlines() if "this machine is class" in l)
+    assert "naive" in line and "tvmnet tune --target x86" in line
+
+
+@pytest.mark.tune
+def test_warm_start_remeasures_another_class_records_never_copies_their_times(host_log, tmp_path):
+    foreign_root, new_root = tmp_path / "shipped", tmp_path / "mine"
+    other = foreign_root / "x86_64-othercpu-avx512-2c"
+    relabel(host_log, other, "x86_64-othercpu-avx512-2c", mcpu="othercpu", isa="avx512")
+    recs = records(other)
+    fake = 123.0                                                    # seconds: no kernel here takes that long
+    with open(other / "database_tuning_record.json", "w") as f:
+        for wl, rec in recs:
+            rec[1] = [fake] * len(rec[1])
+            f.write(json.dumps([wl, rec]) + "\n")
+    before = (other / "database_tuning_record.json").read_text()
+    res = run_cli("tune", "--target", "x86", *SMALL, "--population", "16", "--no-progress", "--kernels", "matmul",
+                  "--trials", str(len(recs)), "--per-task", "1", "--warm-top-k", "1", "--log-dir", new_root,
+                  env={"TVMNET_TUNING_LOGS": str(foreign_root)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"{len(recs)} of them schedules of class x86_64-othercpu-avx512-2c re-measured here" in res.stdout
+    mine = records(new_root / host_class())
+    assert len(mine) == len(recs)
+    assert all(0 < float(s) < 1.0 for _, rec in mine for s in rec[1])          # measured here
+    assert sorted(json.dumps(r[0]) for _, r in mine) == sorted(json.dumps(r[0]) for _, r in recs)   # same schedules
+    assert (other / "database_tuning_record.json").read_text() == before     # the source is only read

@@ -1,0 +1,287 @@
+"""Tuning logs keyed by machine class: one MetaSchedule JSON database per class.
+
+A class is what decides the schedules a log holds (``TargetSpec.machine_class``):
+architecture, LLVM ``mcpu``, vector ISA, core count, e.g. ``x86_64-cascadelake-avx512-2c``
+or ``aarch64-cortex-a72-neon-4c``. Layout::
+
+    tuning_logs/<class>/class.json                    the class, and where it was measured
+    tuning_logs/<class>/database_workload.json        MetaSchedule's JSON database
+    tuning_logs/<class>/database_tuning_record.json
+    tuning_logs/<class>/pruned_trials.json            trials measured but pruned (resume accounting)
+
+MetaSchedule's lookups ignore the target (apache/tvm #15549), so one database never holds two
+classes. ``compile`` applies the exact class; kernels it lacks (or all of them, when this
+class has no log) take the nearest class's schedules, and it says so.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Union
+
+from .errors import TuningLogError, err_line
+from .paths import CACHE_DIR, TUNING_LOGS_DIR
+from .targets import TargetSpec
+
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
+PRUNED_FILE = "pruned_trials.json"
+CLASS_FILE = "class.json"
+
+
+def database_dir(spec: TargetSpec, log_dir: Optional[Path] = None) -> Path:
+    """This target's class database under ``log_dir`` (default tuning_logs/)."""
+    return Path(log_dir or TUNING_LOGS_DIR) / spec.machine_class()["key"]
+
+
+def cpu_model() -> str:
+    """This machine's CPU, as /proc/cpuinfo names it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_class_file(path: Path, spec: TargetSpec, measured_on: str) -> None:
+    """Describe the class of a database directory (kept if it exists)."""
+    f = Path(path) / CLASS_FILE
+    if f.exists():
+        return
+    import tvm
+
+    info = dict(spec.machine_class(), target=spec.target, measured_on=measured_on, tvm=tvm.__version__,
+                created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    f.write_text(json.dumps(info, indent=2) + "\n")
+
+
+def read_class(path: Path) -> Optional[dict]:
+    try:
+        info = json.loads((Path(path) / CLASS_FILE).read_text())
+        return info if isinstance(info, dict) and "key" in info else None
+    except (OSError, ValueError):
+        return None
+
+
+def list_classes(*roots: Path) -> List[Tuple[dict, Path]]:
+    """(class, directory) of every class database under the roots; the first root wins a tie."""
+    found, seen = [], set()
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            continue
+        for d in sorted(root.iterdir()):
+            info = read_class(d) if d.is_dir() else None
+            if info and info["key"] not in seen and (d / RECORD_FILE).is_file():
+                seen.add(info["key"])
+                found.append((info, d))
+    return found
+
+
+def class_distance(a: dict, b: dict) -> Optional[int]:
+    """How far apart two classes are (0: the same); None across architectures, whose
+    schedules do not apply at all."""
+    if a["arch"] != b["arch"]:
+        return None
+    return 4 * (a["isa"] != b["isa"]) + 2 * (a["mcpu"] != b["mcpu"]) + (a["cores"] != b["cores"])
+
+
+def nearest_class(spec: TargetSpec, *roots: Path) -> Optional[Tuple[dict, Path]]:
+    """The closest *other* class with a log under the roots, or None."""
+    mine = spec.machine_class()
+    ranked = [(class_distance(mine, info), info["key"], info, d) for info, d in list_classes(*roots)
+              if info["key"] != mine["key"]]
+    ranked = [r for r in ranked if r[0] is not None]
+    if not ranked:
+        return None
+    _, _, info, d = min(ranked, key=lambda r: (r[0], r[1]))
+    return info, d
+
+
+def check_database_files(path: Path) -> int:
+    """Validate a database directory without modifying it; returns the number of records."""
+    path = Path(path)
+    wl, rec = path / WORKLOAD_FILE, path / RECORD_FILE
+    if not path.is_dir():
+        raise TuningLogError(f"tuning log {path} is not a directory; pass the directory that holds "
+                             f"{WORKLOAD_FILE} and {RECORD_FILE}, or run `tvmnet tune` to create it")
+    if not wl.is_file() or not rec.is_file():
+        missing = [p.name for p in (wl, rec) if not p.is_file()]
+        raise TuningLogError(f"tuning log {path} lacks {', '.join(missing)}; pass a MetaSchedule JSON database "
+                             "directory, or run `tvmnet tune` to create one")
+    n_workloads = 0
+    for lineno, line in enumerate(wl.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            ok = isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise TuningLogError(f"tuning log {wl} is corrupt or not a MetaSchedule workload file (line {lineno}); "
+                                 "it was left untouched: move it away or pass another --log-dir")
+        n_workloads += 1
+    records = 0
+    for lineno, line in enumerate(rec.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            ok = (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int)
+                  and 0 <= item[0] < n_workloads and isinstance(item[1], list))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise TuningLogError(f"tuning log {rec} is corrupt or not a MetaSchedule record file (line {lineno}); "
+                                 "it was left untouched: move it away or pass another --log-dir")
+        records += 1
+    return records
+
+
+def open_database(path: Path, create: bool = False):
+    from tvm.s_tir import meta_schedule as ms
+
+    path = Path(path)
+    if create and not path.exists():
+        path.mkdir(parents=True)
+        (path / WORKLOAD_FILE).touch()
+        (path / RECORD_FILE).touch()
+    check_database_files(path)
+    try:
+        return ms.database.JSONDatabase(path_workload=str(path / WORKLOAD_FILE),
+                                        path_tuning_record=str(path / RECORD_FILE), allow_missing=False)
+    except Exception as err:
+        raise TuningLogError(f"tuning log {path} cannot be loaded by MetaSchedule ({err_line(err)}); "
+                             "it was left untouched: move it away or pass another log") from err
+
+
+def best_record(db, task, target):
+    """The database's best record for a task's kernel, or None; never writes to ``db``."""
+    mod = task.dispatched[0]
+    if not db.has_workload(mod):
+        return None
+    return db.query_tuning_record(mod, target, task.task_name)
+
+
+@dataclass
+class LogChoice:
+    """What ``compile`` applies: a database assembled kernel by kernel from the logs."""
+
+    database: object                  # MetaSchedule MemoryDatabase, or None
+    this_class: str
+    match: Optional[str]              # "exact", "nearest", "given" or None (no log)
+    path: Optional[Path] = None       # the main log applied
+    log_class: Optional[str] = None   # its class
+    available: List[str] = field(default_factory=list)
+    by_source: Dict[str, int] = field(default_factory=dict)   # kernels taken from each class / path
+    kernels_total: int = 0
+
+    @property
+    def kernels_tuned(self) -> int:
+        return sum(self.by_source.values())
+
+    def metadata(self) -> dict:
+        return {"log": str(self.path) if self.path else None, "class": self.log_class, "match": self.match,
+                "this_class": self.this_class, "kernels_total": self.kernels_total,
+                "kernels_tuned": self.kernels_tuned, "kernels_by_source": dict(self.by_source)}
+
+
+def choose_logs(spec: TargetSpec, tuning_log: Union[Path, str, None], tasks) -> LogChoice:
+    """Pick the records ``compile`` applies to the module's kernels (its tuning ``tasks``).
+
+    ``tuning_log`` None: nothing. A path: that database only. "auto": this machine class's
+    log in tuning_logs/, each kernel it lacks from the nearest class's log (same architecture).
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    mine = spec.machine_class()["key"]
+    choice = LogChoice(None, mine, None, kernels_total=len(tasks))
+    if tuning_log is None:
+        return choice
+    sources: List[Tuple[str, Path]] = []
+    if tuning_log == "auto":
+        choice.available = [info["key"] for info, _ in list_classes(TUNING_LOGS_DIR)]
+        exact = database_dir(spec)
+        if (exact / RECORD_FILE).is_file():
+            sources.append((mine, exact))
+        near = nearest_class(spec, TUNING_LOGS_DIR)
+        if near is not None:
+            sources.append((near[0]["key"], near[1]))
+    else:
+        path = Path(tuning_log)
+        info = read_class(path)
+        sources.append((info["key"] if info else str(path), path))
+    if not sources:
+        return choice
+    target = spec.tvm_target()
+    mem = ms.database.MemoryDatabase()
+    dbs = [(name, path, open_database(path)) for name, path in sources]
+    for task in tasks:
+        for name, _, db in dbs:
+            rec = best_record(db, task, target)
+            if rec is not None:
+                mem.commit_tuning_record(ms.database.TuningRecord(
+                    rec.trace, mem.commit_workload(task.dispatched[0]), rec.run_secs, rec.target, rec.args_info))
+                choice.by_source[name] = choice.by_source.get(name, 0) + 1
+                break
+    name, path, _ = dbs[0]
+    choice.database, choice.path, choice.log_class = mem, path, (read_class(path) or {}).get("key")
+    choice.match = "given" if tuning_log != "auto" else ("exact" if name == mine else "nearest")
+    return choice
+
+
+# --------------------------------------------------------------------------------------- pruning
+
+def wl_key(workload) -> str:
+    import tvm_ffi
+
+    return str(tvm_ffi.structural_hash(workload.mod))
+
+
+def pruned_counts(path: Path) -> dict:
+    """Trials measured earlier whose records ``prune_database`` dropped, by workload hash."""
+    try:
+        data = json.loads((Path(path) / PRUNED_FILE).read_text())
+        return {str(k): int(v) for k, v in data.items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def prune_database(path: Path, say=print) -> tuple:
+    """Keep only the best record per kernel (MetaSchedule's ``dump_pruned``), in place.
+
+    The dropped trials are counted in ``pruned_trials.json`` so that a later ``tune`` still
+    knows they were measured; ``class.json`` is kept. The full database is moved to the
+    cache, not deleted. Returns (records before, records after, backup path).
+    """
+    path = Path(path)
+    before = check_database_files(path)
+    db = open_database(path)
+    per_wl = Counter(wl_key(r.workload) for r in db.get_all_tuning_records())
+    staging = path.parent / f".{path.name}.pruned"
+    shutil.rmtree(staging, ignore_errors=True)
+    dest = open_database(staging, create=True)
+    db.dump_pruned(dest)
+    kept = Counter(wl_key(r.workload) for r in dest.get_all_tuning_records())
+    pruned = pruned_counts(path)
+    for shash, n in per_wl.items():
+        pruned[shash] = pruned.get(shash, 0) + n - kept.get(shash, 0)
+    (staging / PRUNED_FILE).write_text(json.dumps(pruned, indent=0, sort_keys=True) + "\n")
+    if (path / CLASS_FILE).is_file():
+        shutil.copy2(path / CLASS_FILE, staging / CLASS_FILE)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    backup = CACHE_DIR / "pruned-backups" / f"{path.name}-{stamp}"
+    backup.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(path), str(backup))
+    staging.rename(path)
+    after = sum(kept.values())
+    say(f"pruned {path}: {before} records -> {after} (best per kernel); full database moved to {backup}")
+    return before, after, backup
