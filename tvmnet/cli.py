@@ -78,14 +78,6 @@ def cmd_compile(args) -> int:
         _say(line)
     t0 = time.perf_counter()
     art = compile_model(opts, progress=_say)
-    tun = art.metadata["tuning"]
-    if tuning_log is None:   # --no-tuning-log: the user asked for an untuned build
-        pass
-    elif tun["kernels_tuned"] == 0 and spec.is_cpu:
-        _say(f"warning: no tuned records for these kernels, so the code is naive and slow; run "
-             f"`tvmnet tune --target {spec.name} --alpha {model.alpha:g} --resolution {model.resolution}` first")
-    elif tun["kernels_tuned"] < tun["kernels_total"]:
-        _say(f"note: {tun['kernels_total'] - tun['kernels_tuned']} of {tun['kernels_total']} kernels have no tuned record")
     print(f"compiled {art.summary()} in {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -132,19 +124,23 @@ def cmd_tune(args) -> int:
     opts = TuneOptions(model=_model_config(args), target=spec, trials=args.trials, per_task=args.per_task,
                        log_dir=args.log_dir, repeats=args.repeats, number=args.number, timeout=args.timeout,
                        seed=args.seed, rpc=rpc_cfg, progress=not args.no_progress, kernels=args.kernels,
-                       population=args.population)
+                       population=args.population, warm_start=not args.no_warm_start,
+                       warm_top_k=args.warm_top_k, minutes=args.minutes)
     for line in opts.display().splitlines():
         _say(line)
     res = tune_model(opts, say=_say)
     est = f"{res.estimate_ms:.3f} ms" if res.estimate_ms is not None else "n/a (some tasks untuned)"
     status = "interrupted; records kept, rerun the same command to resume" if res.interrupted else "done"
-    print(f"tuning {status}: {res.trials_run} new trials in {res.seconds:.0f} s ({res.trials_per_minute:.1f}/min), "
-          f"{res.failed} failed; {res.trials_before} measured before; estimated latency {est}; database {res.database}")
+    warm = (f" ({res.warm_measured} of them schedules of class {res.warm_from} re-measured here)"
+            if res.warm_from else "")
+    print(f"tuning {status}: {res.trials_run} new trials{warm} in {res.seconds:.0f} s ({res.trials_per_minute:.1f}/min), "
+          f"{res.failed} failed; {res.trials_before} measured before; estimated latency {est}; database {res.database}"
+          + (f"; journal {res.journal}" if res.journal and res.journal.exists() else ""))
     return 130 if res.interrupted else 0
 
 
 def cmd_prune_log(args) -> int:
-    from .tuning import prune_database
+    from .logs import prune_database
 
     before, after, backup = prune_database(args.log, say=_say)
     print(f"{args.log}: kept the best of each kernel, {after} of {before} records (full copy: {backup})")
@@ -154,8 +150,9 @@ def cmd_prune_log(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import BenchOptions, run_bench
 
+    engines = tuple(e.strip() for e in args.engines.split(",") if e.strip()) if args.engines else None
     opts = BenchOptions(artifact=args.artifact, threads=args.threads, rounds=args.rounds, runs=args.runs,
-                        warmup=args.warmup, engines=tuple(args.engines.split(",")))
+                        warmup=args.warmup, engines=engines)
     res = run_bench(opts, say=_say)
     print(res.table())
     if args.json:
@@ -263,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", type=Path, default=Path("build"), help="artifact directory (default build/)")
     s.add_argument("--onnx", type=Path, help="compile this ONNX model instead of the zoo model")
     s.add_argument("--batch", type=_positive_int, default=1, help="batch size (default 1)")
-    s.add_argument("--tuning-log", type=Path, help="MetaSchedule database directory (default tuning_logs/<target>/)")
+    s.add_argument("--tuning-log", type=Path, help="MetaSchedule database directory (default: this machine class's in tuning_logs/, else the nearest class's)")
     s.add_argument("--no-tuning-log", action="store_true", help="ignore tuning logs (untuned build)")
     s.add_argument("--no-gemm", action="store_true", help="keep 1x1 convolutions as conv2d (no GEMM lowering)")
     s.set_defaults(func=cmd_compile)
@@ -279,14 +276,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(s)
     s.add_argument("--target", default="x86", help="preset name, JSON file or inline JSON dict (default x86)")
     s.add_argument("--trials", type=_positive_int, default=2000, help="total measured trials for this model (default 2000)")
-    s.add_argument("--per-task", type=_positive_int, help="cap per kernel (default trials / tasks, at least 8)")
-    s.add_argument("--log-dir", type=Path, help="root of the databases (default tuning_logs/); uses <log-dir>/<target>/")
+    s.add_argument("--per-task", type=_positive_int, help="cap per kernel (default 3x trials / kernels, at least 8)")
+    s.add_argument("--log-dir", type=Path, help="root of the databases (default tuning_logs/); uses <log-dir>/<machine class>/")
     s.add_argument("--repeats", type=_positive_int, default=3, help="measurement repeats per candidate (default 3)")
     s.add_argument("--number", type=_positive_int, default=10, help="runs per repeat (default 10)")
     s.add_argument("--timeout", type=float, default=30.0, help="seconds per candidate run (default 30)")
     s.add_argument("--kernels", metavar="SUBSTRING", help="only tune kernels whose name contains this (e.g. matmul)")
     s.add_argument("--population", type=_positive_int, default=512,
                    help="evolutionary search population (default 512; smaller is faster and worse)")
+    s.add_argument("--minutes", type=float, help="stop after this many minutes (records kept; rerun to resume)")
+    s.add_argument("--no-warm-start", action="store_true",
+                   help="do not seed kernels without records from the nearest machine class's log")
+    s.add_argument("--warm-top-k", type=_positive_int, default=4,
+                   help="schedules per kernel re-measured from that log (default 4)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_remote(s)
     s.set_defaults(func=cmd_tune)
@@ -295,13 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("log", type=Path, help="database directory, e.g. tuning_logs/x86")
     s.set_defaults(func=cmd_prune_log)
 
-    s = add("bench", help="latency of the artifact vs PyTorch eager and ONNX Runtime")
+    s = add("bench", help="latency of the artifact vs PyTorch eager, ONNX Runtime and ExecuTorch, each in its own process")
     s.add_argument("artifact", type=Path)
     s.add_argument("--threads", type=_positive_int, help="threads for every engine (default: the target's cores)")
-    s.add_argument("--rounds", type=_positive_int, default=5, help="interleaved rounds (default 5)")
+    s.add_argument("--rounds", type=_positive_int, default=5, help="rounds, engine order rotating (default 5)")
     s.add_argument("--runs", type=_positive_int, default=20, help="timed runs per engine per round (default 20)")
     s.add_argument("--warmup", type=_positive_int, default=10, help="warm-up runs per engine (default 10)")
-    s.add_argument("--engines", default="tvmnet,pytorch,onnxruntime", help="comma-separated engines")
+    s.add_argument("--engines", help="comma-separated, from tvmnet,pytorch,onnxruntime,executorch "
+                                     "(default: all of them installed here)")
     s.add_argument("--json", metavar="FILE", help="write the figures to FILE")
     s.set_defaults(func=cmd_bench)
 

@@ -1,0 +1,63 @@
+"""`tvmnet bench`: every engine in its own process, same input, outputs agree, machine named."""
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tvmnet import bench
+from tvmnet.errors import UsageError
+
+from conftest import run_cli
+
+
+@pytest.mark.e2e
+def test_bench_runs_each_engine_in_its_own_process(x86_small, tmp_path):
+    out = tmp_path / "bench.json"
+    res = run_cli("bench", x86_small, "--rounds", "1", "--runs", "3", "--warmup", "1", "--json", out)
+    assert res.returncode == 0, res.stderr
+    fig = json.loads(out.read_text())
+    expected = ["tvmnet", "pytorch", "onnxruntime"] + (["executorch"] if bench.executorch_installed() else [])
+    assert list(fig["engines"]) == expected
+    pids = [e["pid"] for e in fig["engines"].values()]
+    assert len(set(pids)) == len(pids) and fig["pid"] not in pids, (fig["pid"], pids)
+    for name, e in fig["engines"].items():
+        assert e["runs"] == 3 and e["median_ms"] > 0 and e["threads"] == fig["threads"], (name, e)
+        if name != "tvmnet":
+            assert e["max_abs_diff"] < 1e-3, (name, e)
+
+    from tvmnet.targets import TargetSpec
+
+    meta = json.loads((x86_small / "metadata.json").read_text())
+    key = TargetSpec.from_json(meta["target"]).machine_class()["key"]
+    assert fig["machine"]["class"] == key and fig["machine"]["cpu"]
+    first = res.stdout.splitlines()[0]
+    assert first.startswith("machine: ") and key in first and fig["machine"]["cpu"] in first
+    for label in ("tvmnet (TVM)", "PyTorch eager", "ONNX Runtime"):
+        assert label in res.stdout
+
+
+@pytest.mark.unit
+def test_unknown_engine_is_a_usage_error(tmp_path):
+    res = run_cli("bench", tmp_path / "no-artifact", "--engines", "tvmnet,tensorrt")
+    lines = [l for l in res.stderr.splitlines() if l.strip() and not l.startswith("[tvmnet]")]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith("tvmnet: error:") and "tensorrt" in lines[0] and "executorch" in lines[0]
+
+
+@pytest.mark.unit
+def test_executorch_missing(monkeypatch):
+    monkeypatch.setattr(bench, "executorch_installed", lambda: False)
+    with pytest.raises(UsageError, match=r"pip install .*executorch"):      # asked for: an error
+        bench.BenchOptions(Path("a"), engines=("tvmnet", "executorch"))
+    art = SimpleNamespace(target={"device": "cpu"}, model={"source": "zoo"})
+    engines, notes = bench.select_engines(bench.BenchOptions(Path("a")), art)   # by default: a note
+    assert engines == ["tvmnet", "pytorch", "onnxruntime"] and len(notes) == 1 and "ExecuTorch" in notes[0]
+
+
+@pytest.mark.unit
+def test_cuda_artifact_compares_with_pytorch_only(monkeypatch):
+    monkeypatch.setattr(bench, "executorch_installed", lambda: True)
+    art = SimpleNamespace(target={"device": "cuda"}, model={"source": "zoo"})
+    engines, notes = bench.select_engines(bench.BenchOptions(Path("a")), art)
+    assert engines == ["tvmnet", "pytorch"] and "CUDA" in notes[0]
