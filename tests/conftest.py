@@ -42,3 +42,17 @@ def x86_small(tmp_path_factory):
     res = run_cli("compile", "--target", "x86", "--alpha", "0.25", "--resolution", "96", "-o", out, "--no-tuning-log")
     assert res.returncode == 0, res.stderr
     return out
+
+
+TINY_TUNE = ["--target", "x86", "--alpha", "0.25", "--resolution", "32", "--population", "16", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def tuned(tmp_path_factory):
+    """A tiny real cold tune (no warm start) of the GEMM kernels of MobileNet 0.25-32 into
+    <logs>/<this machine's class>; returns (logs root, the finished process)."""
+    logs = tmp_path_factory.mktemp("logs")
+    res = run_cli("tune", *TINY_TUNE, "--kernels", "matmul", "--trials", "12", "--per-task", "2", "--log-dir", logs,
+                  "--no-warm-start")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return logs, res

@@ -8,26 +8,16 @@ import time
 
 import pytest
 
-from conftest import ROOT, host_class, run_cli
+from conftest import ROOT, TINY_TUNE, host_class, run_cli
 
 pytestmark = pytest.mark.tune
 
-TINY = ["--target", "x86", "--alpha", "0.25", "--resolution", "32", "--population", "16", "--no-progress"]
+TINY = TINY_TUNE
 
 
 def records(db):
     path = db / "database_tuning_record.json"
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
-
-
-@pytest.fixture(scope="module")
-def tuned(tmp_path_factory):
-    """A tiny cold tune (no warm start) of the GEMM kernels into <logs>/<this machine's class>."""
-    logs = tmp_path_factory.mktemp("logs")
-    res = run_cli("tune", *TINY, "--kernels", "matmul", "--trials", "12", "--per-task", "2", "--log-dir", logs,
-                  "--no-warm-start")
-    assert res.returncode == 0, res.stderr[-3000:]
-    return logs, res
 
 
 def test_tiny_tune_measures_real_records(tuned):

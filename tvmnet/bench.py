@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -107,27 +106,8 @@ class BenchResult:
                             for e, s in self.samples.items()}}
 
 
-def cpu_model() -> str:
-    """This machine's CPU model, e.g. 'AMD EPYC 9R14 96-Core Processor'."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    try:   # aarch64 /proc/cpuinfo has no model name; lscpu knows the core's name
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(art) -> Dict[str, str]:
-    from .targets import TargetSpec
+    from .targets import TargetSpec, cpu_model
 
     return {"cpu": cpu_model(), "class": TargetSpec.from_json(art.target).machine_class()["key"]}
 

@@ -203,6 +203,57 @@ def cmd_emulator(args) -> int:
     return 0
 
 
+def _list_arg(value: str) -> tuple:
+    return tuple(v.strip() for v in str(value).split(",") if v.strip())
+
+
+def cmd_sweep(args) -> int:
+    from .rpc import endpoint_from_args
+    from .sweep import SweepOptions, run_sweep
+    from .targets import load_target
+
+    spec = load_target(args.target)
+    opts = SweepOptions(target=spec, alphas=_list_arg(args.alphas), resolutions=_list_arg(args.resolutions),
+                        out=args.out, force=args.force, tune_minutes=args.tune_minutes,
+                        rpc=endpoint_from_args(args) if (args.rpc or args.tracker) else None, samples=args.samples,
+                        repeat=args.repeat, min_repeat_ms=args.min_repeat_ms, seed=args.seed, target_arg=args.target,
+                        progress=not args.no_progress)
+    for line in opts.display().splitlines():
+        _say(line)
+    res = run_sweep(opts, say=_say)
+    print(res.table())
+    print(f"wrote {res.path}, {res.csv.name} and {res.plot.name} beside it")
+    print(f"sweep {'interrupted' if res.interrupted else 'done'}: {res.measured} pair(s) measured, {res.skipped} "
+          f"measured before and skipped, in {res.seconds:.1f} s")
+    if res.failed:
+        _err(f"numerics failed for {', '.join(res.failed)} (kept off the front and out of `tvmnet pick`); "
+             "see the table and `tvmnet validate`")
+        return 7
+    return 130 if res.interrupted else 0
+
+
+def cmd_pick(args) -> int:
+    from .sweep import load_rows, pick
+    from .targets import load_target
+
+    spec = load_target(args.target)
+    path, rows = load_rows(spec, args.out, target_arg=args.target)
+    choice = pick(rows, args.budget_ms, target=args.target)
+    print(f"sweep {path} (target {args.target}, machine class {spec.machine_class()['key']})")
+    print("\n".join(choice.lines()))
+    if args.output:
+        from .compiler import CompileOptions, compile_model
+        from .config import ModelConfig
+
+        opts = CompileOptions(model=ModelConfig(alpha=choice.best["alpha"], resolution=choice.best["resolution"],
+                                                seed=int(choice.best.get("seed") or 0)),
+                              target=spec, output=args.output, tuning_log="auto")
+        t0 = time.perf_counter()
+        art = compile_model(opts, progress=_say)
+        print(f"compiled {art.summary()} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------- parser
 
 def _positive_int(s):
@@ -320,6 +371,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_remote(s)
     s.add_argument("--runs", type=_positive_int, default=10, help="timed repeats on the device (default 10)")
     s.set_defaults(func=cmd_deploy)
+
+    s = add("sweep", help="the accuracy/latency trade-off on this hardware: build, validate and time alpha x resolution")
+    s.add_argument("--target", default="x86", help="preset name, JSON file or inline JSON dict (default x86: this host)")
+    s.add_argument("--alphas", default="1.0,0.75,0.5,0.25", help="width multipliers, comma-separated (default 1.0,0.75,0.5,0.25)")
+    s.add_argument("--resolutions", default="224,192,160,128",
+                   help="input sizes, multiples of 32, comma-separated (default 224,192,160,128)")
+    s.add_argument("--out", type=Path, default=Path("sweeps"),
+                   help="results root (default sweeps/); writes <out>/<machine class>/sweep.json, .csv, .png")
+    s.add_argument("--force", action="store_true", help="measure pairs measured before again")
+    s.add_argument("--tune-minutes", type=float, default=0.0,
+                   help="tune each model first, at most M minutes, where this class's log lacks kernels of it "
+                        "(default 0: no tuning, the logs as they are)")
+    s.add_argument("--samples", type=_positive_int, default=2, help="seeded inputs for the numerics check (default 2)")
+    s.add_argument("--repeat", type=_positive_int, default=20, help="timed repeats per pair (default 20)")
+    s.add_argument("--min-repeat-ms", type=int, default=50,
+                   help="each repeat runs the model at least this long (default 50)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the inputs (default 0)")
+    s.add_argument("--no-progress", action="store_true", help="no tuning progress bar")
+    _add_remote(s)
+    s.set_defaults(func=cmd_sweep)
+
+    s = add("pick", help="the most accurate swept pair within a latency budget, and the command that builds it")
+    s.add_argument("--target", default="x86", help="the target the sweep measured (default x86)")
+    s.add_argument("--budget-ms", type=float, required=True, help="latency budget: median milliseconds per image")
+    s.add_argument("--out", type=Path, default=Path("sweeps"), help="results root the sweep wrote (default sweeps/)")
+    s.add_argument("-o", "--output", type=Path, help="also build the pick into this artifact directory")
+    s.set_defaults(func=cmd_pick)
 
     s = add("emulator", help="an emulated board (qemu-user) running TVM's RPC server")
     s.add_argument("action", choices=["prepare", "start", "stop", "status"])

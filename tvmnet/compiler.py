@@ -94,7 +94,8 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
     kernels = pipeline.tir_kernels(mod)
 
     choice = choose_logs(spec, opts.tuning_log, tuning.extract_tasks(mod, spec))
-    say(_describe_logs(choice, len(kernels), opts))
+    log_note = _describe_logs(choice, len(kernels), opts)
+    say(log_note)
     mod = pipeline.finalize(mod, spec, choice.database)
 
     say(f"building for {spec.name}" + (f" with {spec.cross_compiler}" if spec.cross_compiler else ""))
@@ -128,7 +129,7 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
             "library": LIBRARY,
             "library_elf_machine": machine,
             "passes": ["FoldBatchNorm"] + (["PointwiseToGemm"] if opts.gemm else []),
-            "tuning": choice.metadata(),
+            "tuning": dict(choice.metadata(), note=log_note),
             "compile_seconds": round(time.perf_counter() - t0, 2),
         }
         (staging / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
@@ -146,7 +147,7 @@ def _describe_logs(choice, n_kernels: int, opts: CompileOptions) -> str:
     sources = ", ".join(f"{n} from {src}" for src, n in choice.by_source.items()) or "none"
     if choice.match == "given":
         return f"scheduling {n_kernels} kernels ({choice.kernels_tuned} from tuning log {choice.path}: {sources})"
-    if choice.match == "exact" and choice.kernels_tuned == choice.kernels_total:
+    if choice.match == "exact" and choice.kernels_tuned == choice.kernels_total:   # nothing to fix
         return (f"scheduling {n_kernels} kernels ({choice.kernels_tuned} from tuning log {choice.path}, "
                 f"machine class {choice.this_class})")
     m = opts.model

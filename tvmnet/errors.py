@@ -65,3 +65,9 @@ class ToolchainError(TvmnetError):
     """A compiler or system tool the target needs is missing."""
 
     exit_code = 9
+
+
+class BudgetError(TvmnetError):
+    """No measured configuration meets the latency budget (``tvmnet pick``)."""
+
+    exit_code = 10

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import platform
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,17 +36,6 @@ CLASS_FILE = "class.json"
 def database_dir(spec: TargetSpec, log_dir: Optional[Path] = None) -> Path:
     """This target's class database under ``log_dir`` (default tuning_logs/)."""
     return Path(log_dir or TUNING_LOGS_DIR) / spec.machine_class()["key"]
-
-
-def cpu_model() -> str:
-    """This machine's CPU, as /proc/cpuinfo names it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_class_file(path: Path, spec: TargetSpec, measured_on: str) -> None:
@@ -177,7 +165,7 @@ class LogChoice:
 
     database: object                  # MetaSchedule MemoryDatabase, or None
     this_class: str
-    match: Optional[str]              # "exact", "nearest", "given" or None (no log)
+    match: Optional[str]              # "exact", "exact+nearest", "nearest", "given" or None (no record applied)
     path: Optional[Path] = None       # the main log applied
     log_class: Optional[str] = None   # its class
     available: List[str] = field(default_factory=list)
@@ -232,9 +220,17 @@ def choose_logs(spec: TargetSpec, tuning_log: Union[Path, str, None], tasks) -> 
                     rec.trace, mem.commit_workload(task.dispatched[0]), rec.run_secs, rec.target, rec.args_info))
                 choice.by_source[name] = choice.by_source.get(name, 0) + 1
                 break
-    name, path, _ = dbs[0]
+    used = [(name, path) for name, path, _ in dbs if choice.by_source.get(name)]
+    name, path = used[0] if used else sources[0]
     choice.database, choice.path, choice.log_class = mem, path, (read_class(path) or {}).get("key")
-    choice.match = "given" if tuning_log != "auto" else ("exact" if name == mine else "nearest")
+    if tuning_log != "auto":
+        choice.match = "given"
+    elif not used:
+        choice.match = None
+    elif len(used) == 2:
+        choice.match = "exact+nearest"      # this class's log, the nearest class's for the kernels it lacks
+    else:
+        choice.match = "exact" if name == mine else "nearest"
     return choice
 
 

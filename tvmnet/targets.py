@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Tuple
@@ -51,6 +52,25 @@ def host_cpu_flags() -> set:
     except OSError:
         pass
     return set()
+
+
+def cpu_model() -> str:
+    """This machine's CPU model, e.g. 'AMD EPYC 9R14 96-Core Processor'."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:   # aarch64 /proc/cpuinfo has no model name; lscpu knows the core's name
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _resolve_host_values(d: Optional[dict]) -> Optional[dict]:

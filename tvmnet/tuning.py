@@ -28,11 +28,11 @@ from typing import Callable, List, Optional
 
 from .config import ModelConfig
 from .errors import DeviceError, TuningLogError, UsageError, err_line
-from .logs import (RECORD_FILE, best_record, cpu_model, database_dir, nearest_class, open_database, pruned_counts,
+from .logs import (RECORD_FILE, best_record, database_dir, nearest_class, open_database, pruned_counts,
                    write_class_file, wl_key)
 from .paths import CACHE_DIR, TUNING_LOGS_DIR
 from .rpc import Endpoint
-from .targets import TargetSpec
+from .targets import TargetSpec, cpu_model
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class TuneOptions:
     warm_start: bool = True              # seed kernels without records from the nearest class's log
     warm_top_k: int = 4                  # records per kernel taken from that log
     minutes: Optional[float] = None      # stop (at a safe point) after this long
+    only_untuned: bool = False           # tune only kernels without a record in this class's log
 
     def __post_init__(self):
         if self.trials < 1:
@@ -383,7 +384,7 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
     per_task = opts.per_task or default_per_task(opts.trials, len(tasks))
     existing = _records_per_task(db, tasks, pruned_counts(db_path))
     before = sum(min(c, per_task) for c in existing)
-    todo = [i for i, c in enumerate(existing) if c < per_task]
+    todo = [i for i, c in enumerate(existing) if c < per_task and not (opts.only_untuned and c)]
     budget = max(0, opts.trials - before)
     say(f"{len(tasks)} tasks, per-task cap {per_task}; {before} trials already in {db_path}; "
         f"{budget} to run over {len(todo)} unfinished tasks")
@@ -435,13 +436,16 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
         source = _warm_source(opts) if opts.warm_start and fresh else None
         if source is not None:
             info, src_path = source
-            result.warm_from = info["key"]
-            say(f"warm start: re-measuring here the best {opts.warm_top_k} schedules per kernel of class "
-                f"{info['key']} ({src_path}) for {len(fresh)} kernels without records")
-            result.warm_measured = warm_start(
-                [sub_tasks[j] for j in fresh], [contexts[j] for j in fresh], open_database(src_path), db, builder,
-                runner, target, opts.warm_top_k, cost_model,
-                on_batch=lambda k, res, built: progress.update(todo[fresh[k]], res, built), should_stop=should_stop)
+            src_db = open_database(src_path)
+            fresh = [j for j in fresh if src_db.has_workload(sub_tasks[j].dispatched[0])]
+            if fresh:
+                result.warm_from = info["key"]
+                say(f"warm start: re-measuring here the best {opts.warm_top_k} schedule(s) per kernel of class "
+                    f"{info['key']} ({src_path}) for {len(fresh)} kernel(s) without records")
+                result.warm_measured = warm_start(
+                    [sub_tasks[j] for j in fresh], [contexts[j] for j in fresh], src_db, db, builder, runner, target,
+                    opts.warm_top_k, cost_model, should_stop=should_stop,
+                    on_batch=lambda k, res, built: progress.update(todo[fresh[k]], res, built))
         remaining = budget - progress.done
         if remaining > 0 and not should_stop():
             scheduler = _scheduler(should_stop, lambda j: progress.best[todo[j]], opts.seed)

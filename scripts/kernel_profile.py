@@ -1,0 +1,171 @@
+"""Where the time goes, kernel by kernel: tvmnet's kernels (the schedules a tuning log gives
+them, measured here) beside ONNX Runtime's operators (its own profiler), grouped by kind.
+
+    python3 scripts/kernel_profile.py --alpha 1.0 [--tuning-log DB] [--threads 2] [--json F]
+
+tvmnet side: each kernel of the model's lowered module gets the best record of the log (the
+log `compile` would apply when --tuning-log is not given), is built, and timed with
+MetaSchedule's runner (warm cache unless --flush, like inside the end-to-end run); kernels
+without a record are timed as TVM's naive loop nest. ORT side: its per-node profile of the
+same model (same weights, exported through ONNX), mean over the profiled runs.
+Kinds: stem (the first conv), depthwise conv, pointwise GEMM (1x1 conv), fc (classifier).
+"""
+import argparse
+import json
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def kernel_kind(name: str, flop: float, weight: int) -> str:
+    if "matmul" in name:
+        return "fc" if weight == 1 and "relu" not in name else "pointwise GEMM"
+    if "conv2d" in name:
+        return "stem conv" if name.startswith("fused_conv2d_") else "depthwise conv"
+    return "other"
+
+
+def tvm_profile(cfg, spec, tuning_log, flush: bool):
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvmnet.builder_fix import make_builder
+    from tvmnet.frontend import import_model
+    from tvmnet.logs import best_record, choose_logs
+    from tvmnet.passes import pipeline
+    from tvmnet.tuning import extract_tasks
+
+    mod, *_ = import_model(cfg)
+    tasks = extract_tasks(pipeline.lower_to_tir(mod, spec), spec)
+    choice = choose_logs(spec, tuning_log, tasks)
+    target = spec.tvm_target()
+    builder = make_builder(spec)
+    runner = ms.runner.LocalRunner(timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(
+        number=20, repeat=5, min_repeat_ms=0, enable_cpu_cache_flush=flush))
+    rows = []
+    for task in tasks:
+        func = task.dispatched[0]
+        sch = tvm.s_tir.Schedule(func)
+        rec = best_record(choice.database, task, target) if choice.database is not None else None
+        if rec is not None:
+            rec.trace.apply_to_schedule(sch, remove_postproc=False)
+        args = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
+        (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
+        if built.error_msg:
+            raise SystemExit(f"{task.task_name}: build failed: {built.error_msg[-500:]}")
+        (res,) = [f.result() for f in runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args)])]
+        if res.error_msg:
+            raise SystemExit(f"{task.task_name}: run failed: {res.error_msg[-500:]}")
+        secs = sorted(float(s) for s in res.run_secs)
+        us = 1e6 * secs[len(secs) // 2]
+        flop = float(tvm.s_tir.analysis.estimate_tir_flops(func))
+        w = int(task.weight)
+        rows.append({"kernel": task.task_name, "kind": kernel_kind(task.task_name, flop, w), "calls": w,
+                     "us_each": us, "us_total": us * w, "gflops": flop / us / 1e3, "tuned": rec is not None})
+    return rows, choice
+
+
+def ort_profile(cfg, threads: int, runs: int = 50):
+    import onnx
+    import onnxruntime as ort
+
+    from tvmnet.frontend import export_onnx
+    from tvmnet.models import build_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(build_model(cfg), cfg.input_shape, Path(tmp) / "m.onnx")
+        graph = onnx.load(str(path)).graph
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        opt_graph = onnx.load(opts.optimized_model_filepath).graph
+        x = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal(cfg.input_shape).astype(np.float32)}
+        for _ in range(10):
+            sess.run(None, x)
+        popts = ort.SessionOptions()
+        popts.intra_op_num_threads, popts.inter_op_num_threads = threads, 1
+        popts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        popts.enable_profiling = True
+        popts.profile_file_prefix = str(Path(tmp) / "prof")
+        psess = ort.InferenceSession(str(path), popts, providers=["CPUExecutionProvider"])
+        for _ in range(10):
+            psess.run(None, x)
+        for _ in range(runs):
+            psess.run(None, x)
+        events = json.loads(Path(psess.end_profiling()).read_text())
+    del graph
+    nodes = {n.name: n for n in opt_graph.node}
+    init = {i.name: tuple(i.dims) for i in opt_graph.initializer}
+    per_node = defaultdict(list)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_node[e["name"][: -len("_kernel_time")]].append(e["dur"])
+    rows = []
+    for name, durs in per_node.items():
+        durs = durs[-runs:]
+        node = nodes.get(name)
+        kind = "other"
+        if node is not None and "Conv" in node.op_type:
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            wshape = init.get(node.input[1], ())
+            kind = ("depthwise conv" if group > 1 else
+                    "stem conv" if len(wshape) == 4 and wshape[1] == 3 else "pointwise GEMM")
+        elif node is not None and node.op_type in ("Gemm", "MatMul", "FusedGemm"):
+            kind = "fc"
+        rows.append({"node": name, "op": node.op_type if node else "?", "kind": kind, "us_total": float(np.mean(durs))})
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--alpha", type=float, default=1.0)
+    ap.add_argument("--resolution", type=int, default=224)
+    ap.add_argument("--target", default="x86")
+    ap.add_argument("--tuning-log", type=Path, help="database directory (default: what compile applies)")
+    ap.add_argument("--threads", type=int, help="threads (default: the target's cores)")
+    ap.add_argument("--flush", action="store_true", help="flush the CPU cache before each kernel run")
+    ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    from tvmnet import ModelConfig, load_target
+    from tvmnet.targets import cpu_model
+
+    spec = load_target(args.target)
+    threads = args.threads or int(spec.target.get("num-cores") or 1)
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    cfg = ModelConfig(args.alpha, args.resolution)
+    rows, choice = tvm_profile(cfg, spec, args.tuning_log or "auto", args.flush)
+    total = sum(r["us_total"] for r in rows)
+    print(f"{cpu_model()} ({spec.machine_class()['key']}), {threads} threads; MobileNet v1 {args.alpha:g}-{args.resolution}; "
+          f"log {choice.path} ({choice.match})")
+    print(f"{'kernel':<34}{'kind':<16}{'calls':>6}{'us each':>10}{'us total':>10}{'share':>7}{'GFLOP/s':>9}")
+    for r in sorted(rows, key=lambda r: -r["us_total"]):
+        print(f"{r['kernel'][:33]:<34}{r['kind']:<16}{r['calls']:>6}{r['us_each']:>10.1f}{r['us_total']:>10.1f}"
+              f"{100 * r['us_total'] / total:>6.1f}%{r['gflops']:>9.1f}" + ("" if r["tuned"] else "  (untuned)"))
+    ort_rows = [] if args.no_ort else ort_profile(cfg, threads)
+    kinds = ["stem conv", "depthwise conv", "pointwise GEMM", "fc", "other"]
+    ours = defaultdict(float)
+    theirs = defaultdict(float)
+    for r in rows:
+        ours[r["kind"]] += r["us_total"]
+    for r in ort_rows:
+        theirs[r["kind"]] += r["us_total"]
+    print(f"\n{'kind':<16}{'tvmnet us':>11}{'ORT us':>9}{'ratio':>7}")
+    for k in kinds:
+        if ours[k] or theirs[k]:
+            ratio = f"{ours[k] / theirs[k]:.2f}" if theirs[k] else "-"
+            print(f"{k:<16}{ours[k]:>11.1f}{theirs[k]:>9.1f}{ratio:>7}")
+    t_ort = sum(theirs.values())
+    print(f"{'sum':<16}{total:>11.1f}{t_ort:>9.1f}{(total / t_ort if t_ort else 0):>7.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"tvmnet": rows, "onnxruntime": ort_rows, "log": str(choice.path)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
