@@ -125,7 +125,8 @@ def cmd_tune(args) -> int:
                        log_dir=args.log_dir, repeats=args.repeats, number=args.number, timeout=args.timeout,
                        seed=args.seed, rpc=rpc_cfg, progress=not args.no_progress, kernels=args.kernels,
                        population=args.population, warm_start=not args.no_warm_start,
-                       warm_top_k=args.warm_top_k, minutes=args.minutes, only_untuned=args.only_untuned)
+                       warm_top_k=args.warm_top_k, minutes=args.minutes, only_untuned=args.only_untuned,
+                       trials_per_iter=args.batch)
     for line in opts.display().splitlines():
         _say(line)
     res = tune_model(opts, say=_say)
@@ -336,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--population", type=_positive_int, default=512,
                    help="evolutionary search population (default 512; smaller is faster and worse)")
     s.add_argument("--minutes", type=float, help="stop after this many minutes (records kept; rerun to resume)")
+    s.add_argument("--batch", type=_positive_int, default=64,
+                   help="candidates searched, built and measured per batch (default 64)")
     s.add_argument("--only-untuned", action="store_true",
                    help="tune only the kernels without a record in this machine class's log")
     s.add_argument("--no-warm-start", action="store_true",
