@@ -131,7 +131,8 @@ def cmd_tune(args) -> int:
         _say(line)
     res = tune_model(opts, say=_say)
     est = f"{res.estimate_ms:.3f} ms" if res.estimate_ms is not None else "n/a (some tasks untuned)"
-    status = "interrupted; records kept, rerun the same command to resume" if res.interrupted else "done"
+    status = ("interrupted; records kept, rerun the same command to resume" if res.interrupted else
+              f"stopped after --minutes {opts.minutes:g}; rerun to go on" if res.out_of_time else "done")
     warm = (f" ({res.warm_measured} of them schedules of class {res.warm_from} re-measured here)"
             if res.warm_from else "")
     print(f"tuning {status}: {res.trials_run} new trials{warm} in {res.seconds:.0f} s ({res.trials_per_minute:.1f}/min), "
