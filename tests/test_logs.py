@@ -22,6 +22,19 @@ def records(db):
     return [json.loads(l) for l in (db / "database_tuning_record.json").read_text().splitlines() if l.strip()]
 
 
+def write_arm_class(root):
+    write_class(root / "aarch64-cortex-a72-neon-4c", "aarch64-cortex-a72-neon-4c", arch="aarch64",
+                mcpu="cortex-a72", isa="neon", cores=4)
+
+
+def compile_with_logs(root, out):
+    """Compile MobileNet 0.25-32 with ``root`` as the shipped logs; (tuning metadata, compile's log line)."""
+    res = run_cli("compile", *SMALL, "-o", out, env={"TVMNET_TUNING_LOGS": str(root)})
+    assert res.returncode == 0, res.stderr
+    line = next((l for l in res.stderr.splitlines() if "this machine is class" in l), "")
+    return json.loads((out / "metadata.json").read_text())["tuning"], line
+
+
 def relabel(src, dst, key, **cls):
     """A copy of the database ``src`` presented as another machine class."""
     shutil.copytree(src, dst)
@@ -74,12 +87,10 @@ def test_compile_applies_the_exact_class(host_log, tmp_path):
     root = tmp_path / "logs"
     shutil.copytree(host_log, root / host_class())
     out = tmp_path / "o"
-    res = run_cli("compile", *SMALL, "-o", out, env={"TVMNET_TUNING_LOGS": str(root)})
-    assert res.returncode == 0, res.stderr
-    tun = json.loads((out / "metadata.json").read_text())["tuning"]
+    tun, line = compile_with_logs(root, out)
     assert tun["match"] == "exact" and tun["class"] == tun["this_class"] == host_class()
     assert tun["kernels_by_source"] == {host_class(): tun["kernels_tuned"]} and tun["kernels_tuned"] >= 5
-    assert f"this machine is class {host_class()}" in res.stderr     # not every kernel is tuned: it says so
+    assert host_class() in line     # not every kernel is tuned: it says so
     assert run_cli("validate", out).returncode == 0
 
 
@@ -87,30 +98,21 @@ def test_compile_applies_the_exact_class(host_log, tmp_path):
 def test_compile_falls_back_to_the_nearest_class_and_names_the_fix(host_log, tmp_path):
     root = tmp_path / "logs"
     relabel(host_log, root / "x86_64-othercpu-avx2-2c", "x86_64-othercpu-avx2-2c", mcpu="othercpu")
-    write_class(root / "aarch64-cortex-a72-neon-4c", "aarch64-cortex-a72-neon-4c", arch="aarch64",
-                mcpu="cortex-a72", isa="neon", cores=4)
+    write_arm_class(root)
     out = tmp_path / "o"
-    res = run_cli("compile", *SMALL, "-o", out, env={"TVMNET_TUNING_LOGS": str(root)})
-    assert res.returncode == 0, res.stderr
-    tun = json.loads((out / "metadata.json").read_text())["tuning"]
+    tun, line = compile_with_logs(root, out)
     assert tun["match"] == "nearest" and tun["class"] == "x86_64-othercpu-avx2-2c" and tun["kernels_tuned"] >= 5
-    line = next(l for l in res.stderr.splitlines() if "this machine is class" in l)
     assert host_class() in line and "x86_64-othercpu-avx2-2c" in line and "aarch64-cortex-a72-neon-4c" in line
     assert "tvmnet tune --target x86 --alpha 0.25 --resolution 32 --trials 2000" in line
     assert run_cli("validate", out).returncode == 0
 
 
-@pytest.mark.tune
-def test_compile_without_a_usable_class_says_naive(host_log, tmp_path):
+@pytest.mark.e2e
+def test_compile_without_a_usable_class_says_naive(tmp_path):
     root = tmp_path / "logs"
-    write_class(root / "aarch64-cortex-a72-neon-4c", "aarch64-cortex-a72-neon-4c", arch="aarch64",
-                mcpu="cortex-a72", isa="neon", cores=4)
-    out = tmp_path / "o"
-    res = run_cli("compile", *SMALL, "-o", out, env={"TVMNET_TUNING_LOGS": str(root)})
-    assert res.returncode == 0, res.stderr
-    tun = json.loads((out / "metadata.json").read_text())["tuning"]
+    write_arm_class(root)                     # another architecture's schedules never apply
+    tun, line = compile_with_logs(root, tmp_path / "o")
     assert tun["match"] is None and tun["kernels_tuned"] == 0
-    line = next(l for l in res.stderr.splitlines() if "this machine is class" in l)
     assert "naive" in line and "tvmnet tune --target x86" in line
 
 
