@@ -71,7 +71,8 @@ def main():
             db = Path(tmp) / "db"
             db.mkdir()
             shutil.copy(args.db / "database_workload.json", db)
-            (db / "database_tuning_record.json").write_text("\n".join(records) + "\n")
+            # no record yet: an empty file (an empty line crashes MetaSchedule's JSON loader)
+            (db / "database_tuning_record.json").write_text("".join(r + "\n" for r in records))
             art = compile_model(CompileOptions(cfg, spec, Path(tmp) / "art", tuning_log=db), progress=lambda m: None)
             sess = open_local(load_artifact(art.path))
             sess.time(x, number=10, repeat=3)

@@ -52,19 +52,20 @@ def test_compile_applies_the_log_and_validates(tuned, tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def test_corrupt_log_is_reported_and_left_untouched(tmp_path):
+@pytest.mark.parametrize("content", ['[0, ["trace"\n', "\n"], ids=["truncated record", "empty line"])
+def test_corrupt_log_is_reported_and_left_untouched(tmp_path, content):
     db = tmp_path / host_class()
     db.mkdir()
     (db / "database_workload.json").write_text("")
     bad = db / "database_tuning_record.json"
-    bad.write_text('[0, ["trace"\n')
+    bad.write_text(content)
     for cmd in (["tune", *TINY, "--trials", "4", "--log-dir", tmp_path],
                 ["compile", "--alpha", "0.25", "--resolution", "32", "--tuning-log", db, "-o", tmp_path / "o"]):
         res = run_cli(*cmd)
         assert res.returncode == 6, res.stderr
         assert str(bad) in res.stderr and "untouched" in res.stderr
         assert "Traceback" not in res.stderr
-    assert bad.read_text() == '[0, ["trace"\n'
+    assert bad.read_text() == content
 
 
 def test_missing_log_is_an_error(tmp_path):

@@ -93,6 +93,12 @@ def nearest_class(spec: TargetSpec, *roots: Path) -> Optional[Tuple[dict, Path]]
     return info, d
 
 
+def _no_blank_line(path: Path, line: str, lineno: int) -> None:
+    if not line.strip():   # MetaSchedule's JSON loader segfaults on an empty line (TVM 0.27, measured)
+        raise TuningLogError(f"tuning log {path} has an empty line (line {lineno}), which crashes MetaSchedule's "
+                             "loader; it was left untouched: delete the empty line")
+
+
 def check_database_files(path: Path) -> int:
     """Validate a database directory without modifying it; returns the number of records."""
     path = Path(path)
@@ -106,8 +112,7 @@ def check_database_files(path: Path) -> int:
                              "directory, or run `tvmnet tune` to create one")
     n_workloads = 0
     for lineno, line in enumerate(wl.read_text(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
+        _no_blank_line(wl, line, lineno)
         try:
             item = json.loads(line)
             ok = isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
@@ -119,8 +124,7 @@ def check_database_files(path: Path) -> int:
         n_workloads += 1
     records = 0
     for lineno, line in enumerate(rec.read_text(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
+        _no_blank_line(rec, line, lineno)
         try:
             item = json.loads(line)
             ok = (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int)
