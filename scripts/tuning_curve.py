@@ -32,6 +32,9 @@ def main():
     args = ap.parse_args()
 
     from tvmnet import CompileOptions, ModelConfig, compile_model, load_target
+
+    # before TVM's thread pool starts (compile's constant folding starts it with 1 thread here)
+    load_target(args.target).use_threads()
     from tvmnet.artifact import load_artifact
     from tvmnet.frontend import import_model
     from tvmnet.passes import pipeline
