@@ -1,0 +1,209 @@
+"""The board-free cost proxy (tvmnet/proxy.py): block counts, llvm-mca regions, estimates.
+
+unit: the IR interpreter on hand-written IR (exact loop counts, the parallel lambda's share,
+runtime alias checks), the asm segmenter, llvm-mca's latency chains, the missing-tool error.
+e2e: a real kernel of MobileNet 0.25-32, naive vs a hand schedule (vectorised, parallel), on
+x86 and cross-compiled for a Raspberry Pi 4 (cortex-a72; no board, no cross compiler needed).
+"""
+from __future__ import annotations
+
+import math
+import shutil
+from types import SimpleNamespace
+
+import pytest
+
+from tvmnet import proxy
+from tvmnet.errors import ToolchainError
+
+needs_mca = pytest.mark.skipif(not any(shutil.which(n) for n in ("llvm-mca", "llvm-mca-14", "llvm-mca-15")),
+                               reason="llvm-mca not installed (apt-get install llvm)")
+
+NESTED = """
+define internal fastcc i32 @k_compute_(ptr noalias %a, i32 %n) {
+entry:
+  br label %outer
+outer:
+  %i = phi i64 [ 0, %entry ], [ %i.next, %outer.latch ]
+  %lim = add nuw nsw i64 %i, 1
+  br label %inner
+inner:
+  %j = phi i64 [ 0, %outer ], [ %j.next, %inner ]
+  %j.next = add nuw nsw i64 %j, 1
+  %c = icmp eq i64 %j.next, 16
+  br i1 %c, label %tri.pre, label %inner, !prof !0
+tri.pre:
+  br label %tri
+tri:
+  %k = phi i64 [ 0, %tri.pre ], [ %k.next, %tri ]
+  %k.next = add nuw nsw i64 %k, 1
+  %ck = icmp ult i64 %k.next, %lim
+  br i1 %ck, label %tri, label %outer.latch
+outer.latch:
+  %i.next = add nuw nsw i64 %i, 1
+  %c2 = icmp eq i64 %i.next, 10
+  br i1 %c2, label %exit, label %outer
+exit:
+  ret i32 0
+}
+
+define private i32 @__tvm_parallel_lambda(i32 %task_id, ptr %0, ptr %1) {
+parallel_closure_entry:
+  %p = getelementptr inbounds nuw i8, ptr %0, i64 8
+  %num_task = load i32, ptr %p, align 4
+  %a = add nsw i32 %num_task, 9
+  %per = sdiv i32 %a, %num_task
+  %t1 = add nsw i32 %task_id, 1
+  %end0 = mul nsw i32 %per, %t1
+  %end = tail call i32 @llvm.smin.i32(i32 %end0, i32 10)
+  %start = mul nsw i32 %per, %task_id
+  %ok = icmp slt i32 %start, %end
+  br i1 %ok, label %body, label %exit
+body:
+  %i = phi i32 [ %start, %parallel_closure_entry ], [ %i.next, %check ]
+  %buf = load ptr, ptr %1, align 8
+  %w = tail call ptr %buf(i32 1, i64 4096)
+  %isnull = icmp eq ptr %w, null
+  br i1 %isnull, label %exit, label %alias
+alias:
+  %pa = ptrtoint ptr %w to i64
+  %pb = ptrtoint ptr %1 to i64
+  %d = sub i64 %pa, %pb
+  %far = icmp ugt i64 %d, 127
+  br i1 %far, label %vector, label %scalar
+vector:
+  br label %check
+scalar:
+  br label %check
+check:
+  %i.next = add nsw i32 %i, 1
+  %done = icmp eq i32 %i.next, %end
+  br i1 %done, label %exit, label %body
+exit:
+  ret i32 0
+}
+
+!0 = !{!"branch_weights", i32 1, i32 15}
+"""
+
+
+@pytest.mark.unit
+def test_interpreter_counts_nested_and_triangular_loops():
+    funcs, _ = proxy.parse_ir(NESTED)
+    counts, unknown = proxy.block_counts(funcs["k_compute_"], threads=2)
+    assert unknown == 0
+    assert counts["%entry"] == 1 and counts["%exit"] == 1
+    assert counts["%outer"] == 10 and counts["%outer.latch"] == 10
+    assert counts["%inner"] == 160                     # 10 x 16: summarised after the first entry
+    assert counts["%tri"] == sum(i + 1 for i in range(10))   # bound depends on the outer loop
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("threads,share", [(1, 10), (2, 5), (4, 3), (16, 1)])
+def test_interpreter_runs_worker_zero_of_the_parallel_loop(threads, share):
+    funcs, _ = proxy.parse_ir(NESTED)
+    counts, unknown = proxy.block_counts(funcs["__tvm_parallel_lambda"], threads=threads)
+    assert counts["%body"] == share                    # ceil(10 / threads): the largest share
+    assert counts["%vector"] == share and counts["%scalar"] == 0   # separate buffers: alias check passes
+    assert unknown == 0
+
+
+@pytest.mark.unit
+def test_asm_segments_split_code_at_markers():
+    asm = "\n".join([
+        "main_compute_:", "\tpushq %rbp", "#APP", f"# {proxy.MARK} 0", "#NO_APP", "\tmovl $1, %eax",
+        ".LBB0_2:", "\tvfmadd231ps %zmm1, %zmm2, %zmm0  # comment", "\t.p2align 4", "#APP",
+        f"# {proxy.MARK} 1", "#NO_APP", "\taddq $1, %rcx", "\tjne .LBB0_2", ".Lfunc_end0:", "\tret"])
+    segs = proxy.asm_segments(asm)
+    assert segs[0] == [["movl $1, %eax", "vfmadd231ps %zmm1, %zmm2, %zmm0"]]
+    assert segs[1] == [["addq $1, %rcx", "jne .LBB0_2"]]
+
+
+@pytest.mark.unit
+@needs_mca
+def test_llvm_mca_sees_the_accumulator_latency_chain():
+    spec = SimpleNamespace(target={"mcpu": "cascadelake"}, arch="x86_64")
+    chain = ["vfmadd231ps %zmm1, %zmm2, %zmm0"]                       # one accumulator: latency bound
+    wide = [f"vfmadd231ps %zmm1, %zmm2, %zmm{r}" for r in range(3, 11)]  # eight: throughput bound
+    res = proxy.run_mca({0: chain, 1: wide}, spec)
+    assert res[0].cycles_per_iter >= 3.5            # FMA latency 4 per iteration
+    assert res[0].rthroughput <= 1.0
+    assert res[1].cycles_per_iter / 8 < res[0].cycles_per_iter / 2   # 8 chains overlap
+
+
+@pytest.mark.unit
+def test_missing_llvm_mca_is_a_one_line_toolchain_error(monkeypatch):
+    monkeypatch.setattr(proxy.shutil, "which", lambda name: None)
+    with pytest.raises(ToolchainError) as err:
+        proxy.llvm_mca_path()
+    msg = str(err.value)
+    assert "apt-get install llvm" in msg and "\n" not in msg
+    assert ToolchainError.exit_code == 9
+
+
+# ------------------------------------------------------------------------------------- e2e
+
+@pytest.fixture(scope="module")
+def gemm_kernel():
+    """The largest pointwise GEMM kernel of MobileNet 0.25-32 (unscheduled PrimFunc module)."""
+    import tvm
+
+    from tvmnet.config import ModelConfig
+    from tvmnet.targets import load_target
+    from tvmnet.tuning import TuneOptions, prepare_tasks
+
+    spec = load_target("x86")
+    _, tasks = prepare_tasks(TuneOptions(model=ModelConfig(0.25, 32), target=spec))
+    gemms = [t for t in tasks if t.task_name.startswith("fused_matmul") and "relu" in t.task_name]
+    task = max(gemms, key=lambda t: float(tvm.s_tir.analysis.estimate_tir_flops(t.dispatched[0])))
+    return task.dispatched[0]
+
+
+def hand_schedule(mod, lanes: int):
+    """A sensible schedule: output channels in parallel, pixels vectorised by ``lanes``,
+    reduction outside the vector loop, its init hoisted."""
+    import tvm
+
+    sch = tvm.s_tir.Schedule(mod)
+    blk = sch.get_sblock("matmul")
+    i0, i1, i2, k = sch.get_loops(blk)
+    i2o, i2i = sch.split(i2, [None, lanes])
+    sch.reorder(i1, i2o, k, i2i)
+    sch.parallel(sch.fuse(i0, i1))
+    sch.vectorize(i2i)
+    sch.decompose_reduction(blk, k)
+    return sch.mod
+
+
+@pytest.mark.e2e
+@pytest.mark.slow   # experimental proxy (issue 9): run with -m slow
+@needs_mca
+def test_x86_estimate_ranks_naive_above_scheduled(gemm_kernel):
+    from tvmnet.targets import load_target
+
+    spec = load_target("x86")
+    naive = proxy.estimate(gemm_kernel, spec, with_memory=True)
+    tuned = proxy.estimate(hand_schedule(gemm_kernel, 16), spec, with_memory=True)
+    for est in (naive, tuned):
+        assert math.isfinite(est.cycles) and est.cycles > 0
+        assert est.instructions > 0 and est.unknown_branches == 0
+        assert est.memory["l1_lines"] >= est.memory["l2_lines"] > 0
+    assert tuned.parallel_launches == 1 and naive.parallel_launches == 0
+    assert naive.cycles > 2 * tuned.cycles, (naive.cycles, tuned.cycles)
+    assert proxy.estimate_cycles(gemm_kernel, spec) == pytest.approx(naive.cycles, rel=0.05)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@needs_mca
+def test_aarch64_kernel_goes_through(gemm_kernel):
+    """Cross-compiled for a Raspberry Pi 4 and analysed with -mtriple=aarch64 -mcpu=cortex-a72."""
+    from tvmnet.targets import load_target
+
+    spec = load_target('{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", '
+                       '"mattr": ["+neon"], "num-cores": 4}')
+    assert proxy.mca_args(spec)[:2] == ["-mtriple=aarch64-linux-gnu", "-mcpu=cortex-a72"]
+    naive = proxy.estimate(gemm_kernel, spec)
+    tuned = proxy.estimate(hand_schedule(gemm_kernel, 4), spec)
+    assert math.isfinite(tuned.cycles) and tuned.cycles > 0 and tuned.unknown_branches == 0
+    assert naive.cycles > tuned.cycles
