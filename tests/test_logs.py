@@ -128,13 +128,15 @@ def test_warm_start_remeasures_another_class_records_never_copies_their_times(ho
             rec[1] = [fake] * len(rec[1])
             f.write(json.dumps([wl, rec]) + "\n")
     before = (other / "database_tuning_record.json").read_text()
+    kernels = len({wl for wl, _ in recs})                           # --warm-top-k 1: one schedule per kernel
     res = run_cli("tune", "--target", "x86", *SMALL, "--population", "16", "--no-progress", "--kernels", "matmul",
-                  "--trials", str(len(recs)), "--per-task", "1", "--warm-top-k", "1", "--log-dir", new_root,
+                  "--trials", str(kernels), "--per-task", "4", "--warm-top-k", "1", "--log-dir", new_root,
                   env={"TVMNET_TUNING_LOGS": str(foreign_root)})
     assert res.returncode == 0, res.stderr[-3000:]
-    assert f"{len(recs)} of them schedules of class x86_64-othercpu-avx512-2c re-measured here" in res.stdout
+    assert f"{kernels} of them schedules of class x86_64-othercpu-avx512-2c re-measured here" in res.stdout
     mine = records(new_root / host_class())
-    assert len(mine) == len(recs)
+    assert len(mine) == kernels
     assert all(0 < float(s) < 1.0 for _, rec in mine for s in rec[1])          # measured here
-    assert sorted(json.dumps(r[0]) for _, r in mine) == sorted(json.dumps(r[0]) for _, r in recs)   # same schedules
+    theirs = {json.dumps(r[0]) for _, r in recs}
+    assert all(json.dumps(r[0]) in theirs for _, r in mine)                   # their schedules, our times
     assert (other / "database_tuning_record.json").read_text() == before     # the source is only read

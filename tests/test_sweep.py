@@ -276,6 +276,7 @@ def test_pick_cli_budget_error_and_build(tmp_path, monkeypatch, capsys):
 # ------------------------------------------------------------------------------------------- (e) e2e
 
 @pytest.mark.e2e
+@pytest.mark.slow   # ~100 s on 2 cores: run with -m slow
 def test_sweep_end_to_end(tmp_path):
     t0 = time.perf_counter()
     args = ["sweep", "--target", "x86", "--alphas", "0.5,0.25", "--resolutions", "128", "--out", tmp_path,
