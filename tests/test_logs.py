@@ -64,6 +64,26 @@ def test_nearest_class_ranks_same_isa_then_mcpu_then_cores_and_never_crosses_arc
 
 
 @pytest.mark.unit
+def test_transfer_class_is_another_cpu_architecture_closest_in_vector_width_then_cores(tmp_path):
+    """Only when no class of the same architecture exists does compile replay another
+    architecture's records (the same TIR kernels): the one nearest in vector width, then cores."""
+    from tvmnet.logs import transfer_class
+    from tvmnet.targets import load_target
+
+    pi4 = load_target("rpi4")                  # aarch64, NEON (128-bit), 4 cores
+    assert transfer_class(pi4, tmp_path) is None
+    write_class(tmp_path / "z4", "x86_64-znver4-avx512-2c", mcpu="znver4", isa="avx512")
+    assert transfer_class(pi4, tmp_path)[0]["key"] == "x86_64-znver4-avx512-2c"
+    write_class(tmp_path / "z3", "x86_64-znver3-avx2-16c", mcpu="znver3", isa="avx2", cores=16)
+    assert transfer_class(pi4, tmp_path)[0]["key"] == "x86_64-znver3-avx2-16c"     # 256-bit is nearer 128 than 512
+    write_class(tmp_path / "hw", "x86_64-haswell-avx2-4c", mcpu="haswell", isa="avx2", cores=4)
+    assert transfer_class(pi4, tmp_path)[0]["key"] == "x86_64-haswell-avx2-4c"     # then the core count
+    write_class(tmp_path / "gpu", "cuda-sm_90", arch="cuda", mcpu="sm_90", isa="sm_90", cores=None)
+    assert transfer_class(pi4, tmp_path)[0]["key"] == "x86_64-haswell-avx2-4c"     # never a GPU's
+    assert transfer_class(load_target("cuda"), tmp_path) is None
+
+
+@pytest.mark.unit
 def test_machine_class_of_presets():
     from tvmnet.targets import load_target
 
@@ -110,7 +130,7 @@ def test_compile_falls_back_to_the_nearest_class_and_names_the_fix(host_log, tmp
 @pytest.mark.e2e
 def test_compile_without_a_usable_class_says_naive(tmp_path):
     root = tmp_path / "logs"
-    write_arm_class(root)                     # another architecture's schedules never apply
+    write_arm_class(root)                     # another architecture's class, with no records to transfer
     tun, line = compile_with_logs(root, tmp_path / "o")
     assert tun["match"] is None and tun["kernels_tuned"] == 0
     assert "naive" in line and "tvmnet tune --target x86" in line
@@ -140,3 +160,46 @@ def test_warm_start_remeasures_another_class_records_never_copies_their_times(ho
     theirs = {json.dumps(r[0]) for _, r in recs}
     assert all(json.dumps(r[0]) in theirs for _, r in mine)                   # their schedules, our times
     assert (other / "database_tuning_record.json").read_text() == before     # the source is only read
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("nhwc,nchw,requested,expected,calls", [
+    ({"own": 1.0}, {"own": 1.0}, None, "NHWC", 1),         # the default layout fully tuned here: no second look
+    ({"near": 1.0}, {"own": 1.0}, None, "NCHW", 2),        # this class tuned NCHW (before NHWC existed): keep it
+    ({"own": 0.5}, {"near": 1.0}, None, "NHWC", 2),        # own records beat another class's
+    ({}, {}, None, "NHWC", 2),                              # nothing anywhere: the default
+    ({}, {"own": 1.0}, "NHWC", "NHWC", 1),                  # --layout is obeyed
+])
+def test_compile_picks_the_layout_the_logs_cover(monkeypatch, nhwc, nchw, requested, expected, calls):
+    """Records are per layout: with no --layout, compile lowers in the target's default (NHWC on
+    CPUs) and looks at the other layout only when the logs cover the default's kernels less
+    than fully from this machine's own class; it keeps whichever has more own, then more kernels."""
+    import tvmnet.logs as logs
+    from tvmnet.compiler import CompileOptions, _lower_and_choose_logs
+    from tvmnet.config import ModelConfig
+    from tvmnet.frontend import import_model
+    from tvmnet.targets import load_target
+
+    spec = load_target("x86")
+    mine = spec.machine_class()["key"]
+    seen = []
+
+    def fake_choose_logs(spec_, tuning_log, tasks):
+        cover = nhwc if not seen else nchw
+        seen.append(len(tasks))
+        n = len(tasks)
+        by = {}
+        if cover.get("own"):
+            by[mine] = int(cover["own"] * n)
+        if cover.get("near"):
+            by["x86_64-other-avx2-2c"] = int(cover["near"] * n)
+        return logs.LogChoice(None, mine, "exact" if by else None, by_source=by, kernels_total=n)
+
+    monkeypatch.setattr(logs, "choose_logs", fake_choose_logs)
+    mod, *_ = import_model(ModelConfig(0.25, 32))
+    opts = CompileOptions(ModelConfig(0.25, 32), spec, "unused", layout=requested)
+    layout, lowered, choice = _lower_and_choose_logs(mod, opts)
+    assert (layout, len(seen)) == (expected, calls)
+    # the module returned is the one lowered in that layout (NHWC adds the two transposes)
+    kernels = [g.name_hint for g, f in lowered.functions_items() if "transpose" in g.name_hint]
+    assert bool(kernels) == (expected == "NHWC")

@@ -109,6 +109,41 @@ def test_pointwise_to_gemm_structure():
 
 
 @pytest.mark.unit
+def test_pointwise_to_gemm_structure_nhwc():
+    """NHWC: out (N, H*W, O) = X (N, H*W, I) @ W^T, channels innermost; the bias is (1, 1, O)."""
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((1, 4, 4, 8), "float32"), w: R.Tensor((16, 1, 1, 8), "float32"),
+                 b: R.Tensor((1, 1, 1, 16), "float32")):
+            with R.dataflow():
+                y = R.nn.conv2d(x, w, data_layout="NHWC", kernel_layout="OHWI", out_layout="NHWC")
+                z = R.add(y, b)
+                r = R.nn.relu(z)
+                R.output(r)
+            return r
+
+    @I.ir_module
+    class Expected:
+        @R.function
+        def main(x: R.Tensor((1, 4, 4, 8), "float32"), w: R.Tensor((16, 1, 1, 8), "float32"),
+                 b: R.Tensor((1, 1, 1, 16), "float32")):
+            with R.dataflow():
+                xm = R.reshape(x, R.shape([1, 16, 8]))
+                wm = R.reshape(w, R.shape([16, 8]))
+                wt = R.permute_dims(wm, axes=[1, 0])
+                g = R.matmul(xm, wt)
+                b3 = R.reshape(b, R.shape([1, 1, 16]))
+                s = R.add(g, b3)
+                a = R.nn.relu(s)
+                r = R.reshape(a, R.shape([1, 4, 4, 16]))
+                R.output(r)
+            return r
+
+    tvm.ir.assert_structural_equal(PointwiseToGemm()(Before), Expected)
+
+
+@pytest.mark.unit
 def test_pointwise_to_gemm_skips_strided_and_3x3():
     @I.ir_module
     class Mod:
@@ -160,3 +195,32 @@ def test_whole_model_fold_and_gemm():
     for m in (folded, lowered):
         out = _build_and_run(m, x)
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.e2e
+def test_whole_model_nhwc_matches_pytorch():
+    """The CPU layout: every conv in NHWC, one transpose in (the image) and one out (the pooled
+    features), all 13 pointwise convs and the FC as GEMMs, numerics as PyTorch's."""
+    cfg = ModelConfig(0.25, 64)
+    model = build_model(cfg)
+    mod = from_torch(model, cfg.input_shape)
+    with tvm.target.Target({"kind": "llvm", "num-cores": 2}):
+        nhwc = graph_passes(gemm=True, layout="NHWC")(mod)
+    counts = op_counts(nhwc)
+    assert counts["relax.matmul"] == 13 + 1 and counts["relax.nn.conv2d"] == 14
+    assert counts["relax.permute_dims"] == 2 and counts["relax.layout_transform"] == 0
+    convs = []
+    relax.analysis.post_order_visit(nhwc["main"], lambda e: convs.append(e) if isinstance(e, relax.Call)
+                                    and e.op.name == "relax.nn.conv2d" else None)
+    assert {(c.attrs.data_layout, c.attrs.kernel_layout) for c in convs} == {("NHWC", "OHWI")}
+
+    x = np.random.default_rng(1).standard_normal(cfg.input_shape).astype("float32")
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(_build_and_run(nhwc, x), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.unit
+def test_graph_passes_refuses_an_unknown_layout():
+    with pytest.raises(ValueError, match="NCHW, NHWC"):
+        graph_passes(layout="NCWH")

@@ -9,7 +9,7 @@ import pytest
 
 from tvmnet import emulator
 
-from conftest import free_port, run_cli
+from conftest import free_port, host_class, run_cli
 
 pytestmark = pytest.mark.device
 
@@ -36,6 +36,24 @@ def test_deploy_to_emulated_rpi4(board, rpi4_artifact):
     assert "PASS" in res.stdout and "(aarch64)" in res.stdout
     assert "top-1 agreement 3/3" in res.stdout
     assert "device timing" in res.stdout and "median" in res.stdout
+
+
+def test_another_architectures_schedules_apply_and_validate_on_the_board(board, tuned, tmp_path):
+    """No aarch64 log anywhere: compile for the Pi replays the x86 class's records (the kernels
+    are the same TIR on every CPU), says so, and the build still matches PyTorch on the board."""
+    import shutil
+
+    root = tmp_path / "logs"
+    shutil.copytree(tuned[0] / host_class(), root / host_class())
+    out = tmp_path / "rpi4-transfer"
+    res = run_cli("compile", "--target", "rpi4", "--alpha", "0.25", "--resolution", "32", "-o", out,
+                  env={"TVMNET_TUNING_LOGS": str(root)})
+    assert res.returncode == 0, res.stderr
+    tun = json.loads((out / "metadata.json").read_text())["tuning"]
+    assert tun["match"] == "transfer" and tun["class"] == host_class() and tun["this_class"] == "aarch64-cortex-a72-neon-4c"
+    assert tun["kernels_tuned"] >= 5 and "another architecture" in tun["note"]
+    res = run_cli("deploy", out, "--rpc", board, "--samples", "2", "--runs", "2")
+    assert res.returncode == 0 and "PASS" in res.stdout, res.stdout + res.stderr
 
 
 def test_validate_over_rpc(board, rpi4_artifact):

@@ -73,7 +73,7 @@ def cmd_compile(args) -> int:
     model = _model_config(args, batch=args.batch)
     tuning_log = None if args.no_tuning_log else (args.tuning_log or "auto")
     opts = CompileOptions(model=model, target=spec, output=args.output, onnx=args.onnx, tuning_log=tuning_log,
-                          gemm=not args.no_gemm)
+                          gemm=not args.no_gemm, layout=args.layout)
     for line in opts.display().splitlines():
         _say(line)
     t0 = time.perf_counter()
@@ -126,7 +126,7 @@ def cmd_tune(args) -> int:
                        seed=args.seed, rpc=rpc_cfg, progress=not args.no_progress, kernels=args.kernels,
                        population=args.population, warm_start=not args.no_warm_start,
                        warm_top_k=args.warm_top_k, minutes=args.minutes, only_untuned=args.only_untuned,
-                       trials_per_iter=args.batch)
+                       trials_per_iter=args.batch, layout=args.layout)
     for line in opts.display().splitlines():
         _say(line)
     res = tune_model(opts, say=_say)
@@ -316,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tuning-log", type=Path, help="MetaSchedule database directory (default: this machine class's in tuning_logs/, else the nearest class's)")
     s.add_argument("--no-tuning-log", action="store_true", help="ignore tuning logs (untuned build)")
     s.add_argument("--no-gemm", action="store_true", help="keep 1x1 convolutions as conv2d (no GEMM lowering)")
+    s.add_argument("--layout", choices=("NCHW", "NHWC"),
+                   help="activation layout (default: NHWC on CPUs, NCHW on GPUs); tuning records are per layout")
     s.set_defaults(func=cmd_compile)
 
     s = add("validate", help="run an artifact and compare it with PyTorch")
@@ -346,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not seed kernels without records from the nearest machine class's log")
     s.add_argument("--warm-top-k", type=_positive_int, default=4,
                    help="schedules per kernel re-measured from that log (default 4)")
+    s.add_argument("--layout", choices=("NCHW", "NHWC"),
+                   help="activation layout (default: NHWC on CPUs, NCHW on GPUs); tuning records are per layout")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_remote(s)
     s.set_defaults(func=cmd_tune)

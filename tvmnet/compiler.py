@@ -33,6 +33,7 @@ class CompileOptions:
     onnx: Optional[Path] = None
     tuning_log: Union[Path, str, None] = "auto"   # "auto": tuning_logs/<target>/ if present; None: no tuning
     gemm: bool = True
+    layout: Optional[str] = None   # NCHW or NHWC; None: the target's default, or the one the logs cover better
 
     def display(self) -> str:
         src = f"ONNX {self.onnx}" if self.onnx else self.model.display()
@@ -76,8 +77,6 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
     """
     import tvm
 
-    from . import tuning
-    from .logs import choose_logs
     from .frontend import import_model
     from .passes import pipeline
 
@@ -89,12 +88,12 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
 
     say("importing model")
     mod, input_name, input_shape, model_info = import_model(opts.model, opts.onnx)
-    say("running graph passes (fold BatchNorm, pointwise conv -> GEMM) and lowering to TIR")
-    mod = pipeline.lower_to_tir(mod, spec, gemm=opts.gemm)
+    say("running graph passes (fold BatchNorm, layout, pointwise conv -> GEMM) and lowering to TIR")
+    layout, mod, choice = _lower_and_choose_logs(mod, opts)
     kernels = pipeline.tir_kernels(mod)
-
-    choice = choose_logs(spec, opts.tuning_log, tuning.extract_tasks(mod, spec))
     log_note = _describe_logs(choice, len(kernels), opts)
+    if layout != spec.default_layout and not opts.layout:
+        log_note += f"; layout {layout}: the logs cover it better than {spec.default_layout}"
     say(log_note)
     mod = pipeline.finalize(mod, spec, choice.database)
 
@@ -128,7 +127,9 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
             "output": {"shape": list(out_shape), "dtype": "float32"},
             "library": LIBRARY,
             "library_elf_machine": machine,
-            "passes": ["FoldBatchNorm"] + (["PointwiseToGemm"] if opts.gemm else []),
+            "passes": ["FoldBatchNorm"] + (["ConvertLayout(NHWC)"] if layout == "NHWC" else [])
+                      + (["PointwiseToGemm"] if opts.gemm else []),
+            "layout": layout,
             "tuning": dict(choice.metadata(), note=log_note),
             "compile_seconds": round(time.perf_counter() - t0, 2),
         }
@@ -138,6 +139,35 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return Artifact(out, meta)
+
+
+def _coverage(choice) -> tuple:
+    """How good a log choice is: kernels from this machine's own class first, then any."""
+    own = choice.by_source.get(choice.this_class, 0) if choice.match != "given" else choice.kernels_tuned
+    total = max(choice.kernels_total, 1)
+    return own / total, choice.kernels_tuned / total
+
+
+def _lower_and_choose_logs(mod, opts: CompileOptions):
+    """Lower in the requested layout; with none requested, in the target's default layout
+    unless the tuning logs cover the other layout's kernels better (e.g. a class tuned
+    before NHWC existed): tuned NCHW beats naive NHWC by far. Returns (layout, module, choice)."""
+    from . import tuning
+    from .logs import choose_logs
+    from .passes import pipeline
+
+    spec = opts.target
+    layouts = [opts.layout] if opts.layout else [spec.default_layout] + [
+        lay for lay in pipeline.LAYOUTS if lay != spec.default_layout]
+    best = None
+    for layout in layouts:
+        lowered = pipeline.lower_to_tir(mod, spec, gemm=opts.gemm, layout=layout)
+        choice = choose_logs(spec, opts.tuning_log, tuning.extract_tasks(lowered, spec))
+        if best is None or _coverage(choice) > _coverage(best[2]):
+            best = (layout, lowered, choice)
+        if opts.tuning_log is None or _coverage(best[2])[0] == 1.0:
+            break
+    return best
 
 
 def _describe_logs(choice, n_kernels: int, opts: CompileOptions) -> str:
@@ -157,6 +187,9 @@ def _describe_logs(choice, n_kernels: int, opts: CompileOptions) -> str:
     held = ", ".join(choice.available) or "none"
     if choice.match is None:
         applied = "no schedules (every kernel naive and slow)"
+    elif "transfer" in choice.match:
+        applied = (f"{choice.kernels_tuned}/{choice.kernels_total} kernels scheduled with another architecture's "
+                   f"records ({sources}; no kernel naive, none tuned for this CPU)")
     else:
         applied = f"{choice.kernels_tuned}/{choice.kernels_total} kernels tuned ({sources})"
     return (f"this machine is class {choice.this_class}; tuning logs hold {held}; applied {applied}; "

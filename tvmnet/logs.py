@@ -81,6 +81,32 @@ def class_distance(a: dict, b: dict) -> Optional[int]:
     return 4 * (a["isa"] != b["isa"]) + 2 * (a["mcpu"] != b["mcpu"]) + (a["cores"] != b["cores"])
 
 
+_VECTOR_BITS = {"sse": 128, "neon": 128, "neon-dotprod": 128, "generic": 128, "avx2": 256, "avx512": 512}
+CPU_ARCHES = ("x86_64", "aarch64")
+
+
+def transfer_class(spec: TargetSpec, *roots: Path) -> Optional[Tuple[dict, Path]]:
+    """For a CPU with no class of its own architecture in the logs: the CPU class of another
+    architecture whose schedules transfer best (closest vector width, then core count).
+
+    A MetaSchedule record is a schedule of a target-independent kernel (the same TIR on every
+    CPU), so it replays on another architecture: its tiles, vector lengths and parallel
+    loops are split for the other machine (a 16-lane AVX-512 vector becomes four 4-lane NEON
+    ones), which is far from tuned there but far from the naive loop nest too. Measured on
+    the emulated Pi (where only numerics are real) and estimated with the cost proxy."""
+    mine = spec.machine_class()
+    if mine["arch"] not in CPU_ARCHES:
+        return None
+    bits = _VECTOR_BITS.get(mine["isa"], 128)
+    ranked = [(abs(_VECTOR_BITS.get(info["isa"], 128) - bits), abs(int(info["cores"] or 0) - int(mine["cores"] or 0)),
+               info["key"], info, d) for info, d in list_classes(*roots)
+              if info.get("arch") in CPU_ARCHES and info["arch"] != mine["arch"]]
+    if not ranked:
+        return None
+    *_, info, d = min(ranked, key=lambda r: r[:3])
+    return info, d
+
+
 def nearest_class(spec: TargetSpec, *roots: Path) -> Optional[Tuple[dict, Path]]:
     """The closest *other* class with a log under the roots, or None."""
     mine = spec.machine_class()
@@ -169,7 +195,7 @@ class LogChoice:
 
     database: object                  # MetaSchedule MemoryDatabase, or None
     this_class: str
-    match: Optional[str]              # "exact", "exact+nearest", "nearest", "given" or None (no record applied)
+    match: Optional[str]              # "exact", "exact+nearest", "nearest", "transfer", "given" or None (none applied)
     path: Optional[Path] = None       # the main log applied
     log_class: Optional[str] = None   # its class
     available: List[str] = field(default_factory=list)
@@ -198,24 +224,28 @@ def choose_logs(spec: TargetSpec, tuning_log: Union[Path, str, None], tasks) -> 
     choice = LogChoice(None, mine, None, kernels_total=len(tasks))
     if tuning_log is None:
         return choice
-    sources: List[Tuple[str, Path]] = []
+    sources: List[Tuple[str, Path, str]] = []     # (name, database, how it relates to this machine)
     if tuning_log == "auto":
         choice.available = [info["key"] for info, _ in list_classes(TUNING_LOGS_DIR)]
         exact = database_dir(spec)
         if (exact / RECORD_FILE).is_file():
-            sources.append((mine, exact))
+            sources.append((mine, exact, "exact"))
         near = nearest_class(spec, TUNING_LOGS_DIR)
         if near is not None:
-            sources.append((near[0]["key"], near[1]))
+            sources.append((near[0]["key"], near[1], "nearest"))
+        else:
+            far = transfer_class(spec, TUNING_LOGS_DIR)
+            if far is not None:
+                sources.append((far[0]["key"], far[1], "transfer"))
     else:
         path = Path(tuning_log)
         info = read_class(path)
-        sources.append((info["key"] if info else str(path), path))
+        sources.append((info["key"] if info else str(path), path, "given"))
     if not sources:
         return choice
     target = spec.tvm_target()
     mem = ms.database.MemoryDatabase()
-    dbs = [(name, path, open_database(path)) for name, path in sources]
+    dbs = [(name, path, open_database(path)) for name, path, _ in sources]
     for task in tasks:
         for name, _, db in dbs:
             rec = best_record(db, task, target)
@@ -224,17 +254,12 @@ def choose_logs(spec: TargetSpec, tuning_log: Union[Path, str, None], tasks) -> 
                     rec.trace, mem.commit_workload(task.dispatched[0]), rec.run_secs, rec.target, rec.args_info))
                 choice.by_source[name] = choice.by_source.get(name, 0) + 1
                 break
-    used = [(name, path) for name, path, _ in dbs if choice.by_source.get(name)]
-    name, path = used[0] if used else sources[0]
+    used = [(name, path, how) for name, path, how in sources if choice.by_source.get(name)]
+    _, path, _ = used[0] if used else sources[0]
     choice.database, choice.path, choice.log_class = mem, path, (read_class(path) or {}).get("key")
-    if tuning_log != "auto":
-        choice.match = "given"
-    elif not used:
-        choice.match = None
-    elif len(used) == 2:
-        choice.match = "exact+nearest"      # this class's log, the nearest class's for the kernels it lacks
-    else:
-        choice.match = "exact" if name == mine else "nearest"
+    # "exact", "nearest", "transfer" (another architecture's), "given", or e.g. "exact+nearest":
+    # this class's log, the nearest class's for the kernels it lacks
+    choice.match = "+".join(how for _, _, how in used) or None
     return choice
 
 

@@ -116,6 +116,13 @@ class TargetSpec:
         return self.device == "cpu"
 
     @property
+    def default_layout(self) -> str:
+        """Activation layout of the build: NHWC on CPUs (vectors run along channels, whose
+        counts are multiples of 16 at every MobileNet width, not along 7x7 = 49 pixels),
+        NCHW on GPUs (dlight's schedules)."""
+        return "NHWC" if self.is_cpu else "NCHW"
+
+    @property
     def is_cross(self) -> bool:
         return self.arch != platform.machine()
 

@@ -77,6 +77,7 @@ class TuneOptions:
     trials_per_iter: int = 64
     rpc: Optional[Endpoint] = None       # measure on remote boards (a tracker and key)
     gemm: bool = True
+    layout: Optional[str] = None         # NCHW or NHWC; None: the target's default
     progress: bool = True
     kernels: Optional[str] = None        # only tune kernels whose name contains this
     population: int = 512                # evolutionary search population (smaller: faster, worse)
@@ -296,7 +297,7 @@ def prepare_tasks(opts: TuneOptions):
     from .passes import pipeline
 
     mod, *_ = import_model(opts.model)
-    mod = pipeline.lower_to_tir(mod, opts.target, gemm=opts.gemm)
+    mod = pipeline.lower_to_tir(mod, opts.target, gemm=opts.gemm, layout=opts.layout or opts.target.default_layout)
     return mod, extract_tasks(mod, opts.target)
 
 

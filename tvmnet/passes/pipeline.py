@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import Optional
 
 import tvm
 from tvm import relax
@@ -26,10 +27,26 @@ log = logging.getLogger(__name__)
 _EMPTY = tvm.transform.Sequential([])
 
 
-def graph_passes(gemm: bool = True) -> tvm.transform.Pass:
+LAYOUTS = ("NCHW", "NHWC")
+
+
+def to_nhwc() -> tvm.transform.Pass:
+    """NCHW/OIHW convolutions -> NHWC/OHWI. Relax inserts one transpose after the input and
+    one before the pooled features; the weight transposes are constants and fold away."""
+    return tvm.transform.Sequential([
+        T.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}),
+        T.CanonicalizeBindings(),
+        T.FoldConstant(),
+    ], name="tvmnet.nhwc")
+
+
+def graph_passes(gemm: bool = True, layout: str = "NCHW") -> tvm.transform.Pass:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     return tvm.transform.Sequential([
         FoldBatchNorm(),
         T.FoldConstant(),
+        to_nhwc() if layout == "NHWC" else _EMPTY,
         PointwiseToGemm() if gemm else _EMPTY,
         T.DecomposeOpsForInference(),   # any batch_norm not after a conv
         T.CanonicalizeBindings(),
@@ -50,10 +67,11 @@ def lower_passes(is_cpu: bool) -> tvm.transform.Pass:
     ], name="tvmnet.lower")
 
 
-def lower_to_tir(mod: tvm.IRModule, spec, gemm: bool = True) -> tvm.IRModule:
-    """Phases 1 and 2: the fused TIR module that tuning and compile both start from."""
+def lower_to_tir(mod: tvm.IRModule, spec, gemm: bool = True, layout: Optional[str] = None) -> tvm.IRModule:
+    """Phases 1 and 2: the fused TIR module that tuning and compile both start from.
+    ``layout`` None: the target's default (NHWC on CPUs)."""
     with spec.tvm_target():
-        mod = graph_passes(gemm)(mod)
+        mod = graph_passes(gemm, layout or spec.default_layout)(mod)
         log.debug("graph phase: %s", op_counts(mod))
         mod = lower_passes(spec.is_cpu)(mod)
     return mod

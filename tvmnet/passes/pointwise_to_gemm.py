@@ -1,8 +1,13 @@
-"""PointwiseToGemm: lower 1x1, stride-1, ungrouped NCHW convolutions to a matmul.
+"""PointwiseToGemm: lower 1x1, stride-1, ungrouped convolutions (NCHW or NHWC) to a matmul.
 
 In NCHW a pointwise conv *is* a GEMM with no data movement: the weight ``(O, I, 1, 1)`` is
 an ``O x I`` row-major matrix and each image of the input ``(N, I, H, W)`` is an
 ``I x HW`` row-major matrix, so ``out[n] = W @ X[n]`` (M = O, K = I, N = H*W).
+
+In NHWC (the CPU layout, see ``pipeline.graph_passes``) each image is an ``HW x I`` matrix
+and ``out[n] = X[n] @ W^T`` (M = H*W, K = I, N = O): the innermost axis of the output is the
+channel count (a multiple of the vector width at every MobileNet width) instead of H*W (49
+at 7x7). ``W^T`` is a constant and is folded at compile time.
 
 Before::
 
@@ -32,36 +37,55 @@ def _ints(values):
     return [int(v) for v in values]
 
 
+_LAYOUTS = {("NCHW", "OIHW", "NCHW"): "NCHW", ("NHWC", "OHWI", "NHWC"): "NHWC"}
+
+
+def _layout(conv):
+    attrs = conv.attrs
+    return _LAYOUTS.get((attrs.data_layout, attrs.kernel_layout, attrs.out_layout))
+
+
 def _is_pointwise(conv) -> bool:
     attrs = conv.attrs
     x, weight = conv.args
     wshape, xshape = weight.ty.shape, x.ty.shape
-    return (attrs.data_layout == "NCHW" and attrs.kernel_layout == "OIHW" and attrs.out_layout == "NCHW"
-            and int(attrs.groups) == 1 and _ints(attrs.strides) == [1, 1] and not any(_ints(attrs.padding))
-            and _ints(attrs.dilation) == [1, 1] and wshape is not None and xshape is not None
-            and [int(wshape[2]), int(wshape[3])] == [1, 1])
+    layout = _layout(conv)
+    if layout is None or wshape is None or xshape is None:
+        return False
+    kernel = [int(wshape[2]), int(wshape[3])] if layout == "NCHW" else [int(wshape[1]), int(wshape[2])]
+    return (int(attrs.groups) == 1 and _ints(attrs.strides) == [1, 1] and not any(_ints(attrs.padding))
+            and _ints(attrs.dilation) == [1, 1] and kernel == [1, 1])
 
 
 def _gemm(conv):
-    """(N, O, H*W) matmul of a pointwise conv, and its 4-D output shape."""
+    """The 3-D matmul of a pointwise conv, its 4-D output shape, and its layout."""
     x, weight = conv.args
-    n, cin, h, w = _ints(x.ty.shape)
-    cout = int(weight.ty.shape[0])
     out_dtype = conv.attrs.out_dtype if conv.attrs.out_dtype else None
-    gemm = relax.op.matmul(relax.op.reshape(weight, (cout, cin)), relax.op.reshape(x, (n, cin, h * w)),
-                           out_dtype=out_dtype)
-    return gemm, (n, cout, h, w)
+    cout = int(weight.ty.shape[0])
+    if _layout(conv) == "NCHW":     # (N, O, H*W) = W (O, I) @ X (N, I, H*W)
+        n, cin, h, w = _ints(x.ty.shape)
+        gemm = relax.op.matmul(relax.op.reshape(weight, (cout, cin)), relax.op.reshape(x, (n, cin, h * w)),
+                               out_dtype=out_dtype)
+        return gemm, (n, cout, h, w), "NCHW"
+    n, h, w, cin = _ints(x.ty.shape)   # (N, H*W, O) = X (N, H*W, I) @ W^T (I, O)
+    wt = relax.op.permute_dims(relax.op.reshape(weight, (cout, cin)), [1, 0])
+    gemm = relax.op.matmul(relax.op.reshape(x, (n, h * w, cin)), wt, out_dtype=out_dtype)
+    return gemm, (n, h, w, cout), "NHWC"
 
 
-def _bias_3d(bias, cout):
-    """A (1, O, 1, 1) or (O, 1, 1) bias as (1, O, 1), or None if it is not per-channel."""
+def _bias_3d(bias, cout, layout):
+    """A per-channel bias as (1, O, 1) for NCHW or (1, 1, O) for NHWC, or None if it is not per-channel."""
     shape = bias.ty.shape if bias.ty is not None else None
     shape = None if shape is None else [int(d) for d in shape]
-    if shape is None or len(shape) not in (3, 4) or int(shape[-3]) != cout or any(int(d) != 1 for d in shape[-2:]):
+    if shape is None or len(shape) not in (3, 4) or (len(shape) == 4 and shape[0] != 1):
         return None
-    if len(shape) == 4 and int(shape[0]) != 1:
+    if layout == "NCHW":
+        if shape[-3] != cout or any(d != 1 for d in shape[-2:]):
+            return None
+        return relax.op.reshape(bias, (1, cout, 1))
+    if shape[-1] != cout or any(d != 1 for d in shape[:-1]):
         return None
-    return relax.op.reshape(bias, (1, cout, 1))
+    return relax.op.reshape(bias, (1, 1, cout))
 
 
 def _rewrite_function(func: relax.Function) -> relax.Function:
@@ -74,8 +98,8 @@ def _rewrite_function(func: relax.Function) -> relax.Function:
         c = matches[conv]
         if not _is_pointwise(c):
             return expr
-        gemm, shape = _gemm(c)
-        b = _bias_3d(matches[bias], shape[1])
+        gemm, shape, layout = _gemm(c)
+        b = _bias_3d(matches[bias], shape[1] if layout == "NCHW" else shape[3], layout)
         if b is None:
             return expr
         y = relax.op.add(gemm, b)
@@ -87,10 +111,10 @@ def _rewrite_function(func: relax.Function) -> relax.Function:
         c = matches[conv]
         if not _is_pointwise(c):
             return expr
-        gemm, shape = _gemm(c)
+        gemm, shape, _ = _gemm(c)
         return relax.op.reshape(gemm, shape)
 
-    # Keep bias and ReLU on the 3-D GEMM output, before the reshape back to NCHW, so that
+    # Keep bias and ReLU on the 3-D GEMM output, before the reshape back to 4-D, so that
     # FuseOps puts them in the matmul's kernel (a reshape between them would stop fusion).
     func = rewrite_call(relu, with_epilogue, func)
     func = rewrite_call(add, with_epilogue, func)
