@@ -27,7 +27,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 CLOCK_GHZ = {"rpi3b": 1.2, "rpi4": 1.5, "rpi5": 2.4}
 
@@ -43,10 +42,10 @@ def main():
 
     import tvm
 
-    from proxy_rank import kernel_kind
     from tvmnet.builder_fix import _install_light_tensor_intrin, intrin_families
     from tvmnet.config import ModelConfig
     from tvmnet.logs import choose_logs
+    from tvmnet.passes.pipeline import kernel_kind
     from tvmnet.proxy import estimate
     from tvmnet.targets import load_target
     from tvmnet.tuning import TuneOptions, prepare_tasks
@@ -64,7 +63,7 @@ def main():
     rows = []
     for task in tasks:
         mod = task.dispatched[0]
-        row = {"kernel": task.task_name, "kind": kernel_kind(task.task_name), "weight": int(task.weight)}
+        row = {"kernel": task.task_name, "kind": kernel_kind(task.task_name, mod), "weight": int(task.weight)}
         t0 = time.perf_counter()
         row["naive_cycles"] = estimate(mod, spec).cycles
         rec = None
@@ -93,8 +92,8 @@ def main():
         k[2] += r["weight"]
     print(f"ESTIMATED by the proxy (llvm-mca -mcpu={spec.target.get('mcpu')}, {ghz} GHz), not measured; "
           f"{spec.name}, MobileNet {args.alpha:g}-{args.resolution}, {spec.target.get('num-cores')} threads")
-    print(f"| kernel kind | kernels run | naive (before) ms | shipped now ms | speed-up |")
-    print(f"|---|---|---|---|---|")
+    print("| kernel kind | kernels run | naive (before) ms | shipped now ms | speed-up |")
+    print("|---|---|---|---|---|")
     total = [0.0, 0.0]
     for kind, (naive, applied, n) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):
         total[0] += naive

@@ -20,14 +20,6 @@ from pathlib import Path
 import numpy as np
 
 
-def kernel_kind(name: str, flop: float, weight: int) -> str:
-    if "matmul" in name:
-        return "fc" if weight == 1 and "relu" not in name else "pointwise GEMM"
-    if "conv2d" in name:
-        return "stem conv" if name.startswith("fused_conv2d_") else "depthwise conv"
-    return "other"
-
-
 def tvm_profile(cfg, spec, tuning_log, flush: bool):
     import tvm
     from tvm.s_tir import meta_schedule as ms
@@ -63,7 +55,7 @@ def tvm_profile(cfg, spec, tuning_log, flush: bool):
         us = 1e6 * secs[len(secs) // 2]
         flop = float(tvm.s_tir.analysis.estimate_tir_flops(func))
         w = int(task.weight)
-        rows.append({"kernel": task.task_name, "kind": kernel_kind(task.task_name, flop, w), "calls": w,
+        rows.append({"kernel": task.task_name, "kind": pipeline.kernel_kind(task.task_name, func), "calls": w,
                      "us_each": us, "us_total": us * w, "gflops": flop / us / 1e3, "tuned": rec is not None})
     return rows, choice
 

@@ -54,19 +54,7 @@ VARIANTS = {
     "ordered+mem": lambda r: r["ordered_cycles"] + _mem(r),
     "max(ord,mem)": lambda r: max(r["ordered_cycles"], _mem(r)),
 }
-KINDS = ("pointwise GEMM", "depthwise conv", "stem conv", "fc", "mean", "other")
-
-
-def kernel_kind(name: str) -> str:
-    if name.startswith("fused_matmul"):
-        return "pointwise GEMM" if "relu" in name else "fc"
-    if name.startswith("fused_conv2d_"):
-        return "stem conv"
-    if name.startswith("fused_conv2d"):
-        return "depthwise conv"
-    if name.startswith("mean"):
-        return "mean"
-    return "other"
+from tvmnet.passes.pipeline import KERNEL_KINDS as KINDS, kernel_kind  # noqa: E402
 
 
 def spearman(x, y) -> float:
@@ -118,7 +106,7 @@ def collect(args, out):
             recs = [recs[i] for i in sorted(rng.sample(range(len(recs)), args.per_kernel))]
         for i, rec in enumerate(recs):
             secs = [float(s) for s in rec.run_secs]
-            row = {"kernel": task.task_name, "kind": kernel_kind(task.task_name), "record": i,
+            row = {"kernel": task.task_name, "kind": kernel_kind(task.task_name, mod), "record": i,
                    "measured_s": sum(secs) / len(secs)}
             t0 = time.perf_counter()
             try:

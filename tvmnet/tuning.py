@@ -357,6 +357,7 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
 
     from .builder_fix import make_builder
 
+    started = time.perf_counter()   # --minutes counts from here: import, lowering and set-up included
     spec = opts.target
     db_path = opts.database
     spec.check_toolchain()
@@ -427,12 +428,18 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
                                "(its records are kept)", file=sys.stderr)
         stop["signal"] = signum
 
-    deadline = None if opts.minutes is None else time.perf_counter() + 60 * opts.minutes
+    deadline = None if opts.minutes is None else started + 60 * opts.minutes
+
+    decisions = []   # when should_stop was asked: once per batch, so their spacing is a batch's duration
 
     def should_stop() -> bool:
-        if deadline is not None and time.perf_counter() > deadline and not result.out_of_time:
+        now = time.perf_counter()
+        decisions.append(now)
+        # a batch that would end past the deadline is not started (its expected length: the mean so far)
+        batch = (decisions[-1] - decisions[0]) / (len(decisions) - 1) if len(decisions) > 1 else 0.0
+        if deadline is not None and now + batch > deadline and not result.out_of_time:
             result.out_of_time = True
-            say(f"time is up (--minutes {opts.minutes:g}): stopping")
+            say(f"time is up (--minutes {opts.minutes:g}; the next batch would end past it): stopping")
         return stop["signal"] is not None or progress.failed_batches >= 2 or result.out_of_time
 
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}

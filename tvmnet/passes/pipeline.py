@@ -21,6 +21,7 @@ from tvm.relax import transform as T
 
 from .fold_batchnorm import FoldBatchNorm
 from .pointwise_to_gemm import PointwiseToGemm
+from .stem_reads_nchw import StemReadsNCHW
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,15 @@ LAYOUTS = ("NCHW", "NHWC")
 
 
 def to_nhwc() -> tvm.transform.Pass:
-    """NCHW/OIHW convolutions -> NHWC/OHWI. Relax inserts one transpose after the input and
-    one before the pooled features; the weight transposes are constants and fold away."""
+    """NCHW/OIHW convolutions -> NHWC/OHWI. Relax inserts one transpose after the input, which
+    ``StemReadsNCHW`` folds into the first conv, and one before the pooled features (1x1
+    spatially: a copy); the weight transposes are constants and fold away."""
     return tvm.transform.Sequential([
         T.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}),
         T.CanonicalizeBindings(),
         T.FoldConstant(),
+        StemReadsNCHW(),
+        T.DeadCodeElimination(),
     ], name="tvmnet.nhwc")
 
 
@@ -131,3 +135,23 @@ def op_counts(mod: tvm.IRModule) -> Counter:
 def tir_kernels(mod: tvm.IRModule) -> list:
     """Names of the TIR kernels (PrimFuncs) in a lowered module."""
     return sorted(g.name_hint for g, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+
+
+KERNEL_KINDS = ("pointwise GEMM", "depthwise conv", "stem conv", "fc", "mean", "other")
+
+
+def kernel_kind(name: str, mod=None) -> str:
+    """Which of MobileNet's kernel kinds a fused kernel is, from its name and (for convs, whose
+    names do not tell the stem from a depthwise conv in every layout) its TIR."""
+    if "matmul" in name:
+        return "pointwise GEMM" if "relu" in name else "fc"
+    if "conv2d" in name:
+        if "nchw_in" in name:
+            return "stem conv"
+        if mod is None:
+            raise ValueError(f"kernel {name}: pass its module to tell a stem conv from a depthwise one")
+        text = mod.script() if hasattr(mod, "script") else str(mod)
+        return "depthwise conv" if ("group_conv2d" in text or "depthwise" in text) else "stem conv"
+    if name.startswith("mean"):
+        return "mean"
+    return "other"
