@@ -32,6 +32,7 @@ def test_x86_small_compile_validate(x86_small):
     validate_ok(x86_small, "--samples", "3")
 
 
+@pytest.mark.slow   # extended run (`pytest -m slow`, run by CI after the default one): ~40 s
 def test_x86_second_pair_with_weights(tmp_path):
     """alpha 0.5 at 128 from a real checkpoint (with live BN statistics)."""
     from tvmnet.config import ModelConfig
@@ -60,6 +61,7 @@ def test_validate_fails_on_wrong_numbers(x86_small, tmp_path):
     assert "FAIL" in res.stdout and "validation failed" in res.stderr
 
 
+@pytest.mark.slow   # extended run (`pytest -m slow`, run by CI after the default one): ~60 s (the emulator tests cross-build too)
 def test_arm_cross_build_is_aarch64_and_refused_locally(tmp_path):
     out = tmp_path / "arm"
     res = run_cli("compile", "--target", "arm_cpu", "--alpha", "0.25", "--resolution", "64", "-o", out)
@@ -73,6 +75,7 @@ def test_arm_cross_build_is_aarch64_and_refused_locally(tmp_path):
     assert res.returncode == 5 and "--rpc" in res.stderr and "aarch64" in res.stderr
 
 
+@pytest.mark.slow   # extended run (`pytest -m slow`, run by CI after the default one): ~55 s
 def test_onnx_path_gives_same_numbers(tmp_path):
     onnx_path = tmp_path / "m.onnx"
     res = run_cli("export-onnx", "--alpha", "0.25", "--resolution", "64", "-o", onnx_path)
@@ -113,6 +116,7 @@ def test_recompile_replaces_artifact_and_failure_keeps_it(tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["m"]   # no staging leftovers
 
 
+@pytest.mark.slow   # extended run (`pytest -m slow`, run by CI after the default one): ~35 s
 def test_batch_compile(tmp_path):
     out = tmp_path / "b4"
     assert run_cli("compile", "--alpha", "0.25", "--resolution", "32", "--batch", "4", "-o", out,

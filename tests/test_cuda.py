@@ -45,6 +45,7 @@ def test_cuda_build_exports_a_loadable_library(cuda_artifact):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow   # extended run (`pytest -m slow`, run by CI after the default one): ~45 s
 @needs_nvcc
 def test_sm90_preset_and_alias_build(tmp_path):
     res = run_cli("compile", "--target", "cuda", "--alpha", "0.25", "--resolution", "32", "-o", tmp_path / "c")

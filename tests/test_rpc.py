@@ -142,6 +142,7 @@ def tracker_with_two_boards():
 RPI4_CLASS = "aarch64-cortex-a72-neon-4c"   # the database directory of tunes for the rpi4 preset
 
 
+@pytest.mark.slow   # extended run (`pytest -m slow`, run by CI after the default one): ~200 s
 def test_rpc_tuning_through_tracker_then_compile_applies(tracker_with_two_boards, tmp_path):
     logs = tmp_path / "logs"
     res = run_cli("tune", "--target", "rpi4", "--alpha", "0.25", "--resolution", "32", "--kernels", "matmul",

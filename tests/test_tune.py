@@ -52,7 +52,8 @@ def test_compile_applies_the_log_and_validates(tuned, tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-@pytest.mark.parametrize("content", ['[0, ["trace"\n', "\n"], ids=["truncated record", "empty line"])
+@pytest.mark.parametrize("content", [pytest.param('[0, ["trace"\n', marks=pytest.mark.slow), "\n"],
+                         ids=["truncated record", "empty line"])
 def test_corrupt_log_is_reported_and_left_untouched(tmp_path, content):
     db = tmp_path / host_class()
     db.mkdir()
@@ -73,7 +74,8 @@ def test_missing_log_is_an_error(tmp_path):
     assert res.returncode == 6 and "tvmnet tune" in res.stderr
 
 
-@pytest.mark.parametrize("how", ["SIGTERM to the tuner", "Ctrl-C (SIGINT to its process group)"])
+@pytest.mark.parametrize("how", [pytest.param("SIGTERM to the tuner", marks=pytest.mark.slow),   # same flag path, ~150 s
+                                 "Ctrl-C (SIGINT to its process group)"])
 def test_interrupt_keeps_every_measured_record_and_resume_counts_them(tmp_path, how):
     """The signal only sets a flag; the run stops at the scheduler's next decision, exits 130,
     and every candidate measured so far is in the database (none lost, no crash)."""
@@ -104,6 +106,7 @@ def test_interrupt_keeps_every_measured_record_and_resume_counts_them(tmp_path, 
     assert len(records(tmp_path / host_class())) == len(kept)
 
 
+@pytest.mark.slow   # extended run (`pytest -m slow`, run by CI after the default one): ~30 s
 def test_prune_keeps_best_and_resume_accounting(tuned, tmp_path):
     import shutil
 

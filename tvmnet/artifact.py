@@ -50,8 +50,11 @@ class Artifact:
         m, t, tun = self.model, self.target, self.metadata.get("tuning", {})
         what = (f"MobileNet v1 alpha={m['alpha']:g} resolution={m['resolution']}" if m["source"] == "zoo"
                 else f"ONNX {m.get('onnx')}")
+        kernels = f"{tun.get('kernels_tuned', 0)}/{tun.get('kernels_total', '?')}"
+        how = ("kernels scheduled with another architecture's records" if "transfer" in str(tun.get("match"))
+               else "tuned kernels")
         return (f"{self.path}: {what}, target {t['name']} ({t['arch']}, {t['device']}), "
-                f"input {self.input_shape}, tuned kernels {tun.get('kernels_tuned', 0)}/{tun.get('kernels_total', '?')}")
+                f"input {self.input_shape}, {how} {kernels}")
 
 
 def is_artifact_dir(path: Path) -> bool:

@@ -84,6 +84,10 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
     say = progress or (lambda msg: log.info(msg))
     check_output_dir(out)
     spec.check_toolchain()
+    if opts.tuning_log not in (None, "auto"):   # a missing or corrupt log fails now, not after the import
+        from .logs import check_database_files
+
+        check_database_files(Path(opts.tuning_log))
     t0 = time.perf_counter()
 
     say("importing model")
