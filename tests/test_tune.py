@@ -39,6 +39,7 @@ def test_rerun_resumes_without_spending_budget(tuned):
     assert len(records(logs / host_class())) == before
 
 
+@pytest.mark.slow   # extended run: test_logs' exact-class test applies a tuned log and validates too (~45 s)
 def test_compile_applies_the_log_and_validates(tuned, tmp_path):
     logs, _ = tuned
     out = tmp_path / "tuned"
