@@ -277,6 +277,11 @@ def _add_tolerances(p):
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
 
 
+def _add_layout(s) -> None:
+    s.add_argument("--layout", choices=("NCHW", "NHWC"),
+                   help="activation layout (default: NHWC on CPUs, NCHW on GPUs); tuning records are per layout")
+
+
 def _add_remote(p, required=False):
     g = p.add_argument_group("remote device (TVM RPC)")
     g.add_argument("--rpc", metavar="HOST:PORT", help="an RPC server (a board, or `tvmnet emulator`)")
@@ -316,8 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tuning-log", type=Path, help="MetaSchedule database directory (default: this machine class's in tuning_logs/, else the nearest class's)")
     s.add_argument("--no-tuning-log", action="store_true", help="ignore tuning logs (untuned build)")
     s.add_argument("--no-gemm", action="store_true", help="keep 1x1 convolutions as conv2d (no GEMM lowering)")
-    s.add_argument("--layout", choices=("NCHW", "NHWC"),
-                   help="activation layout (default: NHWC on CPUs, NCHW on GPUs); tuning records are per layout")
+    _add_layout(s)
     s.set_defaults(func=cmd_compile)
 
     s = add("validate", help="run an artifact and compare it with PyTorch")
@@ -348,8 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not seed kernels without records from the nearest machine class's log")
     s.add_argument("--warm-top-k", type=_positive_int, default=4,
                    help="schedules per kernel re-measured from that log (default 4)")
-    s.add_argument("--layout", choices=("NCHW", "NHWC"),
-                   help="activation layout (default: NHWC on CPUs, NCHW on GPUs); tuning records are per layout")
+    _add_layout(s)
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_remote(s)
     s.set_defaults(func=cmd_tune)

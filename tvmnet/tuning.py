@@ -297,7 +297,7 @@ def prepare_tasks(opts: TuneOptions):
     from .passes import pipeline
 
     mod, *_ = import_model(opts.model)
-    mod = pipeline.lower_to_tir(mod, opts.target, gemm=opts.gemm, layout=opts.layout or opts.target.default_layout)
+    mod = pipeline.lower_to_tir(mod, opts.target, gemm=opts.gemm, layout=opts.layout)
     return mod, extract_tasks(mod, opts.target)
 
 

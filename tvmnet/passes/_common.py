@@ -21,3 +21,8 @@ def rewrite_relax_functions(mod: tvm.IRModule, rewrite: Callable[[relax.Function
     for gvar, func in updates.items():
         mod[gvar] = func
     return mod
+
+
+def ints(values) -> list:
+    """Python ints of a TVM shape or attribute array."""
+    return [int(v) for v in values]

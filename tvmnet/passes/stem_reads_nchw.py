@@ -26,10 +26,8 @@ import tvm
 from tvm import relax, te, topi
 from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
+from ._common import ints
 
-
-def _ints(values):
-    return [int(v) for v in values]
 
 
 def conv2d_nchw_in_nhwc_out(x: te.Tensor, w: te.Tensor, strides, padding, dilation) -> te.Tensor:
@@ -61,21 +59,21 @@ def _rewrite(mod: tvm.IRModule) -> tvm.IRModule:
     def rewriter(expr, matches):
         conv, t = matches[conv_pat], matches[t_pat]
         attrs = conv.attrs
-        axes = _ints(t.attrs.axes) if t.attrs.axes is not None else None
+        axes = ints(t.attrs.axes) if t.attrs.axes is not None else None
         x, w = matches[x_pat], conv.args[1]
         if (axes != [0, 2, 3, 1] or (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NHWC", "OHWI", "NHWC")
                 or int(attrs.groups) != 1 or x.ty.shape is None or w.ty.shape is None
                 or (attrs.out_dtype and str(attrs.out_dtype) not in ("", "void", str(x.ty.dtype)))):
             return expr
-        xs, ws = _ints(x.ty.shape), _ints(w.ty.shape)
-        key = (tuple(xs), tuple(ws), tuple(_ints(attrs.strides)), tuple(_ints(attrs.padding)), tuple(_ints(attrs.dilation)))
+        xs, ws = ints(x.ty.shape), ints(w.ty.shape)
+        key = (tuple(xs), tuple(ws), tuple(ints(attrs.strides)), tuple(ints(attrs.padding)), tuple(ints(attrs.dilation)))
         if key not in new_funcs:
             i64 = lambda dims: [tvm.tirx.IntImm("int64", d) for d in dims]   # noqa: E731 - as legalized kernels
             xt = te.placeholder(i64(xs), x.ty.dtype, name="x")
             wt = te.placeholder(i64(ws), w.ty.dtype, name="w")
-            out = conv2d_nchw_in_nhwc_out(xt, wt, _ints(attrs.strides), _ints(attrs.padding), _ints(attrs.dilation))
+            out = conv2d_nchw_in_nhwc_out(xt, wt, ints(attrs.strides), ints(attrs.padding), ints(attrs.dilation))
             gvar = bb.add_func(te.create_prim_func([xt, wt, out]).without_attr("global_symbol"), "conv2d_nchw_in_nhwc_out")
-            new_funcs[key] = (gvar, _ints(out.shape))
+            new_funcs[key] = (gvar, ints(out.shape))
         gvar, shape = new_funcs[key]
         return relax.call_tir(gvar, [x, w], relax.TensorType(shape, x.ty.dtype))
 
