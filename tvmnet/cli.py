@@ -126,6 +126,7 @@ def cmd_tune(args) -> int:
                        seed=args.seed, rpc=rpc_cfg, progress=not args.no_progress, kernels=args.kernels,
                        population=args.population, warm_start=not args.no_warm_start,
                        warm_top_k=args.warm_top_k, minutes=args.minutes, only_untuned=args.only_untuned,
+                       seeds=not args.no_seeds,
                        trials_per_iter=args.batch, layout=args.layout)
     for line in opts.display().splitlines():
         _say(line)
@@ -135,6 +136,8 @@ def cmd_tune(args) -> int:
               f"stopped after --minutes {opts.minutes:g}; rerun to go on" if res.out_of_time else "done")
     warm = (f" ({res.warm_measured} of them schedules of class {res.warm_from} re-measured here)"
             if res.warm_from else "")
+    if res.seeds_measured:
+        warm += f" ({res.seeds_measured} of them our GEMM micro-kernels)"
     print(f"tuning {status}: {res.trials_run} new trials{warm} in {res.seconds:.0f} s ({res.trials_per_minute:.1f}/min), "
           f"{res.failed} failed; {res.trials_before} measured before; estimated latency {est}; database {res.database}"
           + (f"; journal {res.journal}" if res.journal and res.journal.exists() else ""))
@@ -348,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="candidates searched, built and measured per batch (default 64)")
     s.add_argument("--only-untuned", action="store_true",
                    help="tune only the kernels without a record in this machine class's log")
+    s.add_argument("--no-seeds", action="store_true",
+                   help="skip the seed phase: by default a real tune first measures a grid of register-blocked "
+                        "GEMM micro-kernels per pointwise kernel (tvmnet/schedules.py) for the search to start from")
     s.add_argument("--no-warm-start", action="store_true",
                    help="do not seed kernels without records from the nearest machine class's log")
     s.add_argument("--warm-top-k", type=_positive_int, default=4,

@@ -85,6 +85,7 @@ class TuneOptions:
     warm_top_k: int = 4                  # records per kernel taken from that log
     minutes: Optional[float] = None      # stop (at a safe point) after this long
     only_untuned: bool = False           # tune only kernels without a record in this class's log
+    seeds: bool = True                   # measure our register-blocked GEMM micro-kernels first
 
     def __post_init__(self):
         if self.trials < 1:
@@ -124,6 +125,7 @@ class TuneResult:
     per_task: list = field(default_factory=list)
     warm_from: Optional[str] = None      # class whose schedules seeded this run
     warm_measured: int = 0               # of trials_run: its schedules re-measured here
+    seeds_measured: int = 0              # of trials_run: our GEMM micro-kernels (schedules.py)
     out_of_time: bool = False            # stopped by --minutes
     journal: Optional[Path] = None       # when each batch landed (seconds, trials): tuning curves
 
@@ -301,6 +303,80 @@ def prepare_tasks(opts: TuneOptions):
     return mod, extract_tasks(mod, opts.target)
 
 
+def _measure_and_commit(mod, candidates, traces, db, builder, runner, target, ctx=None, cost_model=None):
+    """Build and run ``candidates`` (MeasureCandidates of ``mod``) with MetaSchedule's builder
+    and runner, commit each one that ran to ``db`` with the time measured here, and train
+    ``cost_model`` on all of them. Returns (runner results, builder results)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    device_type = {"llvm": "cpu"}.get(target.kind.name, target.kind.name)
+    built = builder.build([ms.builder.BuilderInput(c.sch.mod, target) for c in candidates])
+    ok = [i for i, b in enumerate(built) if not b.error_msg]
+    futures = runner.run([ms.runner.RunnerInput(built[i].artifact_path, device_type, candidates[i].args_info)
+                          for i in ok])
+    results = [ms.runner.RunnerResult(None, built[i].error_msg) for i in range(len(built))]
+    for i, fut in zip(ok, futures):
+        results[i] = fut.result()
+    workload = db.commit_workload(mod)
+    for trace, cand, res in zip(traces, candidates, results):
+        if res.run_secs and not res.error_msg:
+            db.commit_tuning_record(ms.database.TuningRecord(trace, workload, res.run_secs, target, cand.args_info))
+    if cost_model is not None and ctx is not None:
+        cost_model.update(ctx, candidates, results)
+    return results, built
+
+
+# the seed phase runs when the budget leaves at least this many trials per kernel to tune
+# (real tunes; the tests' tiny tunes skip it)
+SEED_MIN_TRIALS_PER_TASK = 16
+
+
+def seed_schedules(tasks, contexts, db, builder, runner, target, isa: str, cost_model=None, on_batch=None,
+                   should_stop=lambda: False, limit: Optional[int] = None) -> int:
+    """Measure our register-blocked micro-kernels (``schedules.gemm_seeds``) for every GEMM
+    task, each as written and through the design space's postprocessors (which pack the
+    weights: layout rewrite), and commit them to ``db`` with the times measured here.
+    Seeds the database already holds (same trace) are not measured again, so a resumed or
+    repeated run costs nothing. Returns the number of candidates measured."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from .schedules import gemm_seeds
+
+    measured = 0
+    for task_id, (task, ctx) in enumerate(zip(tasks, contexts)):
+        if should_stop() or (limit is not None and measured >= limit):
+            break
+        mod = task.dispatched[0]
+        known = set()
+        if db.has_workload(mod):
+            known = {str(r.trace) for r in db.get_top_k(db.commit_workload(mod), 1 << 30)}
+        candidates, traces = [], []
+        for sch in gemm_seeds(mod, isa):
+            variants = [sch]
+            packed = sch.copy()
+            packed.enter_postproc()
+            try:
+                if all(p.apply(packed) for p in ctx.space_generator.postprocs):
+                    variants.append(packed)
+            except Exception as err:  # noqa: BLE001 - the plain seed is still measured
+                log.debug("seed postprocessing failed for %s: %s", task.task_name, err_line(err))
+            for v in variants:
+                if str(v.trace) in known:
+                    continue
+                known.add(str(v.trace))
+                candidates.append(ms.MeasureCandidate(v, ms.arg_info.ArgInfo.from_entry_func(v.mod, remove_preproc=True)))
+                traces.append(v.trace)
+        if limit is not None:
+            candidates, traces = candidates[:limit - measured], traces[:limit - measured]
+        if not candidates:
+            continue
+        results = _measure_and_commit(mod, candidates, traces, db, builder, runner, target, ctx, cost_model)
+        measured += len(candidates)
+        if on_batch is not None:
+            on_batch(task_id, results[0], results[1])
+    return measured
+
+
 def warm_start(tasks, contexts, source_db, db, builder, runner, target, top_k: int, cost_model=None,
                on_batch=None, should_stop=lambda: False) -> int:
     """Measure here the best ``top_k`` schedules another class's log holds for each task and
@@ -309,7 +385,6 @@ def warm_start(tasks, contexts, source_db, db, builder, runner, target, top_k: i
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    device_type = {"llvm": "cpu"}.get(target.kind.name, target.kind.name)
     measured = 0
     for task_id, (task, ctx) in enumerate(zip(tasks, contexts)):
         if should_stop():
@@ -331,23 +406,10 @@ def warm_start(tasks, contexts, source_db, db, builder, runner, target, top_k: i
             traces.append(rec.trace)
         if not candidates:
             continue
-        built = builder.build([ms.builder.BuilderInput(c.sch.mod, target) for c in candidates])
-        ok = [i for i, b in enumerate(built) if not b.error_msg]
-        futures = runner.run([ms.runner.RunnerInput(built[i].artifact_path, device_type, candidates[i].args_info)
-                              for i in ok])
-        results = [ms.runner.RunnerResult(None, built[i].error_msg) for i in range(len(built))]
-        for i, fut in zip(ok, futures):
-            results[i] = fut.result()
-        workload = db.commit_workload(mod)
-        for trace, cand, res in zip(traces, candidates, results):
-            if res.run_secs and not res.error_msg:
-                db.commit_tuning_record(ms.database.TuningRecord(trace, workload, res.run_secs, target,
-                                                                 cand.args_info))
-        if cost_model is not None:
-            cost_model.update(ctx, candidates, results)
+        results = _measure_and_commit(mod, candidates, traces, db, builder, runner, target, ctx, cost_model)
         measured += len(candidates)
         if on_batch is not None:
-            on_batch(task_id, results, built)
+            on_batch(task_id, results[0], results[1])
     return measured
 
 
@@ -458,6 +520,16 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
                     [sub_tasks[j] for j in fresh], [contexts[j] for j in fresh], src_db, db, builder, runner, target,
                     opts.warm_top_k, cost_model, should_stop=should_stop,
                     on_batch=lambda k, res, built: progress.update(todo[fresh[k]], res, built))
+        if opts.seeds and budget >= SEED_MIN_TRIALS_PER_TASK * len(todo) and not should_stop():
+            isa = spec.vector_isa()
+            gemms = sum(1 for t in sub_tasks if gemm_seeds_apply(t))
+            if gemms:
+                say(f"seeding: measuring register-blocked GEMM micro-kernels ({isa}) for {gemms} GEMM kernel(s) "
+                    "before the search")
+                result.seeds_measured = seed_schedules(
+                    sub_tasks, contexts, db, builder, runner, target, isa, cost_model, should_stop=should_stop,
+                    limit=budget - progress.done,
+                    on_batch=lambda k, res, built: progress.update(todo[k], res, built))
         remaining = budget - progress.done
         if remaining > 0 and not should_stop():
             scheduler = _scheduler(should_stop, lambda j: progress.best[todo[j]], opts.seed)
@@ -481,6 +553,12 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
     result.estimate_ms = progress.estimate_ms()
     result.per_task = [(t.task_name, w, b) for t, w, b in zip(tasks, weights, progress.best)]
     return result
+
+
+def gemm_seeds_apply(task) -> bool:
+    from .schedules import gemm_shape
+
+    return gemm_shape(task.dispatched[0]["main"]) is not None
 
 
 def _warm_source(opts: TuneOptions):

@@ -1,0 +1,120 @@
+"""Schedule templates of our own that seed MetaSchedule's search (``tvmnet tune``).
+
+MetaSchedule's generic x86 space (multi-level tiling, then vectorize/unroll rules) finds
+~100-120 GFLOP/s for MobileNet's pointwise GEMMs on an AVX-512 core pair in a 30-min tune;
+a register-blocked micro-kernel (the way BLAS libraries and XNNPACK write it) reaches
+~210-230 GFLOP/s on the same kernels. So before the evolutionary search, ``tune`` measures
+a small grid of such micro-kernels per GEMM kernel and commits them as ordinary records
+(``tuning.seed_gemms``): they compete on measured time like any candidate, and since their
+tile sizes are sampled (``sample_perfect_tile`` with a fixed decision), the search's
+``MutateTileSize`` explores around them.
+
+The micro-kernel, for ``out[b, i, j] = epilogue(sum_k X[b, i, k] * W[k, j])`` (the NHWC
+pointwise convolution after ``PointwiseToGemm``)::
+
+    parallel for (jo, io):                 # N/nj column panels x M/mi row blocks
+      for ko:                              # K/kk
+        unroll for ki:                     # kk
+          unroll for ii:                   # mi rows: mi * nj/lanes accumulators in registers
+            vector for ji:                 # nj columns: nj/lanes vector registers
+              acc[ii, ji] += X[io*mi+ii, ko*kk+ki] * W[ko*kk+ki, jo*nj+ji]
+      epilogue (bias, ReLU) on the mi x nj tile, vectorized
+"""
+from __future__ import annotations
+
+import logging
+from typing import List, Optional, Tuple
+
+log = logging.getLogger(__name__)
+
+# float32 lanes per vector register, and how many registers the accumulators may take
+# (the rest hold the broadcast X value and the loaded W vectors)
+LANES = {"avx512": 16, "avx2": 8, "sse": 4, "neon": 4, "neon-dotprod": 4}
+ACC_REGS = {"avx512": 28, "avx2": 12, "sse": 12, "neon": 24, "neon-dotprod": 24}
+
+ROW_TILES = (4, 6, 7, 8, 14)
+COL_VECTORS = (1, 2, 3, 4)      # nj = lanes * this
+DEPTH_TILES = (4, 8)
+
+
+def gemm_shape(func) -> Optional[Tuple[int, int, int]]:
+    """(M, N, K) when ``func`` is a fused GEMM kernel this template schedules: one
+    ``matmul`` block over (batch 1, i, j, k), spatial-spatial-spatial-reduce, followed only by
+    elementwise blocks. None otherwise."""
+    from tvm import s_tir
+
+    try:
+        sch = s_tir.Schedule(func)
+        block = sch.get(sch.get_sblock("matmul"))
+    except Exception:  # noqa: BLE001 - no block named matmul
+        return None
+    kinds = [int(iv.iter_type) for iv in block.iter_vars]
+    if kinds != [0, 0, 0, 2]:
+        return None
+    extents = [int(iv.dom.extent) for iv in block.iter_vars]
+    if extents[0] != 1:
+        return None
+    _, m, n, k = extents
+    return m, n, k
+
+
+def register_blocked_gemm(func, mi: int, nj: int, kk: int):
+    """The micro-kernel above as a traced schedule of ``func`` (a ``tvm.s_tir.Schedule``)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    block = sch.get_sblock("matmul")
+    after = []                     # the elementwise chain after the GEMM (bias, ReLU): by consumers, not
+    consumers = sch.get_consumers(block)   # the root's children (layout rewrites add blocks there)
+    while len(consumers) == 1:
+        after.append(consumers[0])
+        consumers = sch.get_consumers(consumers[0])
+    _, i, j, k = sch.get_loops(block)
+    m, n, kd = (int(sch.get(x).extent) for x in (i, j, k))
+    io, ii = sch.split(i, sch.sample_perfect_tile(i, n=2, max_innermost_factor=16, decision=[m // mi, mi]))
+    jo, ji = sch.split(j, sch.sample_perfect_tile(j, n=2, max_innermost_factor=64, decision=[n // nj, nj]))
+    ko, ki = sch.split(k, sch.sample_perfect_tile(k, n=2, max_innermost_factor=16, decision=[kd // kk, kk]))
+    sch.reorder(jo, io, ko, ki, ii, ji)
+    outer = sch.fuse(jo, io)
+    sch.parallel(outer)
+    for b in after[:-1]:           # bias add, ... : into the last elementwise block
+        sch.compute_inline(b)
+    if after:                      # the epilogue runs on each tile while it is in cache
+        sch.reverse_compute_at(after[-1], outer, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(after[-1])[-1])
+    sch.vectorize(ji)
+    sch.unroll(ii)
+    sch.unroll(ki)
+    sch.decompose_reduction(block, ko)
+    return sch
+
+
+def gemm_tiles(m: int, n: int, k: int, isa: str) -> List[Tuple[int, int, int]]:
+    """The (mi, nj, kk) grid to measure for an M x N x K GEMM: row tiles dividing M, column
+    tiles of whole vectors dividing N, accumulators within the register file."""
+    lanes, regs = LANES.get(isa, 4), ACC_REGS.get(isa, 12)
+    tiles = []
+    for mi in ROW_TILES:
+        for v in COL_VECTORS:
+            nj = lanes * v
+            if m % mi or n % nj or mi * v > regs or mi * v < 4:
+                continue
+            for kk in DEPTH_TILES:
+                if k % kk == 0:
+                    tiles.append((mi, nj, kk))
+    return tiles
+
+
+def gemm_seeds(func, isa: str) -> list:
+    """Traced schedules of ``func`` to measure as seeds; [] if it is not a GEMM kernel this
+    template covers (or its shape admits no tile)."""
+    shape = gemm_shape(func)
+    if shape is None:
+        return []
+    seeds = []
+    for mi, nj, kk in gemm_tiles(*shape, isa):
+        try:
+            seeds.append(register_blocked_gemm(func, mi, nj, kk))
+        except Exception as err:  # noqa: BLE001 - a tile the schedule primitives refuse is skipped
+            log.debug("gemm seed %dx%dx%d refused: %s", mi, nj, kk, err)
+    return seeds
