@@ -33,6 +33,7 @@ def tvm_profile(cfg, spec, tuning_log, flush: bool):
     mod, *_ = import_model(cfg)
     tasks = extract_tasks(pipeline.lower_to_tir(mod, spec), spec)
     choice = choose_logs(spec, tuning_log, tasks)
+    spec.use_threads()    # the runner's workers inherit TVM_NUM_THREADS (TVM's default is one thread here)
     target = spec.tvm_target()
     builder = make_builder(spec)
     runner = ms.runner.LocalRunner(timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(

@@ -137,7 +137,7 @@ def cmd_tune(args) -> int:
     warm = (f" ({res.warm_measured} of them schedules of class {res.warm_from} re-measured here)"
             if res.warm_from else "")
     if res.seeds_measured:
-        warm += f" ({res.seeds_measured} of them our GEMM micro-kernels)"
+        warm += f" ({res.seeds_measured} of them our micro-kernels, tvmnet/schedules.py)"
     print(f"tuning {status}: {res.trials_run} new trials{warm} in {res.seconds:.0f} s ({res.trials_per_minute:.1f}/min), "
           f"{res.failed} failed; {res.trials_before} measured before; estimated latency {est}; database {res.database}"
           + (f"; journal {res.journal}" if res.journal and res.journal.exists() else ""))

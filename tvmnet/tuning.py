@@ -32,6 +32,7 @@ from .logs import (RECORD_FILE, best_record, database_dir, nearest_class, open_d
                    write_class_file, wl_key)
 from .paths import CACHE_DIR, TUNING_LOGS_DIR
 from .rpc import Endpoint
+from .schedules import seed_kind
 from .targets import TargetSpec, cpu_model
 
 log = logging.getLogger(__name__)
@@ -333,14 +334,14 @@ SEED_MIN_TRIALS_PER_TASK = 16
 
 def seed_schedules(tasks, contexts, db, builder, runner, target, isa: str, cost_model=None, on_batch=None,
                    should_stop=lambda: False, limit: Optional[int] = None) -> int:
-    """Measure our register-blocked micro-kernels (``schedules.gemm_seeds``) for every GEMM
-    task, each as written and through the design space's postprocessors (which pack the
+    """Measure our register-blocked micro-kernels (``schedules.seed_schedules_for``) for every
+    GEMM task, each as written and through the design space's postprocessors (which pack the
     weights: layout rewrite), and commit them to ``db`` with the times measured here.
     Seeds the database already holds (same trace) are not measured again, so a resumed or
     repeated run costs nothing. Returns the number of candidates measured."""
     from tvm.s_tir import meta_schedule as ms
 
-    from .schedules import gemm_seeds
+    from .schedules import seed_schedules_for
 
     measured = 0
     for task_id, (task, ctx) in enumerate(zip(tasks, contexts)):
@@ -351,7 +352,7 @@ def seed_schedules(tasks, contexts, db, builder, runner, target, isa: str, cost_
         if db.has_workload(mod):
             known = {str(r.trace) for r in db.get_top_k(db.commit_workload(mod), 1 << 30)}
         candidates, traces = [], []
-        for sch in gemm_seeds(mod, isa):
+        for sch in seed_schedules_for(mod, isa):
             variants = [sch]
             packed = sch.copy()
             packed.enter_postproc()
@@ -522,9 +523,9 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
                     on_batch=lambda k, res, built: progress.update(todo[fresh[k]], res, built))
         if opts.seeds and budget >= SEED_MIN_TRIALS_PER_TASK * len(todo) and not should_stop():
             isa = spec.vector_isa()
-            gemms = sum(1 for t in sub_tasks if gemm_seeds_apply(t))
+            gemms = sum(1 for t in sub_tasks if seed_kind(t.dispatched[0]) == "gemm")
             if gemms:
-                say(f"seeding: measuring register-blocked GEMM micro-kernels ({isa}) for {gemms} GEMM kernel(s) "
+                say(f"seeding: measuring our register-blocked micro-kernels ({isa}) for {gemms} GEMM kernel(s) "
                     "before the search")
                 result.seeds_measured = seed_schedules(
                     sub_tasks, contexts, db, builder, runner, target, isa, cost_model, should_stop=should_stop,
@@ -553,12 +554,6 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
     result.estimate_ms = progress.estimate_ms()
     result.per_task = [(t.task_name, w, b) for t, w, b in zip(tasks, weights, progress.best)]
     return result
-
-
-def gemm_seeds_apply(task) -> bool:
-    from .schedules import gemm_shape
-
-    return gemm_shape(task.dispatched[0]["main"]) is not None
 
 
 def _warm_source(opts: TuneOptions):
