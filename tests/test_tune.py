@@ -130,3 +130,25 @@ def test_prune_keeps_best_and_resume_accounting(tuned, tmp_path):
     # pruned trials still count: the same budget runs nothing new
     res = run_cli("tune", *TINY, "--kernels", "matmul", "--trials", "12", "--per-task", "2", "--log-dir", tmp_path)
     assert res.returncode == 0 and "nothing to do" in res.stderr, res.stderr[-2000:]
+
+
+def test_merge_log_adds_records_once_and_refuses_another_class(tuned, tmp_path):
+    logs, _ = tuned
+    src = logs / host_class()
+    n = len(records(src))
+    dest = tmp_path / "shipped" / host_class()
+    res = run_cli("merge-log", src, dest)
+    assert res.returncode == 0, res.stderr
+    assert len(records(dest)) == n and (dest / "class.json").is_file()
+    assert run_cli("merge-log", src, dest).returncode == 0
+    assert len(records(dest)) == n                   # nothing added twice
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in src.iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    info = json.loads((other / "class.json").read_text())
+    (other / "class.json").write_text(json.dumps(dict(info, key="x86_64-znver3-avx2-2c")))
+    before = (dest / "database_tuning_record.json").read_bytes()
+    res = run_cli("merge-log", other, dest)
+    assert res.returncode == 6 and "valid only on the machine class" in res.stderr
+    assert (dest / "database_tuning_record.json").read_bytes() == before

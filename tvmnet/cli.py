@@ -152,6 +152,14 @@ def cmd_prune_log(args) -> int:
     return 0
 
 
+def cmd_merge_log(args) -> int:
+    from .logs import merge_databases
+
+    added = merge_databases(args.src, args.dest, say=_say)
+    print(f"{args.dest}: {added} records added from {args.src}; `tvmnet prune-log {args.dest}` keeps the best per kernel")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import BenchOptions, run_bench
 
@@ -366,6 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("prune-log", help="keep only the best record per kernel in a tuning database (for shipping)")
     s.add_argument("log", type=Path, help="database directory, e.g. tuning_logs/x86")
     s.set_defaults(func=cmd_prune_log)
+
+    s = add("merge-log", help="add a tuning database's records to another of the same machine class (grow shipped logs)")
+    s.add_argument("src", type=Path, help="database directory to read, e.g. /tmp/run2/x86_64-...-2c")
+    s.add_argument("dest", type=Path, help="database directory to add to, e.g. tuning_logs/x86_64-...-2c")
+    s.set_defaults(func=cmd_merge_log)
 
     s = add("bench", help="latency of the artifact vs PyTorch eager, ONNX Runtime and ExecuTorch, each in its own process")
     s.add_argument("artifact", type=Path)

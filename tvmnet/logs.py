@@ -280,6 +280,47 @@ def pruned_counts(path: Path) -> dict:
         return {}
 
 
+def merge_databases(src: Path, dest: Path, say=print) -> int:
+    """Add every record of database ``src`` (e.g. a tune run into another ``--log-dir``) to
+    ``dest``, with its measured times, and its pruned-trial counts: how shipped logs grow run
+    by run. Both must be the same machine class; ``src`` is only read. Returns the records added."""
+    from tvm.s_tir import meta_schedule as ms
+
+    src, dest = Path(src), Path(dest)
+    check_database_files(src)
+    a, b = read_class(src), read_class(dest) if dest.exists() else None
+    if a is None:
+        raise TuningLogError(f"tuning log {src} has no {CLASS_FILE}, so its machine class is unknown; only merge "
+                             "databases written by `tvmnet tune`")
+    if b is not None and a["key"] != b["key"]:
+        raise TuningLogError(f"cannot merge {src} (class {a['key']}) into {dest} (class {b['key']}): a log is "
+                             "valid only on the machine class it was measured on; pick the matching directory")
+    if dest.exists():
+        check_database_files(dest)
+    else:
+        dest.mkdir(parents=True)
+        shutil.copy2(src / CLASS_FILE, dest / CLASS_FILE)
+    sdb, ddb = open_database(src), open_database(dest, create=True)
+    added, known = 0, {}
+    for rec in sdb.get_all_tuning_records():
+        wl = ddb.commit_workload(rec.workload.mod)
+        key = wl_key(wl)
+        if key not in known:        # records dest already holds are not added twice (merging is idempotent)
+            known[key] = {str(r.trace) for r in ddb.get_top_k(wl, 1 << 30)}
+        if str(rec.trace) in known[key]:
+            continue
+        known[key].add(str(rec.trace))
+        ddb.commit_tuning_record(ms.database.TuningRecord(rec.trace, wl, rec.run_secs, rec.target, rec.args_info))
+        added += 1
+    pruned = pruned_counts(dest)
+    for shash, n in pruned_counts(src).items():
+        pruned[shash] = pruned.get(shash, 0) + n
+    if pruned and added:
+        (dest / PRUNED_FILE).write_text(json.dumps(pruned, indent=0, sort_keys=True) + "\n")
+    say(f"merged {added} records of {src} into {dest}")
+    return added
+
+
 def prune_database(path: Path, say=print) -> tuple:
     """Keep only the best record per kernel (MetaSchedule's ``dump_pruned``), in place.
 
