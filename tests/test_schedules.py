@@ -72,6 +72,7 @@ def test_seeds_cover_the_gemms_and_compute_what_the_kernel_computes():
 
 
 @pytest.mark.tune
+@pytest.mark.slow
 def test_seed_phase_measures_each_seed_once(tmp_path):
     from tvm.s_tir import meta_schedule as ms
 

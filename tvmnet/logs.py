@@ -297,10 +297,9 @@ def merge_databases(src: Path, dest: Path, say=print) -> int:
                              "valid only on the machine class it was measured on; pick the matching directory")
     if dest.exists():
         check_database_files(dest)
-    else:
-        dest.mkdir(parents=True)
-        shutil.copy2(src / CLASS_FILE, dest / CLASS_FILE)
     sdb, ddb = open_database(src), open_database(dest, create=True)
+    if b is None:
+        shutil.copy2(src / CLASS_FILE, dest / CLASS_FILE)
     added, known = 0, {}
     for rec in sdb.get_all_tuning_records():
         wl = ddb.commit_workload(rec.workload.mod)
