@@ -19,6 +19,10 @@ pointwise convolution after ``PointwiseToGemm``)::
             vector for ji:                 # nj columns: nj/lanes vector registers
               acc[ii, ji] += X[io*mi+ii, ko*kk+ki] * W[ko*kk+ki, jo*nj+ji]
       epilogue (bias, ReLU) on the mi x nj tile, vectorized
+
+(A depthwise template of the same kind, a row of pixels x channel vectors in registers with
+the padding made per output row, lost to MetaSchedule's own depthwise schedules here,
+1.2-1.8x slower, so there is none.)
 """
 from __future__ import annotations
 
@@ -39,8 +43,8 @@ DEPTH_TILES = (4, 8)
 
 def gemm_shape(func) -> Optional[Tuple[int, int, int]]:
     """(M, N, K) when ``func`` is a fused GEMM kernel this template schedules: one
-    ``matmul`` block over (batch 1, i, j, k), spatial-spatial-spatial-reduce, followed only by
-    elementwise blocks. None otherwise."""
+    ``matmul`` block over (batch 1, i, j, k), spatial-spatial-spatial-reduce (the blocks after
+    it become the tile's epilogue; a kernel where that fails gets no seed). None otherwise."""
     from tvm import s_tir
 
     try:
@@ -103,13 +107,6 @@ def gemm_tiles(m: int, n: int, k: int, isa: str) -> List[Tuple[int, int, int]]:
                 if k % kk == 0:
                     tiles.append((mi, nj, kk))
     return tiles
-
-
-def seed_kind(func) -> Optional[str]:
-    """"gemm" or None: which template (if any) covers this kernel. (A depthwise template of the
-    same kind, a row of pixels x channel vectors in registers with the padding made per row,
-    lost to MetaSchedule's own depthwise schedules here, 1.2-1.8x slower, so there is none.)"""
-    return "gemm" if gemm_shape(func) is not None else None
 
 
 def seed_schedules_for(func, isa: str) -> list:

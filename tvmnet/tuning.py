@@ -32,7 +32,7 @@ from .logs import (RECORD_FILE, best_record, database_dir, nearest_class, open_d
                    write_class_file, wl_key)
 from .paths import CACHE_DIR, TUNING_LOGS_DIR
 from .rpc import Endpoint
-from .schedules import seed_kind
+from .schedules import gemm_shape
 from .targets import TargetSpec, cpu_model
 
 log = logging.getLogger(__name__)
@@ -332,6 +332,32 @@ def _measure_and_commit(mod, candidates, traces, db, builder, runner, target, ct
 SEED_MIN_TRIALS_PER_TASK = 16
 
 
+def _measure_per_task(tasks, contexts, candidates_for, db, builder, runner, target, cost_model=None, on_batch=None,
+                      should_stop=lambda: False, limit: Optional[int] = None) -> int:
+    """For each task, measure the (schedule, trace) pairs ``candidates_for(task, ctx)`` gives,
+    as one batch, and commit them (``_measure_and_commit``). Stops when ``should_stop()`` or
+    after ``limit`` candidates. Returns the number measured."""
+    from tvm.s_tir import meta_schedule as ms
+
+    measured = 0
+    for task_id, (task, ctx) in enumerate(zip(tasks, contexts)):
+        if should_stop() or (limit is not None and measured >= limit):
+            break
+        pairs = candidates_for(task, ctx)
+        if limit is not None:
+            pairs = pairs[:limit - measured]
+        if not pairs:
+            continue
+        candidates = [ms.MeasureCandidate(sch, ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True))
+                      for sch, _ in pairs]
+        results = _measure_and_commit(task.dispatched[0], candidates, [t for _, t in pairs], db, builder, runner,
+                                      target, ctx, cost_model)
+        measured += len(candidates)
+        if on_batch is not None:
+            on_batch(task_id, results[0], results[1])
+    return measured
+
+
 def seed_schedules(tasks, contexts, db, builder, runner, target, isa: str, cost_model=None, on_batch=None,
                    should_stop=lambda: False, limit: Optional[int] = None) -> int:
     """Measure our register-blocked micro-kernels (``schedules.seed_schedules_for``) for every
@@ -339,19 +365,12 @@ def seed_schedules(tasks, contexts, db, builder, runner, target, isa: str, cost_
     weights: layout rewrite), and commit them to ``db`` with the times measured here.
     Seeds the database already holds (same trace) are not measured again, so a resumed or
     repeated run costs nothing. Returns the number of candidates measured."""
-    from tvm.s_tir import meta_schedule as ms
-
     from .schedules import seed_schedules_for
 
-    measured = 0
-    for task_id, (task, ctx) in enumerate(zip(tasks, contexts)):
-        if should_stop() or (limit is not None and measured >= limit):
-            break
+    def candidates_for(task, ctx):
         mod = task.dispatched[0]
-        known = set()
-        if db.has_workload(mod):
-            known = {str(r.trace) for r in db.get_top_k(db.commit_workload(mod), 1 << 30)}
-        candidates, traces = [], []
+        known = {str(r.trace) for r in db.get_top_k(db.commit_workload(mod), 1 << 30)} if db.has_workload(mod) else set()
+        pairs = []
         for sch in seed_schedules_for(mod, isa):
             variants = [sch]
             packed = sch.copy()
@@ -362,20 +381,13 @@ def seed_schedules(tasks, contexts, db, builder, runner, target, isa: str, cost_
             except Exception as err:  # noqa: BLE001 - the plain seed is still measured
                 log.debug("seed postprocessing failed for %s: %s", task.task_name, err_line(err))
             for v in variants:
-                if str(v.trace) in known:
-                    continue
-                known.add(str(v.trace))
-                candidates.append(ms.MeasureCandidate(v, ms.arg_info.ArgInfo.from_entry_func(v.mod, remove_preproc=True)))
-                traces.append(v.trace)
-        if limit is not None:
-            candidates, traces = candidates[:limit - measured], traces[:limit - measured]
-        if not candidates:
-            continue
-        results = _measure_and_commit(mod, candidates, traces, db, builder, runner, target, ctx, cost_model)
-        measured += len(candidates)
-        if on_batch is not None:
-            on_batch(task_id, results[0], results[1])
-    return measured
+                if str(v.trace) not in known:
+                    known.add(str(v.trace))
+                    pairs.append((v, v.trace))
+        return pairs
+
+    return _measure_per_task(tasks, contexts, candidates_for, db, builder, runner, target, cost_model, on_batch,
+                             should_stop, limit)
 
 
 def warm_start(tasks, contexts, source_db, db, builder, runner, target, top_k: int, cost_model=None,
@@ -384,34 +396,24 @@ def warm_start(tasks, contexts, source_db, db, builder, runner, target, top_k: i
     commit them, with the times measured here, to ``db``; train ``cost_model`` on them.
     Returns the number of candidates measured. ``source_db`` is only read."""
     import tvm
-    from tvm.s_tir import meta_schedule as ms
 
-    measured = 0
-    for task_id, (task, ctx) in enumerate(zip(tasks, contexts)):
-        if should_stop():
-            break
+    def candidates_for(task, ctx):
         mod = task.dispatched[0]
         if not source_db.has_workload(mod):
-            continue
-        records = source_db.get_top_k(source_db.commit_workload(mod), top_k)
-        candidates, traces = [], []
-        for rec in records:
+            return []
+        pairs = []
+        for rec in source_db.get_top_k(source_db.commit_workload(mod), top_k):
             try:
                 sch = tvm.s_tir.Schedule(mod)
                 rec.trace.apply_to_schedule(sch, remove_postproc=False)
             except Exception as err:  # noqa: BLE001 - a schedule that does not replay here is skipped
                 log.debug("warm start: a record of %s does not replay: %s", task.task_name, err_line(err))
                 continue
-            args = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
-            candidates.append(ms.MeasureCandidate(sch, args))
-            traces.append(rec.trace)
-        if not candidates:
-            continue
-        results = _measure_and_commit(mod, candidates, traces, db, builder, runner, target, ctx, cost_model)
-        measured += len(candidates)
-        if on_batch is not None:
-            on_batch(task_id, results[0], results[1])
-    return measured
+            pairs.append((sch, rec.trace))
+        return pairs
+
+    return _measure_per_task(tasks, contexts, candidates_for, db, builder, runner, target, cost_model, on_batch,
+                             should_stop)
 
 
 def tune_model(opts: TuneOptions, say=print) -> TuneResult:
@@ -523,7 +525,7 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
                     on_batch=lambda k, res, built: progress.update(todo[fresh[k]], res, built))
         if opts.seeds and budget >= SEED_MIN_TRIALS_PER_TASK * len(todo) and not should_stop():
             isa = spec.vector_isa()
-            gemms = sum(1 for t in sub_tasks if seed_kind(t.dispatched[0]) == "gemm")
+            gemms = sum(1 for t in sub_tasks if gemm_shape(t.dispatched[0]) is not None)
             if gemms:
                 say(f"seeding: measuring our register-blocked micro-kernels ({isa}) for {gemms} GEMM kernel(s) "
                     "before the search")
