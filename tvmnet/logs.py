@@ -280,6 +280,12 @@ def pruned_counts(path: Path) -> dict:
         return {}
 
 
+def known_traces(db, workload) -> set:
+    """The traces (as text) of every record ``db`` holds for ``workload``: what not to measure
+    or add again."""
+    return {str(r.trace) for r in db.get_top_k(workload, 1 << 30)}
+
+
 def merge_databases(src: Path, dest: Path, say=print) -> int:
     """Add every record of database ``src`` (e.g. a tune run into another ``--log-dir``) to
     ``dest``, with its measured times, and its pruned-trial counts: how shipped logs grow run
@@ -295,9 +301,7 @@ def merge_databases(src: Path, dest: Path, say=print) -> int:
     if b is not None and a["key"] != b["key"]:
         raise TuningLogError(f"cannot merge {src} (class {a['key']}) into {dest} (class {b['key']}): a log is "
                              "valid only on the machine class it was measured on; pick the matching directory")
-    if dest.exists():
-        check_database_files(dest)
-    sdb, ddb = open_database(src), open_database(dest, create=True)
+    sdb, ddb = open_database(src), open_database(dest, create=True)   # both checked by open_database
     if b is None:
         shutil.copy2(src / CLASS_FILE, dest / CLASS_FILE)
     added, known = 0, {}
@@ -305,7 +309,7 @@ def merge_databases(src: Path, dest: Path, say=print) -> int:
         wl = ddb.commit_workload(rec.workload.mod)
         key = wl_key(wl)
         if key not in known:        # records dest already holds are not added twice (merging is idempotent)
-            known[key] = {str(r.trace) for r in ddb.get_top_k(wl, 1 << 30)}
+            known[key] = known_traces(ddb, wl)
         if str(rec.trace) in known[key]:
             continue
         known[key].add(str(rec.trace))

@@ -28,7 +28,7 @@ from typing import Callable, List, Optional
 
 from .config import ModelConfig
 from .errors import DeviceError, TuningLogError, UsageError, err_line
-from .logs import (RECORD_FILE, best_record, database_dir, nearest_class, open_database, pruned_counts,
+from .logs import (RECORD_FILE, best_record, database_dir, known_traces, nearest_class, open_database, pruned_counts,
                    write_class_file, wl_key)
 from .paths import CACHE_DIR, TUNING_LOGS_DIR
 from .rpc import Endpoint
@@ -369,7 +369,7 @@ def seed_schedules(tasks, contexts, db, builder, runner, target, isa: str, cost_
 
     def candidates_for(task, ctx):
         mod = task.dispatched[0]
-        known = {str(r.trace) for r in db.get_top_k(db.commit_workload(mod), 1 << 30)} if db.has_workload(mod) else set()
+        known = known_traces(db, db.commit_workload(mod)) if db.has_workload(mod) else set()
         pairs = []
         for sch in seed_schedules_for(mod, isa):
             variants = [sch]
