@@ -330,6 +330,27 @@ def _measure_and_commit(mod, candidates, traces, db, builder, runner, target, ct
 # the seed phase runs when the budget leaves at least this many trials per kernel to tune
 # (real tunes; the tests' tiny tunes skip it)
 SEED_MIN_TRIALS_PER_TASK = 16
+FIRST_PASS = 16       # candidates per kernel in the first pass (the main search's batches are --batch)
+
+
+def first_pass_size(batch: int, budget: int, n_tasks: int) -> int:
+    """Size of the first pass's batch per kernel without a time: FIRST_PASS when the main
+    batch is bigger and the budget covers the pass; else 0 (no first pass: the main search's
+    own round-robin does it)."""
+    if batch <= FIRST_PASS or budget < FIRST_PASS * n_tasks:
+        return 0
+    return FIRST_PASS
+
+
+def _tune_subset(ms, contexts, weights, work_dir, trials, per_task, per_iter, builder, runner, db, cost_model,
+                 progress_callback, scheduler) -> None:
+    """One MetaSchedule run (``tune_tasks``) over some tune contexts; records go to ``db``."""
+    _quiet_metaschedule()   # creating tune contexts sets MetaSchedule's loggers back to INFO
+    ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
+                       max_trials_per_task=per_task, num_trials_per_iter=per_iter, builder=builder, runner=runner,
+                       database=db, cost_model=cost_model,
+                       measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [progress_callback],
+                       task_scheduler=scheduler)
 
 
 def _measure_per_task(tasks, contexts, candidates_for, db, builder, runner, target, cost_model=None, on_batch=None,
@@ -482,7 +503,6 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
         strategy=ms.search_strategy.EvolutionarySearch(population_size=opts.population), seed=opts.seed)
     cost_model = ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(), adaptive_training=True,
                                         num_tuning_cores=None)
-    callbacks = ms.measure_callback.MeasureCallback.create("default") + [_callback(progress, todo)]
     builder = make_builder(spec, shared_library=opts.rpc is not None)
 
     stop = {"signal": None}
@@ -533,14 +553,29 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
                     sub_tasks, contexts, db, builder, runner, target, isa, cost_model, should_stop=should_stop,
                     limit=budget - progress.done,
                     on_batch=lambda k, res, built: progress.update(todo[k], res, built))
+        timeless = [j for j, i in enumerate(todo) if progress.best[i] is None]
+        first = first_pass_size(opts.trials_per_iter, budget - progress.done, len(timeless))
+        if first and timeless and not should_stop():
+            # one small batch for every kernel without a time here, so that the main search
+            # gives its big batches by each kernel's share of the time from the start (a full
+            # first batch per kernel took ~40% of a 2000-trial budget, trivial kernels included)
+            # random draws from each kernel's design space (ReplayTrace: no evolutionary search,
+            # whose population of 512 costs ~45 s a batch whatever the batch size)
+            say(f"first pass: {first} random schedules for each of {len(timeless)} kernel(s) without a time here")
+            sub = [todo[j] for j in timeless]
+            replay, _ = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                [sub_tasks[j] for j in timeless], str(work_dir), space="post-order-apply",
+                strategy=ms.search_strategy.ReplayTrace(), seed=opts.seed)
+            _tune_subset(ms, replay, [ctx_weights[j] for j in timeless], work_dir,
+                         min(budget - progress.done, first * len(timeless)), first, first, builder, runner, db,
+                         cost_model, _callback(progress, sub),
+                         _scheduler(should_stop, lambda k: progress.best[sub[k]], opts.seed))
         remaining = budget - progress.done
         if remaining > 0 and not should_stop():
-            scheduler = _scheduler(should_stop, lambda j: progress.best[todo[j]], opts.seed)
-            ms.tune.tune_tasks(tasks=contexts, task_weights=ctx_weights, work_dir=str(work_dir),
-                               max_trials_global=remaining, max_trials_per_task=per_task,
-                               num_trials_per_iter=min(opts.trials_per_iter, per_task), builder=builder,
-                               runner=runner, database=db, cost_model=cost_model, measure_callbacks=callbacks,
-                               task_scheduler=scheduler)
+            _tune_subset(ms, contexts, ctx_weights, work_dir, remaining, per_task,
+                         min(opts.trials_per_iter, per_task), builder, runner, db, cost_model,
+                         _callback(progress, todo),
+                         _scheduler(should_stop, lambda j: progress.best[todo[j]], opts.seed))
     except Exception as err:  # noqa: BLE001 - becomes a one-line error; records so far stay in the database
         _raise_stopped(err, progress, db_path)
     finally:
