@@ -152,3 +152,26 @@ def test_merge_log_adds_records_once_and_refuses_another_class(tuned, tmp_path):
     res = run_cli("merge-log", other, dest)
     assert res.returncode == 6 and "valid only on the machine class" in res.stderr
     assert (dest / "database_tuning_record.json").read_bytes() == before
+
+
+@pytest.mark.unit
+def test_first_pass_only_when_the_main_batch_is_bigger_and_the_budget_covers_it():
+    from tvmnet.tuning import FIRST_PASS, first_pass_size
+
+    assert first_pass_size(64, FIRST_PASS * 13, 13) == FIRST_PASS
+    assert first_pass_size(64, FIRST_PASS * 13 - 1, 13) == 0    # a tiny tune: the main search's round-robin
+    assert first_pass_size(FIRST_PASS, 10000, 13) == 0          # --batch no bigger: nothing to gain
+
+
+@pytest.mark.tune
+@pytest.mark.slow   # extended run: ~60 s
+def test_first_pass_gives_an_untimed_kernel_a_small_random_batch_then_the_search_goes_on(tmp_path):
+    from tvmnet.tuning import FIRST_PASS
+
+    res = run_cli("tune", *TINY_TUNE, "--kernels", "fused_conv2d8_", "--trials", str(2 * FIRST_PASS), "--batch",
+                  "32", "--log-dir", tmp_path, "--no-warm-start")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"first pass: {FIRST_PASS} random schedules for each of 1 kernel(s)" in res.stderr
+    assert "[INFO]" not in res.stderr + res.stdout     # MetaSchedule's INFO lines and tables stay in its files
+    recs = records(tmp_path / host_class())
+    assert FIRST_PASS < len(recs) <= 2 * FIRST_PASS and all(r[1][1] for r in recs)   # the search ran after it

@@ -134,8 +134,10 @@ def cmd_tune(args) -> int:
     est = f"{res.estimate_ms:.3f} ms" if res.estimate_ms is not None else "n/a (some tasks untuned)"
     status = ("interrupted; records kept, rerun the same command to resume" if res.interrupted else
               f"stopped after --minutes {opts.minutes:g}; rerun to go on" if res.out_of_time else "done")
-    warm = (f" ({res.warm_measured} of them schedules of class {res.warm_from} re-measured here)"
-            if res.warm_from else "")
+    other = res.warm_measured - res.warm_nearest
+    warm = f" ({other} of them schedules of class {res.warm_from} re-measured here)" if res.warm_from else ""
+    if res.warm_nearest:
+        warm += f" ({res.warm_nearest} of them other models' schedules from this class's log, replayed)"
     if res.seeds_measured:
         warm += f" ({res.seeds_measured} of them our micro-kernels, tvmnet/schedules.py)"
     print(f"tuning {status}: {res.trials_run} new trials{warm} in {res.seconds:.0f} s ({res.trials_per_minute:.1f}/min), "

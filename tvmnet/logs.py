@@ -280,6 +280,56 @@ def pruned_counts(path: Path) -> dict:
         return {}
 
 
+def kernel_signature(mod) -> tuple:
+    """What makes two kernels (a workload's IRModule) the same kind whatever their shapes: the names of their blocks
+    and the ranks of their parameters (a depthwise conv's schedule replays on another
+    depthwise conv, not on a GEMM)."""
+    import tvm
+
+    sch = tvm.s_tir.Schedule(mod)
+    blocks = tuple(sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root")))
+    return blocks, tuple(len(s) for s in _shapes(mod))
+
+
+def _shapes(mod) -> list:
+    from tvm.s_tir import meta_schedule as ms
+
+    return [[int(d) for d in a.shape] for a in ms.arg_info.ArgInfo.from_entry_func(mod, remove_preproc=True)]
+
+
+def _dims(mod) -> list:
+    return [d for s in _shapes(mod) for d in s]
+
+
+def kernel_pool(db) -> list:
+    """(workload hash, kernel_signature, dimensions, workload) of every kernel ``db`` holds a
+    measured record for."""
+    pool, seen = [], set()
+    for rec in db.get_all_tuning_records():
+        key = wl_key(rec.workload)
+        if key in seen or not rec.run_secs:
+            continue
+        seen.add(key)
+        pool.append((key, kernel_signature(rec.workload.mod), _dims(rec.workload.mod), rec.workload))
+    return pool
+
+
+def nearest_kernel_records(db, mod, top_k: int, pool: Optional[list] = None) -> list:
+    """The best record of each of the ``top_k`` kernels in ``db`` of the same kind as ``mod``
+    (``kernel_signature``) with the nearest shapes (sum of |log| ratios of the dimensions),
+    ``mod``'s own workload excluded: the same layer of another model (another alpha or
+    resolution) tuned on this machine class. ``pool``: ``kernel_pool(db)``, computed once."""
+    import math
+
+    import tvm_ffi
+
+    sig, dims, own = kernel_signature(mod), _dims(mod), str(tvm_ffi.structural_hash(mod))
+    scored = sorted(((sum(abs(math.log(max(a, 1) / max(b, 1))) for a, b in zip(dims, d)), wl)
+                     for key, s, d, wl in (kernel_pool(db) if pool is None else pool) if s == sig and key != own),
+                    key=lambda v: v[0])
+    return [r for _, wl in scored[:top_k] for r in db.get_top_k(wl, 1)]
+
+
 def known_traces(db, workload) -> set:
     """The traces (as text) of every record ``db`` holds for ``workload``: what not to measure
     or add again."""

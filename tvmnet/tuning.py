@@ -28,8 +28,8 @@ from typing import Callable, List, Optional
 
 from .config import ModelConfig
 from .errors import DeviceError, TuningLogError, UsageError, err_line
-from .logs import (RECORD_FILE, best_record, database_dir, known_traces, nearest_class, open_database, pruned_counts,
-                   write_class_file, wl_key)
+from .logs import (RECORD_FILE, best_record, database_dir, kernel_pool, known_traces, nearest_class,
+                   nearest_kernel_records, open_database, pruned_counts, write_class_file, wl_key)
 from .paths import CACHE_DIR, TUNING_LOGS_DIR
 from .rpc import Endpoint
 from .schedules import gemm_shape
@@ -126,6 +126,7 @@ class TuneResult:
     per_task: list = field(default_factory=list)
     warm_from: Optional[str] = None      # class whose schedules seeded this run
     warm_measured: int = 0               # of trials_run: its schedules re-measured here
+    warm_nearest: int = 0                # of warm_measured: other models' schedules from this class's log
     seeds_measured: int = 0              # of trials_run: our GEMM micro-kernels (schedules.py)
     out_of_time: bool = False            # stopped by --minutes
     journal: Optional[Path] = None       # when each batch landed (seconds, trials): tuning curves
@@ -416,14 +417,39 @@ def warm_start(tasks, contexts, source_db, db, builder, runner, target, top_k: i
     """Measure here the best ``top_k`` schedules another class's log holds for each task and
     commit them, with the times measured here, to ``db``; train ``cost_model`` on them.
     Returns the number of candidates measured. ``source_db`` is only read."""
+    def records_for(mod):
+        return source_db.get_top_k(source_db.commit_workload(mod), top_k) if source_db.has_workload(mod) else []
+
+    return _replay_records(tasks, contexts, records_for, db, builder, runner, target, cost_model, on_batch,
+                           should_stop)
+
+
+def warm_start_nearest(tasks, contexts, db, builder, runner, target, top_k: int, cost_model=None, on_batch=None,
+                       should_stop=lambda: False) -> int:
+    """Measure here, for each task, the best schedule of the ``top_k`` kernels of the same kind
+    and nearest shapes that this class's ``db`` holds (``logs.nearest_kernel_records``: the
+    same layer of another model tuned here), replayed on the task's own shapes, and commit them.
+    Returns the number of candidates measured."""
+    pool = kernel_pool(db)   # once: what this class had before this run
+
+    def records_for(mod):
+        return nearest_kernel_records(db, mod, top_k, pool)
+
+    return _replay_records(tasks, contexts, records_for, db, builder, runner, target, cost_model, on_batch,
+                           should_stop)
+
+
+def _replay_records(tasks, contexts, records_for, db, builder, runner, target, cost_model, on_batch,
+                    should_stop) -> int:
     import tvm
 
     def candidates_for(task, ctx):
         mod = task.dispatched[0]
-        if not source_db.has_workload(mod):
-            return []
-        pairs = []
-        for rec in source_db.get_top_k(source_db.commit_workload(mod), top_k):
+        pairs, seen = [], set()
+        for rec in records_for(mod):
+            if str(rec.trace) in seen:
+                continue
+            seen.add(str(rec.trace))
             try:
                 sch = tvm.s_tir.Schedule(mod)
                 rec.trace.apply_to_schedule(sch, remove_postproc=False)
@@ -543,6 +569,17 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
                     [sub_tasks[j] for j in fresh], [contexts[j] for j in fresh], src_db, db, builder, runner, target,
                     opts.warm_top_k, cost_model, should_stop=should_stop,
                     on_batch=lambda k, res, built: progress.update(todo[fresh[k]], res, built))
+        near = [j for j, i in enumerate(todo) if progress.best[i] is None]
+        if opts.warm_start and near and len(db) and not should_stop():
+            n = warm_start_nearest(
+                [sub_tasks[j] for j in near], [contexts[j] for j in near], db, builder, runner, target,
+                opts.warm_top_k, cost_model, should_stop=should_stop,
+                on_batch=lambda k, res, built: progress.update(todo[near[k]], res, built))
+            if n:
+                say(f"warm start from this class's own log: {n} schedule(s) of the same layers of other models "
+                    f"(the {opts.warm_top_k} nearest shapes per kernel) re-measured for {len(near)} kernel(s)")
+            result.warm_measured += n
+            result.warm_nearest = n
         if opts.seeds and budget >= SEED_MIN_TRIALS_PER_TASK * len(todo) and not should_stop():
             isa = spec.vector_isa()
             gemms = sum(1 for t in sub_tasks if gemm_shape(t.dispatched[0]) is not None)
@@ -563,6 +600,7 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
             # whose population of 512 costs ~45 s a batch whatever the batch size)
             say(f"first pass: {first} random schedules for each of {len(timeless)} kernel(s) without a time here")
             sub = [todo[j] for j in timeless]
+            _quiet_metaschedule()
             replay, _ = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 [sub_tasks[j] for j in timeless], str(work_dir), space="post-order-apply",
                 strategy=ms.search_strategy.ReplayTrace(), seed=opts.seed)
