@@ -28,7 +28,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CLOCK_GHZ = {"rpi3b": 1.2, "rpi4": 1.5, "rpi5": 2.4}
 
 
 def main():
@@ -44,6 +43,7 @@ def main():
 
     from tvmnet.builder_fix import _install_light_tensor_intrin, intrin_families
     from tvmnet.config import ModelConfig
+    from tvmnet.estimate import CLOCK_GHZ
     from tvmnet.logs import choose_logs
     from tvmnet.passes.pipeline import kernel_kind
     from tvmnet.proxy import estimate

@@ -2,6 +2,7 @@
 warm start of a tune on a class without logs (records of another class are re-measured here,
 never copied with their times)."""
 import json
+import re
 import shutil
 
 import pytest
@@ -210,3 +211,33 @@ def test_compile_picks_the_layout_the_logs_cover(monkeypatch, nhwc, nchw, reques
     layout, mod, choice = _lower_and_choose_logs("the model", opts)
     assert (layout, len(lowered)) == (expected, calls)
     assert lowered[0] == (requested or "NHWC") and mod == f"module in {expected}"
+
+
+@pytest.mark.tune
+@pytest.mark.slow   # extended run: ~90 s
+def test_warm_start_replays_the_same_layers_of_another_model_tuned_on_this_class(host_log, tmp_path):
+    """A model the class has no record of (0.25-64) starts from the schedules of the model it
+    has (0.25-32): the same kind of kernel, nearest shapes, replayed and measured here."""
+    from tvmnet.config import ModelConfig
+    from tvmnet.logs import kernel_signature
+    from tvmnet.targets import load_target
+    from tvmnet.tuning import TuneOptions, prepare_tasks
+
+    root = tmp_path / "mine"
+    shutil.copytree(host_log, root / host_class())
+    before = records(root / host_class())
+    theirs = {json.dumps(r[0]) for _, r in before}
+    _, tasks = prepare_tasks(TuneOptions(model=ModelConfig(alpha=0.25, resolution=64), target=load_target("x86")))
+    gemms = [t for t in tasks if "matmul" in t.task_name]
+    kinds = {kernel_signature(t.dispatched[0]) for t in tasks}
+    assert len(kinds) >= 4       # GEMM, fc, depthwise, stem, mean...: kinds are told apart
+    res = run_cli("tune", "--target", "x86", "--alpha", "0.25", "--resolution", "64", "--population", "16",
+                  "--no-progress", "--kernels", "matmul", "--trials", str(len(gemms)), "--warm-top-k", "1",
+                  "--no-seeds", "--log-dir", root, env={"TVMNET_TUNING_LOGS": str(tmp_path / "none")})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "warm start from this class's own log" in res.stderr
+    n = int(re.search(r"\((\d+) of them other models' schedules from this class's log", res.stdout).group(1))
+    assert len(gemms) // 2 <= n <= len(gemms)        # a schedule replays unless a tile does not fit the shape
+    replayed = [r for _, r in records(root / host_class())[len(before):] if json.dumps(r[0]) in theirs]
+    assert len(replayed) == n                                          # their schedules ...
+    assert all(0 < float(s) < 1.0 for r in replayed for s in r[1])    # ... timed here on the new shapes

@@ -207,3 +207,23 @@ def test_aarch64_kernel_goes_through(gemm_kernel):
     tuned = proxy.estimate(hand_schedule(gemm_kernel, 4), spec)
     assert math.isfinite(tuned.cycles) and tuned.cycles > 0 and tuned.unknown_branches == 0
     assert naive.cycles > tuned.cycles
+
+
+@pytest.mark.unit
+def test_published_pi_figures_carry_sources_and_an_estimate_is_labelled_as_one():
+    from tvmnet.estimate import PUBLISHED, board_of, format_estimate, published_for
+
+    assert all(p.url.startswith("https://") and p.source and p.ms > 0 for p in PUBLISHED)
+    assert [p.ms for p in published_for("rpi4")] == [75.0]                # XNNPACK README, Pi 4
+    assert 122.2 in [p.ms for p in published_for("rpi3b")]                # TVM blog 2018, Pi 3B
+    assert board_of({"name": "arm_cpu", "target": {"mcpu": "cortex-a72"}}) == "rpi4"
+    assert board_of({"name": "rpi5", "target": {"mcpu": "cortex-a76"}}) == "rpi5"
+    assert board_of({"name": "custom", "target": {"mcpu": "cortex-a55"}}) is None
+    est = {"model": "1.0-224", "board": "rpi4", "mcpu": "cortex-a72", "threads": 4, "clock_ghz": 1.5,
+           "total_ms": 50.0, "records_applied": 22, "kernels": 22,
+           "by_kind": {"pointwise GEMM": 40.0, "depthwise conv": 10.0}}
+    text = format_estimate(est, "build/arm")
+    first = text.splitlines()[1]
+    assert "ESTIMATED" in first and "NOT a measurement" in first and "50.0 ms" in first
+    assert "75 ms" in text and "github.com/google/XNNPACK" in text
+    assert "tvmnet deploy build/arm --rpc HOST:PORT" in text

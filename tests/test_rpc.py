@@ -166,3 +166,19 @@ def test_rpc_tuning_through_tracker_then_compile_applies(tracker_with_two_boards
 def test_tune_for_arm_without_board_is_refused():
     res = run_cli("tune", "--target", "rpi4", "--alpha", "0.25", "--resolution", "32", "--trials", "2")
     assert res.returncode == 2 and "--tracker" in res.stderr
+
+
+def test_bench_and_deploy_without_a_board_print_the_proxy_estimate_labelled_beside_published_figures(
+        rpi4_artifact, tmp_path):
+    out = tmp_path / "est.json"
+    res = run_cli("bench", rpi4_artifact, "--json", out)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "ESTIMATED latency on rpi4" in res.stdout and "NOT a measurement" in res.stdout
+    assert "XNNPACK" in res.stdout and "github.com/google/XNNPACK" in res.stdout     # the published Pi 4 figure
+    est = json.loads(out.read_text())
+    assert est["board"] == "rpi4" and est["kernels"] == len(est["rows"]) >= 10 and est["total_ms"] > 0
+    assert abs(sum(est["by_kind"].values()) - est["total_ms"]) < 1e-6
+    assert (rpi4_artifact / "estimate.json").is_file()
+    res = run_cli("deploy", rpi4_artifact)        # no board: the estimate again (cached), and nothing deployed
+    assert res.returncode == 2 and "nothing deployed" in res.stderr and "--rpc HOST:PORT" in res.stderr
+    assert "ESTIMATED latency on rpi4" in res.stdout and "[1/" not in res.stderr

@@ -174,4 +174,5 @@ def test_first_pass_gives_an_untimed_kernel_a_small_random_batch_then_the_search
     assert f"first pass: {FIRST_PASS} random schedules for each of 1 kernel(s)" in res.stderr
     assert "[INFO]" not in res.stderr + res.stdout     # MetaSchedule's INFO lines and tables stay in its files
     recs = records(tmp_path / host_class())
-    assert FIRST_PASS < len(recs) <= 2 * FIRST_PASS and all(r[1][1] for r in recs)   # the search ran after it
+    # the search ran after it (its one batch of --batch may overshoot the budget, as MetaSchedule does)
+    assert FIRST_PASS < len(recs) <= FIRST_PASS + 32 and all(r[1][1] for r in recs)

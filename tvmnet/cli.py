@@ -162,12 +162,34 @@ def cmd_merge_log(args) -> int:
     return 0
 
 
+def _estimate_instead(art_path, args, why: str) -> bool:
+    """An aarch64 artifact on a machine that cannot run it: print the proxy's estimate on the
+    board (labelled as such) instead; True if it did."""
+    import platform
+
+    from .artifact import load_artifact
+    from .estimate import estimate_artifact, format_estimate
+
+    art = load_artifact(art_path)
+    if art.target["arch"] != "aarch64" or platform.machine() == "aarch64":
+        return False
+    _say(f"{art_path} is built for aarch64 and this machine is {platform.machine()}: {why}")
+    est = estimate_artifact(art, say=_say)
+    print(format_estimate(est, art_path))
+    if getattr(args, "json", None):
+        Path(args.json).write_text(json.dumps(est, indent=2) + "\n")
+        _say(f"estimate written to {args.json}")
+    return True
+
+
 def cmd_bench(args) -> int:
     from .bench import BenchOptions, run_bench
 
     engines = tuple(e.strip() for e in args.engines.split(",") if e.strip()) if args.engines else None
     opts = BenchOptions(artifact=args.artifact, threads=args.threads, rounds=args.rounds, runs=args.runs,
                         warmup=args.warmup, engines=engines)
+    if _estimate_instead(args.artifact, args, "printing the cost proxy's estimate instead of timing it"):
+        return 0
     res = run_bench(opts, say=_say)
     print(res.table())
     if args.json:
@@ -191,6 +213,11 @@ def cmd_deploy(args) -> int:
     from .artifact import load_artifact
 
     art = load_artifact(args.artifact)
+    if not (args.rpc or args.tracker):
+        if _estimate_instead(args.artifact, args, "no board given (--rpc or --tracker): the cost proxy's estimate"):
+            _err(f"nothing deployed: give the board with --rpc HOST:PORT or --tracker HOST:PORT --key KEY "
+                 "(`tvmnet emulator start` for an emulated one)")
+            return 2
     report, timing, where, seconds = rpc.deploy(art, rpc.endpoint_from_args(args), samples=args.samples, rtol=args.rtol,
                                                 atol=args.atol, seed=args.seed, runs=args.runs, say=_say)
     print("\n".join(report.lines()))

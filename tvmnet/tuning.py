@@ -425,7 +425,7 @@ def warm_start(tasks, contexts, source_db, db, builder, runner, target, top_k: i
 
 
 def warm_start_nearest(tasks, contexts, db, builder, runner, target, top_k: int, cost_model=None, on_batch=None,
-                       should_stop=lambda: False) -> int:
+                       should_stop=lambda: False, limit: Optional[int] = None) -> int:
     """Measure here, for each task, the best schedule of the ``top_k`` kernels of the same kind
     and nearest shapes that this class's ``db`` holds (``logs.nearest_kernel_records``: the
     same layer of another model tuned here), replayed on the task's own shapes, and commit them.
@@ -436,11 +436,11 @@ def warm_start_nearest(tasks, contexts, db, builder, runner, target, top_k: int,
         return nearest_kernel_records(db, mod, top_k, pool)
 
     return _replay_records(tasks, contexts, records_for, db, builder, runner, target, cost_model, on_batch,
-                           should_stop)
+                           should_stop, limit)
 
 
 def _replay_records(tasks, contexts, records_for, db, builder, runner, target, cost_model, on_batch,
-                    should_stop) -> int:
+                    should_stop, limit: Optional[int] = None) -> int:
     import tvm
 
     def candidates_for(task, ctx):
@@ -460,7 +460,7 @@ def _replay_records(tasks, contexts, records_for, db, builder, runner, target, c
         return pairs
 
     return _measure_per_task(tasks, contexts, candidates_for, db, builder, runner, target, cost_model, on_batch,
-                             should_stop)
+                             should_stop, limit)
 
 
 def tune_model(opts: TuneOptions, say=print) -> TuneResult:
@@ -573,7 +573,7 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
         if opts.warm_start and near and len(db) and not should_stop():
             n = warm_start_nearest(
                 [sub_tasks[j] for j in near], [contexts[j] for j in near], db, builder, runner, target,
-                opts.warm_top_k, cost_model, should_stop=should_stop,
+                opts.warm_top_k, cost_model, should_stop=should_stop, limit=budget - progress.done,
                 on_batch=lambda k, res, built: progress.update(todo[near[k]], res, built))
             if n:
                 say(f"warm start from this class's own log: {n} schedule(s) of the same layers of other models "
@@ -593,11 +593,11 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
         timeless = [j for j, i in enumerate(todo) if progress.best[i] is None]
         first = first_pass_size(opts.trials_per_iter, budget - progress.done, len(timeless))
         if first and timeless and not should_stop():
-            # one small batch for every kernel without a time here, so that the main search
-            # gives its big batches by each kernel's share of the time from the start (a full
-            # first batch per kernel took ~40% of a 2000-trial budget, trivial kernels included)
-            # random draws from each kernel's design space (ReplayTrace: no evolutionary search,
-            # whose population of 512 costs ~45 s a batch whatever the batch size)
+            # one small batch of random draws from its design space for every kernel without a
+            # time here (ReplayTrace: no evolutionary search, whose population of 512 costs ~45 s
+            # a batch whatever the batch size), so that the main search gives its big batches by
+            # each kernel's share of the time from the start (a full first batch per kernel took
+            # ~40% of a 2000-trial budget, trivial kernels included)
             say(f"first pass: {first} random schedules for each of {len(timeless)} kernel(s) without a time here")
             sub = [todo[j] for j in timeless]
             _quiet_metaschedule()
