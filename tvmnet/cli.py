@@ -146,6 +146,26 @@ def cmd_tune(args) -> int:
     return 130 if res.interrupted else 0
 
 
+def cmd_refine(args) -> int:
+    from .insitu import refine_model
+    from .targets import load_target
+
+    spec = load_target(args.target)
+    model = _model_config(args)
+    res = refine_model(model, spec, trials=args.trials, top=args.top, kernels=args.kernels,
+                       log_dir=args.log_dir, scratch=args.scratch, say=_say)
+    print(f"{'kernel':<40}{'calls':>6}{'alone us':>10}{'in place':>10}{'after':>9}{'tried':>7}")
+    for k in res.kernels:
+        print(f"{k.name[:39]:<40}{k.calls:>6}{k.alone_us:>10.1f}{k.before_us:>10.1f}{k.after_us:>9.1f}{k.candidates:>7}"
+              + ("  picked" if k.picked else ""))
+    picked = sum(k.picked for k in res.kernels)
+    e2e = (f"end to end {res.e2e_before_ms:.3f} -> {res.e2e_after_ms:.3f} ms (timed in turn, this process)"
+           if res.e2e_after_ms is not None else f"end to end {res.e2e_before_ms:.3f} ms, unchanged")
+    print(f"refine done in {res.seconds:.0f} s: {picked} of {len(res.kernels)} kernels got a schedule picked in place "
+          f"({res.database}); {e2e}; machine class {spec.machine_class()['key']}")
+    return 0
+
+
 def cmd_prune_log(args) -> int:
     from .logs import prune_database
 
@@ -215,7 +235,7 @@ def cmd_deploy(args) -> int:
     art = load_artifact(args.artifact)
     if not (args.rpc or args.tracker):
         if _estimate_instead(args.artifact, args, "no board given (--rpc or --tracker): the cost proxy's estimate"):
-            _err(f"nothing deployed: give the board with --rpc HOST:PORT or --tracker HOST:PORT --key KEY "
+            _err("nothing deployed: give the board with --rpc HOST:PORT or --tracker HOST:PORT --key KEY "
                  "(`tvmnet emulator start` for an emulated one)")
             return 2
     report, timing, where, seconds = rpc.deploy(art, rpc.endpoint_from_args(args), samples=args.samples, rtol=args.rtol,
@@ -399,6 +419,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_remote(s)
     s.set_defaults(func=cmd_tune)
+
+    s = add("refine", help="time kernels inside the model and pick their schedules by that time (after tune)")
+    _add_model_args(s)
+    s.add_argument("--target", default="x86", help="preset name, JSON file or inline JSON dict (default x86)")
+    s.add_argument("--kernels", metavar="SUBSTRING",
+                   help="refine kernels whose name contains this (default: those 1.25x slower in place than alone)")
+    s.add_argument("--trials", type=int, default=32,
+                   help="schedules searched per kernel (MetaSchedule, scratch database; default 32; 0: only the "
+                        "current schedule and the same layer's schedules from the other models in the log)")
+    s.add_argument("--top", type=_positive_int, default=16,
+                   help="of those, the fastest alone that are timed in place (default 16)")
+    s.add_argument("--log-dir", type=Path, help="root of the databases (default tuning_logs/); picks go to "
+                                                "<log-dir>/<machine class>/in_situ/")
+    s.add_argument("--scratch", type=Path, help="where the searches keep their records (default: a temporary "
+                                                "directory; give one to resume)")
+    s.set_defaults(func=cmd_refine)
 
     s = add("prune-log", help="keep only the best record per kernel in a tuning database (for shipping)")
     s.add_argument("log", type=Path, help="database directory, e.g. tuning_logs/x86")

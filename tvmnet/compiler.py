@@ -179,11 +179,12 @@ def _describe_logs(choice, n_kernels: int, opts: CompileOptions) -> str:
     if choice.match is None and opts.tuning_log is None:
         return f"scheduling {n_kernels} kernels (no tuning log: --no-tuning-log)"
     sources = ", ".join(f"{n} from {src}" for src, n in choice.by_source.items()) or "none"
+    picks = f", {choice.in_situ} of them picked in place by `tvmnet refine`" if choice.in_situ else ""
     if choice.match == "given":
-        return f"scheduling {n_kernels} kernels ({choice.kernels_tuned} from tuning log {choice.path}: {sources})"
+        return f"scheduling {n_kernels} kernels ({choice.kernels_tuned} from tuning log {choice.path}: {sources}{picks})"
     if choice.match == "exact" and choice.kernels_tuned == choice.kernels_total:   # nothing to fix
         return (f"scheduling {n_kernels} kernels ({choice.kernels_tuned} from tuning log {choice.path}, "
-                f"machine class {choice.this_class})")
+                f"machine class {choice.this_class}{picks})")
     m = opts.model
     fix = (f"tvmnet tune --target {opts.target.name} --alpha {m.alpha:g}"
            + (f" --resolution {m.resolution}" if m.resolution != 224 else "") + " --trials 2000"

@@ -201,6 +201,7 @@ class LogChoice:
     available: List[str] = field(default_factory=list)
     by_source: Dict[str, int] = field(default_factory=dict)   # kernels taken from each class / path
     kernels_total: int = 0
+    in_situ: int = 0                  # kernels whose record is a `tvmnet refine` pick (in_situ/)
 
     @property
     def kernels_tuned(self) -> int:
@@ -209,7 +210,14 @@ class LogChoice:
     def metadata(self) -> dict:
         return {"log": str(self.path) if self.path else None, "class": self.log_class, "match": self.match,
                 "this_class": self.this_class, "kernels_total": self.kernels_total,
-                "kernels_tuned": self.kernels_tuned, "kernels_by_source": dict(self.by_source)}
+                "kernels_tuned": self.kernels_tuned, "kernels_by_source": dict(self.by_source),
+                "kernels_in_situ": self.in_situ}
+
+
+def _in_situ_database(path: Path):
+    """The `tvmnet refine` picks kept beside a log (``<log>/in_situ/``), or None."""
+    picks = Path(path) / "in_situ"
+    return open_database(picks) if (picks / RECORD_FILE).is_file() else None
 
 
 def choose_logs(spec: TargetSpec, tuning_log: Union[Path, str, None], tasks) -> LogChoice:
@@ -245,10 +253,14 @@ def choose_logs(spec: TargetSpec, tuning_log: Union[Path, str, None], tasks) -> 
         return choice
     target = spec.tvm_target()
     mem = ms.database.MemoryDatabase()
-    dbs = [(name, path, open_database(path)) for name, path, _ in sources]
+    dbs = [(name, path, open_database(path), _in_situ_database(path)) for name, path, _ in sources]
     for task in tasks:
-        for name, _, db in dbs:
-            rec = best_record(db, task, target)
+        for name, _, db, picks in dbs:
+            rec = best_record(picks, task, target) if picks is not None else None
+            if rec is not None:
+                choice.in_situ += 1
+            else:
+                rec = best_record(db, task, target)
             if rec is not None:
                 mem.commit_tuning_record(ms.database.TuningRecord(
                     rec.trace, mem.commit_workload(task.dispatched[0]), rec.run_secs, rec.target, rec.args_info))

@@ -494,7 +494,8 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
     say("extracting tuning tasks")
     _, tasks = prepare_tasks(opts)
     if opts.kernels:
-        tasks = [t for t in tasks if opts.kernels in t.task_name]
+        exact = [t for t in tasks if t.task_name == opts.kernels]   # an exact name: that kernel only
+        tasks = exact or [t for t in tasks if opts.kernels in t.task_name]
         if not tasks:
             raise UsageError(f"no kernel name contains {opts.kernels!r}; kernels are named like "
                              "fused_matmul_add1_relu11 or fused_conv2d1_add_relu1")

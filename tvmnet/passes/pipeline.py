@@ -109,7 +109,8 @@ def finalize(mod: tvm.IRModule, spec, database=None) -> tvm.IRModule:
         seq = tvm.transform.Sequential([
             T.MetaScheduleApplyDatabase(enable_warning=False) if database is not None else _EMPTY,
             _gpu_default_schedule() if not spec.is_cpu else _EMPTY,
-            tvm.transform.Sequential([T.SplitLayoutRewritePreproc(), T.LiftTransformParams(), T.FoldConstant()])
+            tvm.transform.Sequential([T.SplitLayoutRewritePreproc(), T.LiftTransformParams(), T.FoldConstant(),
+                                     T.CanonicalizeBindings(), T.DeadCodeElimination()])
             if spec.is_cpu and database is not None else _EMPTY,
         ], name="tvmnet.schedule")
         if database is not None:

@@ -1,0 +1,109 @@
+"""Kernels timed in place (tvmnet/insitu.py) and `tvmnet refine`'s picks applied by compile."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import host_class, run_cli
+
+pytestmark = pytest.mark.e2e
+
+
+def test_replay_runs_the_models_own_kernels_on_its_own_tensors(x86_small):
+    from tvmnet.artifact import load_artifact
+    from tvmnet.insitu import Replay, vm_name
+    from tvmnet.runner import open_local
+
+    art = load_artifact(x86_small)
+    rp = Replay(art)
+    names = rp.names()
+    assert len(rp.calls) >= 20 and any(n.startswith("fused_conv2d") for n in names)
+    assert vm_name("no_such_kernel", names) is None and vm_name(names[0], names) == names[0]
+
+    # the replay computes the model: its last kernel's output is the VM's output for that input
+    x = np.random.default_rng(0).standard_normal(art.input_shape).astype(np.float32)
+    want = open_local(art).run(x)
+    rp.run()
+    got = rp.calls[-1].args[-1].numpy().reshape(want.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+    in_place, alone = rp.in_place_us(runs=5), rp.alone_us(runs=5)
+    assert set(in_place) == set(alone) == set(names)
+    assert all(v > 0 for v in in_place.values()) and all(v > 0 for v in alone.values())
+    # the kernels timed in place add up to about the VM's run (the VM adds only its interpreter)
+    e2e_us = 1e3 * rp.vm_ms(number=3, repeat=3)
+    assert 0.3 * e2e_us < sum(in_place.values()) < 1.5 * e2e_us
+
+    # a candidate: the kernel's own function on its own tensors, timed in place
+    name = names[1]
+    func = next(c.func for c in rp.calls if c.name == name)
+    assert rp.candidate_us(name, func, lambda a: a, runs=3) > 0
+    with pytest.raises(KeyError):
+        rp.candidate_us("no_such_kernel", func, lambda a: a, runs=1)
+
+
+def test_compile_prefers_the_in_situ_pick_over_the_logs_best(tuned, tmp_path):
+    """A record in <class>/in_situ/ (what refine writes) wins over the main log's best for that
+    kernel, even when its time is worse, and compile says so."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvmnet.logs import open_database, wl_key
+
+    logs, _ = tuned
+    root = tmp_path / "logs"
+    shutil.copytree(logs, root)
+    main = root / host_class()
+    db = open_database(main)
+    recs = list(db.get_all_tuning_records())
+    by_wl = {}
+    for r in recs:
+        by_wl.setdefault(wl_key(r.workload), []).append(r)
+    # a kernel with two records: put its slower one in in_situ/
+    slow = None
+    for group in by_wl.values():
+        if len(group) >= 2:
+            group.sort(key=lambda r: sum(float(s) for s in r.run_secs))
+            slow = group[-1]
+            break
+    if slow is None:
+        slow = max(recs, key=lambda r: sum(float(s) for s in r.run_secs))
+    picks = open_database(main / "in_situ", create=True)
+    picks.commit_tuning_record(ms.database.TuningRecord(slow.trace, picks.commit_workload(slow.workload.mod),
+                                                        slow.run_secs, slow.target, slow.args_info))
+    out = tmp_path / "art"
+    res = run_cli("compile", "--target", "x86", "--alpha", "0.25", "--resolution", "32", "-o", out,
+                  "--tuning-log", main)
+    assert res.returncode == 0, res.stderr[-2000:]
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["tuning"]["kernels_in_situ"] == 1
+    assert "1 of them picked in place by `tvmnet refine`" in meta["tuning"]["note"]
+
+
+@pytest.mark.slow
+def test_refine_times_candidates_in_place_and_compile_applies_its_picks(tuned, tmp_path):
+    logs, _ = tuned
+    root = tmp_path / "logs"
+    shutil.copytree(logs, root)
+    res = run_cli("refine", "--target", "x86", "--alpha", "0.25", "--resolution", "32", "--kernels", "matmul",
+                  "--trials", "8", "--top", "4", "--log-dir", root)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "refine done" in res.stdout and "kernels got a schedule picked in place" in res.stdout
+    picked = int(res.stdout.split("refine done")[1].split(": ")[1].split(" of ")[0])
+    if picked:
+        assert (root / host_class() / "in_situ" / "database_tuning_record.json").stat().st_size > 0
+    out = tmp_path / "art"
+    res = run_cli("compile", "--target", "x86", "--alpha", "0.25", "--resolution", "32", "-o", out,
+                  "--tuning-log", root / host_class())
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((out / "metadata.json").read_text())["tuning"]["kernels_in_situ"] == picked
+    assert run_cli("validate", out).returncode == 0
+
+
+def test_refine_refuses_a_target_it_cannot_run(tmp_path):
+    res = run_cli("refine", "--target", "rpi4", "--alpha", "0.5")
+    assert res.returncode != 0
+    assert "refine times kernels inside the model on this machine" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
