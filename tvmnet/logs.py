@@ -253,7 +253,9 @@ def choose_logs(spec: TargetSpec, tuning_log: Union[Path, str, None], tasks) -> 
         return choice
     target = spec.tvm_target()
     mem = ms.database.MemoryDatabase()
-    dbs = [(name, path, open_database(path), _in_situ_database(path)) for name, path, _ in sources]
+    # refine's picks were timed in place on this machine: they serve its own class (or a given log) only
+    dbs = [(name, path, open_database(path), _in_situ_database(path) if how in ("exact", "given") else None)
+           for name, path, how in sources]
     for task in tasks:
         for name, _, db, picks in dbs:
             rec = best_record(picks, task, target) if picks is not None else None
