@@ -47,7 +47,7 @@ def test_replay_runs_the_models_own_kernels_on_its_own_tensors(x86_small):
 
 def test_compile_prefers_the_in_situ_pick_over_the_logs_best(tuned, tmp_path):
     """A record in <class>/in_situ/ (what refine writes) wins over the main log's best for that
-    kernel, even when its time is worse, and compile says so."""
+    kernel, even when its time is worse, and compile's log line says so."""
     from tvm.s_tir import meta_schedule as ms
 
     from tvmnet.logs import open_database, wl_key
@@ -73,13 +73,24 @@ def test_compile_prefers_the_in_situ_pick_over_the_logs_best(tuned, tmp_path):
     picks = open_database(main / "in_situ", create=True)
     picks.commit_tuning_record(ms.database.TuningRecord(slow.trace, picks.commit_workload(slow.workload.mod),
                                                         slow.run_secs, slow.target, slow.args_info))
-    out = tmp_path / "art"
-    res = run_cli("compile", "--target", "x86", "--alpha", "0.25", "--resolution", "32", "-o", out,
-                  "--tuning-log", main)
-    assert res.returncode == 0, res.stderr[-2000:]
-    meta = json.loads((out / "metadata.json").read_text())
-    assert meta["tuning"]["kernels_in_situ"] == 1
-    assert "1 of them picked in place by `tvmnet refine`" in meta["tuning"]["note"]
+    from tvmnet import ModelConfig, load_target
+    from tvmnet.compiler import CompileOptions, _describe_logs
+    from tvmnet.frontend import import_model
+    from tvmnet.logs import choose_logs
+    from tvmnet.passes import pipeline
+    from tvmnet.tuning import extract_tasks
+
+    spec = load_target("x86")
+    model = ModelConfig(0.25, 32)
+    mod, *_ = import_model(model)
+    tasks = extract_tasks(pipeline.lower_to_tir(mod, spec), spec)
+    choice = choose_logs(spec, main, tasks)
+    assert choice.in_situ == 1 and choice.metadata()["kernels_in_situ"] == 1
+    task = next(t for t in tasks if wl_key(picks.commit_workload(t.dispatched[0])) == wl_key(slow.workload))
+    chosen = choice.database.query_tuning_record(task.dispatched[0], spec.tvm_target(), task.task_name)
+    assert str(chosen.trace) == str(slow.trace)
+    note = _describe_logs(choice, len(tasks), CompileOptions(model=model, target=spec, output=tmp_path, tuning_log=main))
+    assert "1 of them picked in place by `tvmnet refine`" in note
 
 
 @pytest.mark.slow
