@@ -98,8 +98,8 @@ def test_refine_times_candidates_in_place_and_compile_applies_its_picks(tuned, t
     logs, _ = tuned
     root = tmp_path / "logs"
     shutil.copytree(logs, root)
-    res = run_cli("refine", "--target", "x86", "--alpha", "0.25", "--resolution", "32", "--kernels", "matmul",
-                  "--trials", "8", "--top", "4", "--log-dir", root)
+    res = run_cli("refine", "--target", "x86", "--alpha", "0.25", "--resolution", "32", "--kernels", "fused_matmul",
+                  "--trials", "0", "--top", "4", "--log-dir", root)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "refine done" in res.stdout and "kernels got a schedule picked in place" in res.stdout
     picked = int(res.stdout.split("refine done")[1].split(": ")[1].split(" of ")[0])
