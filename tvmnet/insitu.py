@@ -37,7 +37,6 @@ from .errors import UsageError
 
 log = logging.getLogger(__name__)
 
-IN_SITU_DIR = "in_situ"   # in a class's database directory: the records refine picked
 KERNEL_PREFIXES = ("fused_", "mean", "max", "sum", "transpose", "reshape")
 GAIN = 0.03               # a candidate must beat the current kernel in place by this much
 CONFIRM = 5               # rounds of the current vs the best, in turn, before a pick
@@ -99,15 +98,6 @@ class Replay:
     def vm_ms(self, number: int = 20, repeat: int = 10) -> float:
         res = self.vm.time_evaluator("invoke_stateful", self.device, number=number, repeat=repeat)("main")
         return 1e3 * statistics.median(res.results)
-
-    def replay_ms(self, rounds: int = 10, number: int = 20) -> float:
-        meds = []
-        for _ in range(rounds):
-            t0 = _now()
-            for _ in range(number):
-                self.run()
-            meds.append((_now() - t0) / number / 1e6)
-        return statistics.median(meds)
 
     def in_place_us(self, runs: int = 100) -> Dict[str, float]:
         """Per kernel: the median over ``runs`` replays of the time of all its calls, in us."""
@@ -223,16 +213,12 @@ class RefineResult:
     seconds: float = 0.0
 
 
-def in_situ_dir(db_path: Path) -> Path:
-    return Path(db_path) / IN_SITU_DIR
-
-
-def refine_model(model, spec, trials: int = 64, top: int = 16, kernels: Optional[str] = None,
+def refine_model(model, spec, trials: int = 32, top: int = 16, kernels: Optional[str] = None,
                  min_ratio: float = 1.25, log_dir: Optional[Path] = None, scratch: Optional[Path] = None,
                  say=print) -> RefineResult:
     """See the module docstring. ``kernels``: only kernels whose name contains it (default:
     those ``min_ratio`` x slower in place than alone)."""
-    from .logs import database_dir
+    from .logs import IN_SITU_DIR, RECORD_FILE, database_dir
 
     if trials < 0 or top < 1:
         raise UsageError("--trials must be at least 0 and --top at least 1")
@@ -242,9 +228,9 @@ def refine_model(model, spec, trials: int = 64, top: int = 16, kernels: Optional
                          f"{'cannot run here (' + why + ')' if why else 'is not a CPU target'}")
     started = time.perf_counter()
     db_path = database_dir(spec, log_dir)
-    if not (db_path / "database_tuning_record.json").is_file():
+    if not (db_path / RECORD_FILE).is_file():
         raise UsageError(f"no tuning log for this machine class in {db_path}; run `tvmnet tune --target {spec.name}` first")
-    res = RefineResult(database=in_situ_dir(db_path))
+    res = RefineResult(database=db_path / IN_SITU_DIR)
     work = Path(tempfile.mkdtemp(prefix="tvmnet-refine-"))
     try:
         return _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say, res, work, db_path, started)
@@ -261,11 +247,12 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
     from .compiler import CompileOptions, _lower_and_choose_logs, compile_model
     from .frontend import import_model
     from .logs import best_record, database_dir, kernel_pool, nearest_kernel_records, open_database
-    from .tuning import TuneOptions, extract_tasks, tune_model
+    from .tuning import TuneOptions, extract_tasks, replay_on, tune_model
 
     scratch = Path(scratch) if scratch else work / "scratch"
+    logs = db_path if log_dir else "auto"
     say(f"compiling {model.display()} with the current logs")
-    art = compile_model(CompileOptions(model=model, target=spec, output=work / "before", tuning_log=db_path if log_dir else "auto"),
+    art = compile_model(CompileOptions(model=model, target=spec, output=work / "before", tuning_log=logs),
                         progress=lambda m: log.info(m))
     rp = Replay(art)
     names = rp.names()
@@ -277,7 +264,7 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
 
     mod, *_ = import_model(model)
     layout, lowered, choice = _lower_and_choose_logs(mod, CompileOptions(model=model, target=spec, output=work / "x",
-                                                                         tuning_log=db_path if log_dir else "auto"))
+                                                                         tuning_log=logs))
     tasks = {t.task_name: t for t in extract_tasks(lowered, spec)}
     todo = []
     for tname, task in tasks.items():
@@ -314,20 +301,8 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
                 recs += list(sdb.get_top_k(sdb.commit_workload(fmod), top))
         cur = best_record(choice.database, task, target) if choice.database is not None else None
         recs += [r for r in (best_record(main_db, task, target), cur) if r is not None]   # the log's best, the pick
-        mods, kept, seen = [], [], set()
-        for r in recs:
-            if str(r.trace) in seen:
-                continue
-            seen.add(str(r.trace))
-            try:
-                sch = tvm.s_tir.Schedule(fmod)
-                r.trace.apply_to_schedule(sch, remove_postproc=False)
-            except Exception as err:   # noqa: BLE001 - another shape's schedule that does not fit this one
-                log.info("a schedule does not replay on %s: %s", tname, err)
-                continue
-            mods.append(sch.mod)
-            kept.append(r)
-        recs = kept
+        pairs = replay_on(fmod, recs, tname)
+        mods, recs = [sch.mod for sch, _ in pairs], [r for _, r in pairs]
         built = builder.build([ms.builder.BuilderInput(m, target) for m in mods])
         times, baseline = [], None
         for r, m, b in zip(recs, mods, built):
@@ -343,14 +318,14 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
                 continue
             if cur is not None and str(r.trace) == str(cur.trace):
                 baseline = times[-1][0]
-        now = rp.candidate_us(vname, next(c.func for c in rp.calls if c.name == vname), lambda a: a)
+        cur_func = next(c.func for c in rp.calls if c.name == vname)   # as compiled
+        now = rp.candidate_us(vname, cur_func, lambda a: a)
         # the bar: the current schedule built the same way as the candidates (else as compiled)
         bar = min(now, baseline) if baseline is not None else now
         best = min(times, key=lambda t: t[0]) if times else None
         picked = (best is not None and (cur is None or str(best[1].trace) != str(cur.trace))
                   and best[0] < bar * (1 - GAIN))
         if picked:   # confirm against drift: the current and the best timed in turn, 5 times each
-            cur_func = next(c.func for c in rp.calls if c.name == vname)
             a, b = [], []
             for _ in range(CONFIRM):
                 a.append(rp.candidate_us(vname, cur_func, lambda x: x, runs=30))
@@ -373,7 +348,7 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
     if any(k.picked for k in res.kernels):
         say("compiling again with the picks, timing before and after in turn")
         art2 = compile_model(CompileOptions(model=model, target=spec, output=work / "after",
-                                            tuning_log=db_path if log_dir else "auto"), progress=lambda m: log.info(m))
+                                            tuning_log=logs), progress=lambda m: log.info(m))
         rp2 = Replay(load_artifact(art2.path))
         b, a = [], []
         for _ in range(8):

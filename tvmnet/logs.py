@@ -214,9 +214,12 @@ class LogChoice:
                 "kernels_in_situ": self.in_situ}
 
 
+IN_SITU_DIR = "in_situ"   # in a class's database directory: the records `tvmnet refine` picked
+
+
 def _in_situ_database(path: Path):
     """The `tvmnet refine` picks kept beside a log (``<log>/in_situ/``), or None."""
-    picks = Path(path) / "in_situ"
+    picks = Path(path) / IN_SITU_DIR
     return open_database(picks) if (picks / RECORD_FILE).is_file() else None
 
 

@@ -439,25 +439,31 @@ def warm_start_nearest(tasks, contexts, db, builder, runner, target, top_k: int,
                            should_stop, limit)
 
 
-def _replay_records(tasks, contexts, records_for, db, builder, runner, target, cost_model, on_batch,
-                    should_stop, limit: Optional[int] = None) -> int:
+def replay_on(mod, records, name: str = "") -> list:
+    """[(schedule, record)]: each distinct trace of ``records`` applied to the kernel ``mod``;
+    a trace that does not fit it (another shape's tile sizes) is skipped."""
     import tvm
 
+    pairs, seen = [], set()
+    for rec in records:
+        if str(rec.trace) in seen:
+            continue
+        seen.add(str(rec.trace))
+        try:
+            sch = tvm.s_tir.Schedule(mod)
+            rec.trace.apply_to_schedule(sch, remove_postproc=False)
+        except Exception as err:  # noqa: BLE001 - a schedule that does not replay here is skipped
+            log.debug("a record does not replay on %s: %s", name, err_line(err))
+            continue
+        pairs.append((sch, rec))
+    return pairs
+
+
+def _replay_records(tasks, contexts, records_for, db, builder, runner, target, cost_model, on_batch,
+                    should_stop, limit: Optional[int] = None) -> int:
     def candidates_for(task, ctx):
         mod = task.dispatched[0]
-        pairs, seen = [], set()
-        for rec in records_for(mod):
-            if str(rec.trace) in seen:
-                continue
-            seen.add(str(rec.trace))
-            try:
-                sch = tvm.s_tir.Schedule(mod)
-                rec.trace.apply_to_schedule(sch, remove_postproc=False)
-            except Exception as err:  # noqa: BLE001 - a schedule that does not replay here is skipped
-                log.debug("warm start: a record of %s does not replay: %s", task.task_name, err_line(err))
-                continue
-            pairs.append((sch, rec.trace))
-        return pairs
+        return [(sch, rec.trace) for sch, rec in replay_on(mod, records_for(mod), task.task_name)]
 
     return _measure_per_task(tasks, contexts, candidates_for, db, builder, runner, target, cost_model, on_batch,
                              should_stop, limit)
