@@ -118,3 +118,31 @@ def test_refine_refuses_a_target_it_cannot_run(tmp_path):
     assert res.returncode != 0
     assert "refine times kernels inside the model on this machine" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_new_pick_replaces_the_kernels_older_picks(tuned, tmp_path):
+    """drop_kernel_records (refine runs it before committing a pick) removes that kernel's
+    records only; the others stay and the database still loads. Without it an older pick timed
+    under other conditions (a quieter machine: a lower time) would keep winning."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvmnet.logs import drop_kernel_records, open_database, wl_key
+
+    logs, _ = tuned
+    recs = list(open_database(logs / host_class()).get_all_tuning_records())
+    kernels = {}
+    for r in recs:
+        kernels.setdefault(wl_key(r.workload), []).append(r)
+    assert len(kernels) >= 2
+    (k1, group1), (k2, group2) = list(kernels.items())[:2]
+    picks_dir = tmp_path / "in_situ"
+    picks = open_database(picks_dir, create=True)
+    for r in group1[:2] + group2[:1]:
+        picks.commit_tuning_record(ms.database.TuningRecord(r.trace, picks.commit_workload(r.workload.mod),
+                                                            r.run_secs, r.target, r.args_info))
+    n1 = len(group1[:2])
+    assert drop_kernel_records(picks_dir, group1[0].workload.mod) == n1
+    left = open_database(picks_dir).get_all_tuning_records()
+    assert [wl_key(r.workload) for r in left] == [k2]
+    assert drop_kernel_records(picks_dir, group1[0].workload.mod) == 0      # nothing left to drop
+    assert not list(tmp_path.glob(".in_situ.*"))                          # no staging left behind

@@ -246,7 +246,8 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
     from .builder_fix import make_builder
     from .compiler import CompileOptions, _lower_and_choose_logs, compile_model
     from .frontend import import_model
-    from .logs import best_record, database_dir, kernel_pool, nearest_kernel_records, open_database
+    from .logs import (best_record, database_dir, drop_kernel_records, kernel_pool, nearest_kernel_records,
+                       open_database)
     from .tuning import TuneOptions, extract_tasks, replay_on, tune_model
 
     scratch = Path(scratch) if scratch else work / "scratch"
@@ -336,6 +337,8 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
         if picked:
             us, rec, func, args_for, smod = best
             n_calls = sum(c.name == vname for c in rp.calls)
+            if drop_kernel_records(res.database, fmod):   # the newest pick replaces an older one
+                out_db = open_database(res.database, create=True)
             out_db.commit_tuning_record(ms.database.TuningRecord(
                 rec.trace, out_db.commit_workload(fmod), [us / n_calls * 1e-6], target,
                 ms.arg_info.ArgInfo.from_entry_func(smod, remove_preproc=True)))

@@ -391,6 +391,34 @@ def merge_databases(src: Path, dest: Path, say=print) -> int:
     return added
 
 
+def drop_kernel_records(path: Path, mod) -> int:
+    """Remove every record of the kernel ``mod`` from the database at ``path`` (rewritten
+    through a staging copy); returns how many were removed. ``tvmnet refine`` does this before
+    it commits a new pick: a pick's time was measured in place under that run's conditions, so
+    an older pick's time does not compare with it, and the newest pick must be the one applied."""
+    from tvm.s_tir import meta_schedule as ms
+
+    path = Path(path)
+    if not (path / RECORD_FILE).is_file():
+        return 0
+    key = wl_key(ms.database.Workload(mod))
+    records = open_database(path).get_all_tuning_records()
+    keep = [r for r in records if wl_key(r.workload) != key]
+    if len(keep) == len(records):
+        return 0
+    staging, old = path.parent / f".{path.name}.new", path.parent / f".{path.name}.old"
+    for p in (staging, old):
+        shutil.rmtree(p, ignore_errors=True)
+    dest = open_database(staging, create=True)
+    for r in keep:
+        dest.commit_tuning_record(ms.database.TuningRecord(r.trace, dest.commit_workload(r.workload.mod),
+                                                           r.run_secs, r.target, r.args_info))
+    path.rename(old)
+    staging.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+    return len(records) - len(keep)
+
+
 def prune_database(path: Path, say=print) -> tuple:
     """Keep only the best record per kernel (MetaSchedule's ``dump_pruned``), in place.
 
