@@ -23,6 +23,7 @@ def test_bench_runs_each_engine_in_its_own_process(x86_small, tmp_path):
     assert len(set(pids)) == len(pids) and fig["pid"] not in pids, (fig["pid"], pids)
     for name, e in fig["engines"].items():
         assert e["runs"] == 3 and e["median_ms"] > 0 and e["threads"] == fig["threads"], (name, e)
+        assert len(e["round_medians_ms"]) == fig["rounds"] == 1 and e["ratio_per_round"] > 0, (name, e)
         if name != "tvmnet":
             assert e["max_abs_diff"] < 1e-3, (name, e)
 
@@ -35,6 +36,22 @@ def test_bench_runs_each_engine_in_its_own_process(x86_small, tmp_path):
     assert first.startswith("machine: ") and key in first and fig["machine"]["cpu"] in first
     for label in ("tvmnet (TVM)", "PyTorch eager", "ONNX Runtime"):
         assert label in res.stdout
+
+
+@pytest.mark.unit
+def test_per_round_ratio_pairs_the_engines_of_each_round():
+    """Load that slowed round 2 for both engines and round 3 for tvmnet only (it ended before
+    the peer's turn): the ratio of the medians says 1.6x, the per-round ratio the 0.83x of the
+    rounds whose engines ran under the same conditions."""
+    r = bench.BenchResult("a", 2, (1, 3, 8, 8))
+    r.round_ms = {"tvmnet": [1.0, 2.0, 2.1], "onnxruntime": [1.2, 2.5, 1.25]}
+    r.samples = {e: list(v) for e, v in r.round_ms.items()}     # one run per round
+    assert r.median("tvmnet") / r.median("onnxruntime") == pytest.approx(1.6)
+    assert r.per_round("onnxruntime") == pytest.approx(1.0 / 1.2)
+    row = next(line for line in r.table().splitlines() if line.startswith("ONNX Runtime"))
+    assert row.split()[-3:-1] == ["1.60x", "0.83x"], row
+    fig = r.to_json()["engines"]["onnxruntime"]
+    assert fig["ratio_per_round"] == pytest.approx(1.0 / 1.2) and fig["round_medians_ms"] == [1.2, 2.5, 1.25]
 
 
 @pytest.mark.unit

@@ -448,8 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("bench", help="latency of the artifact vs PyTorch eager, ONNX Runtime and ExecuTorch, each in its own process")
     s.add_argument("artifact", type=Path)
     s.add_argument("--threads", type=_positive_int, help="threads for every engine (default: the target's cores)")
-    s.add_argument("--rounds", type=_positive_int, default=5, help="rounds, engine order rotating (default 5)")
-    s.add_argument("--runs", type=_positive_int, default=20, help="timed runs per engine per round (default 20)")
+    s.add_argument("--rounds", type=_positive_int, default=15, help="rounds, engine order rotating (default 15)")
+    s.add_argument("--runs", type=_positive_int, default=10, help="timed runs per engine per round (default 10)")
     s.add_argument("--warmup", type=_positive_int, default=10, help="warm-up runs per engine (default 10)")
     s.add_argument("--engines", help="comma-separated, from tvmnet,pytorch,onnxruntime,executorch "
                                      "(default: all of them installed here)")
