@@ -48,9 +48,7 @@ def test_replay_runs_the_models_own_kernels_on_its_own_tensors(x86_small):
 def test_compile_prefers_the_in_situ_pick_over_the_logs_best(tuned, tmp_path):
     """A record in <class>/in_situ/ (what refine writes) wins over the main log's best for that
     kernel, even when its time is worse, and compile's log line says so."""
-    from tvm.s_tir import meta_schedule as ms
-
-    from tvmnet.logs import open_database, wl_key
+    from tvmnet.logs import copy_record, open_database, wl_key
 
     logs, _ = tuned
     root = tmp_path / "logs"
@@ -71,8 +69,7 @@ def test_compile_prefers_the_in_situ_pick_over_the_logs_best(tuned, tmp_path):
     if slow is None:
         slow = max(recs, key=lambda r: sum(float(s) for s in r.run_secs))
     picks = open_database(main / "in_situ", create=True)
-    picks.commit_tuning_record(ms.database.TuningRecord(slow.trace, picks.commit_workload(slow.workload.mod),
-                                                        slow.run_secs, slow.target, slow.args_info))
+    copy_record(picks, slow)
     from tvmnet import ModelConfig, load_target
     from tvmnet.compiler import CompileOptions, _describe_logs
     from tvmnet.frontend import import_model
@@ -124,9 +121,7 @@ def test_a_new_pick_replaces_the_kernels_older_picks(tuned, tmp_path):
     """drop_kernel_records (refine runs it before committing a pick) removes that kernel's
     records only; the others stay and the database still loads. Without it an older pick timed
     under other conditions (a quieter machine: a lower time) would keep winning."""
-    from tvm.s_tir import meta_schedule as ms
-
-    from tvmnet.logs import drop_kernel_records, open_database, wl_key
+    from tvmnet.logs import copy_record, drop_kernel_records, open_database, wl_key
 
     logs, _ = tuned
     recs = list(open_database(logs / host_class()).get_all_tuning_records())
@@ -138,8 +133,7 @@ def test_a_new_pick_replaces_the_kernels_older_picks(tuned, tmp_path):
     picks_dir = tmp_path / "in_situ"
     picks = open_database(picks_dir, create=True)
     for r in group1[:2] + group2[:1]:
-        picks.commit_tuning_record(ms.database.TuningRecord(r.trace, picks.commit_workload(r.workload.mod),
-                                                            r.run_secs, r.target, r.args_info))
+        copy_record(picks, r)
     n1 = len(group1[:2])
     assert drop_kernel_records(picks_dir, group1[0].workload.mod) == n1
     left = open_database(picks_dir).get_all_tuning_records()

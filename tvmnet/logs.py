@@ -189,6 +189,15 @@ def best_record(db, task, target):
     return db.query_tuning_record(mod, target, task.task_name)
 
 
+def copy_record(db, rec, mod=None) -> None:
+    """Commit ``rec`` (read from another database) into ``db`` with its measured times, for
+    the kernel ``mod`` (default: the record's own)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    wl = db.commit_workload(rec.workload.mod if mod is None else mod)
+    db.commit_tuning_record(ms.database.TuningRecord(rec.trace, wl, rec.run_secs, rec.target, rec.args_info))
+
+
 @dataclass
 class LogChoice:
     """What ``compile`` applies: a database assembled kernel by kernel from the logs."""
@@ -267,8 +276,7 @@ def choose_logs(spec: TargetSpec, tuning_log: Union[Path, str, None], tasks) -> 
             else:
                 rec = best_record(db, task, target)
             if rec is not None:
-                mem.commit_tuning_record(ms.database.TuningRecord(
-                    rec.trace, mem.commit_workload(task.dispatched[0]), rec.run_secs, rec.target, rec.args_info))
+                copy_record(mem, rec, task.dispatched[0])
                 choice.by_source[name] = choice.by_source.get(name, 0) + 1
                 break
     used = [(name, path, how) for name, path, how in sources if choice.by_source.get(name)]
@@ -357,8 +365,6 @@ def merge_databases(src: Path, dest: Path, say=print) -> int:
     """Add every record of database ``src`` (e.g. a tune run into another ``--log-dir``) to
     ``dest``, with its measured times, and its pruned-trial counts: how shipped logs grow run
     by run. Both must be the same machine class; ``src`` is only read. Returns the records added."""
-    from tvm.s_tir import meta_schedule as ms
-
     src, dest = Path(src), Path(dest)
     check_database_files(src)
     a, b = read_class(src), read_class(dest) if dest.exists() else None
@@ -380,7 +386,7 @@ def merge_databases(src: Path, dest: Path, say=print) -> int:
         if str(rec.trace) in known[key]:
             continue
         known[key].add(str(rec.trace))
-        ddb.commit_tuning_record(ms.database.TuningRecord(rec.trace, wl, rec.run_secs, rec.target, rec.args_info))
+        copy_record(ddb, rec)
         added += 1
     pruned = pruned_counts(dest)
     for shash, n in pruned_counts(src).items():
@@ -411,8 +417,7 @@ def drop_kernel_records(path: Path, mod) -> int:
         shutil.rmtree(p, ignore_errors=True)
     dest = open_database(staging, create=True)
     for r in keep:
-        dest.commit_tuning_record(ms.database.TuningRecord(r.trace, dest.commit_workload(r.workload.mod),
-                                                           r.run_secs, r.target, r.args_info))
+        copy_record(dest, r)
     path.rename(old)
     staging.rename(path)
     shutil.rmtree(old, ignore_errors=True)
