@@ -108,6 +108,8 @@ def main():
     ap.add_argument("--trials", type=int, default=64)
     ap.add_argument("--work-dir", default=None)
     args = ap.parse_args()
+    if args.trials == 0 and not args.work_dir:
+        ap.error("--trials 0 times the records of an earlier run: give its --work-dir")
 
     import tvm
     from tvm.s_tir import meta_schedule as ms
@@ -118,6 +120,8 @@ def main():
 
     spec, pairs = depthwise_pairs(args.alpha, args.resolution)
     spec.use_threads()   # TVM_NUM_THREADS wins: TVM_NUM_THREADS=1 for the single-threaded figures
+    if not 1 <= args.layer <= len(pairs):
+        ap.error(f"--layer {args.layer}: this model has depthwise layers 1 to {len(pairs)}")
     dname, pname, h_in, c, stride, n, low = pairs[args.layer - 1]
     print(f"layer {args.layer}: {dname} ({h_in}x{h_in}x{c}, stride {stride}) -> {pname} ({n} out)")
     register_rule()
@@ -156,6 +160,7 @@ def main():
     tp = seps[1].time_evaluator(seps[1].entry_name, dev, number=100, repeat=5)(*pw_args).median * 1e6
     print(f"{os.environ['TVM_NUM_THREADS']} thread(s): fused {tf:.1f} us; separate {td + tp:.1f} us "
           f"(depthwise {td:.1f} + GEMM {tp:.1f})")
+
 
 if __name__ == "__main__":
     main()
