@@ -165,7 +165,7 @@ def test_rpc_tuning_through_tracker_then_compile_applies(tracker_with_two_boards
 
 def test_tune_for_arm_without_board_is_refused():
     res = run_cli("tune", "--target", "rpi4", "--alpha", "0.25", "--resolution", "32", "--trials", "2")
-    assert res.returncode == 2 and "--tracker" in res.stderr
+    assert res.returncode == 2 and "--tracker" in res.stderr and "--estimate" in res.stderr
 
 
 def test_bench_and_deploy_without_a_board_print_the_proxy_estimate_labelled_beside_published_figures(
@@ -182,3 +182,44 @@ def test_bench_and_deploy_without_a_board_print_the_proxy_estimate_labelled_besi
     res = run_cli("deploy", rpi4_artifact)        # no board: the estimate again (cached), and nothing deployed
     assert res.returncode == 2 and "nothing deployed" in res.stderr and "--rpc HOST:PORT" in res.stderr
     assert "ESTIMATED latency on rpi4" in res.stdout and "[1/" not in res.stderr
+
+
+@pytest.mark.slow   # extended run (`pytest -m slow`, run by CI after the default one): ~150 s
+def test_estimate_tune_without_a_board_is_applied_before_transfer_and_validates_on_the_board(board, tuned, tmp_path):
+    """`tune --estimate`: the GEMM kernels tuned for the Pi 4 by the cost proxy (nothing run),
+    into tuning_logs/estimated/<class>/; compile applies them first, the x86 class's records for
+    the rest, and the build matches PyTorch on the (emulated) board. A measured log of the class
+    wins over the estimated one."""
+    import shutil
+
+    root = tmp_path / "logs"
+    shutil.copytree(tuned[0] / host_class(), root / host_class())
+    env = {"TVMNET_TUNING_LOGS": str(root)}
+    res = run_cli("tune", "--target", "rpi4", "--alpha", "0.25", "--resolution", "32", "--estimate", "--trials", "8",
+                  "--per-task", "2", "--population", "16", "--warm-top-k", "1", "--no-progress", env=env)
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    assert " 0 failed" in res.stdout and "scored by the cost proxy" in res.stderr
+    assert "pointwise GEMM 0.84" in res.stderr          # why only the GEMMs: the proxy's measured rank agreement
+    est_dir = root / "estimated" / RPI4_CLASS
+    info = json.loads((est_dir / "class.json").read_text())
+    assert info["estimated"] is True and "cost proxy" in info["measured_on"] and info["key"] == RPI4_CLASS
+    recs = [json.loads(l) for l in (est_dir / "database_tuning_record.json").read_text().splitlines() if l.strip()]
+    assert len(recs) >= 5 and all(0 < float(s) < 1 for r in recs for s in r[1][1])   # estimated seconds
+    assert not (root / RPI4_CLASS).exists()                                          # never mixed with measured logs
+
+    out = tmp_path / "rpi4-estimated"
+    res = run_cli("compile", "--target", "rpi4", "--alpha", "0.25", "--resolution", "32", "-o", out, env=env)
+    assert res.returncode == 0, res.stderr
+    tun = json.loads((out / "metadata.json").read_text())["tuning"]
+    assert tun["match"].startswith("estimated"), tun       # then "+transfer" for the kernels it lacks
+    assert tun["kernels_by_source"][f"{RPI4_CLASS} (estimated)"] >= 5 and "cost proxy" in tun["note"]
+    res = run_cli("deploy", out, "--rpc", board, "--samples", "2", "--runs", "2")
+    assert res.returncode == 0 and "PASS" in res.stdout, res.stdout + res.stderr
+
+    shutil.copytree(est_dir, root / RPI4_CLASS)       # as if measured on a board: it wins
+    (root / RPI4_CLASS / "class.json").write_text(json.dumps(dict(info, estimated=False, measured_on="a Pi 4")))
+    res = run_cli("compile", "--target", "rpi4", "--alpha", "0.25", "--resolution", "32", "-o", tmp_path / "m", env=env)
+    assert res.returncode == 0, res.stderr
+    tun = json.loads((tmp_path / "m" / "metadata.json").read_text())["tuning"]
+    assert tun["match"].startswith("exact"), tun
+    assert f"{RPI4_CLASS} (estimated)" not in tun["kernels_by_source"] and tun["kernels_by_source"][RPI4_CLASS] >= 5

@@ -126,7 +126,7 @@ def cmd_tune(args) -> int:
                        seed=args.seed, rpc=rpc_cfg, progress=not args.no_progress, kernels=args.kernels,
                        population=args.population, warm_start=not args.no_warm_start,
                        warm_top_k=args.warm_top_k, minutes=args.minutes, only_untuned=args.only_untuned,
-                       seeds=not args.no_seeds,
+                       seeds=not args.no_seeds, estimate=args.estimate,
                        trials_per_iter=args.batch, layout=args.layout)
     for line in opts.display().splitlines():
         _say(line)
@@ -135,7 +135,8 @@ def cmd_tune(args) -> int:
     status = ("interrupted; records kept, rerun the same command to resume" if res.interrupted else
               f"stopped after --minutes {opts.minutes:g}; rerun to go on" if res.out_of_time else "done")
     other = res.warm_measured - res.warm_nearest
-    warm = f" ({other} of them schedules of class {res.warm_from} re-measured here)" if res.warm_from else ""
+    again = "re-scored by the cost proxy" if opts.estimate else "re-measured here"
+    warm = f" ({other} of them schedules of class {res.warm_from} {again})" if res.warm_from else ""
     if res.warm_nearest:
         warm += f" ({res.warm_nearest} of them other models' schedules from this class's log, replayed)"
     if res.seeds_measured:
@@ -415,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not seed kernels without records from the nearest machine class's log")
     s.add_argument("--warm-top-k", type=_positive_int, default=4,
                    help="schedules per kernel re-measured from that log (default 4)")
+    s.add_argument("--estimate", action="store_true",
+                   help="no board: score candidates with the cost proxy (llvm-mca, the target's -mcpu) instead of "
+                        "running them, for the kernel kinds it ranks as measurements do (pointwise GEMMs); writes "
+                        "<log-dir>/estimated/<class>/, which compile applies after any measured log of the class")
     _add_layout(s)
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_remote(s)

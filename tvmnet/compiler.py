@@ -192,11 +192,21 @@ def _describe_logs(choice, n_kernels: int, opts: CompileOptions) -> str:
     held = ", ".join(choice.available) or "none"
     if choice.match is None:
         applied = "no schedules (every kernel naive and slow)"
+    elif "estimated" in choice.match:
+        applied = (f"{choice.kernels_tuned}/{choice.kernels_total} kernels scheduled ({sources}; the estimated log is "
+                   "tuned for this board by the cost proxy, not measured on it"
+                   + ("; the rest are another architecture's records, no kernel naive" if "transfer" in choice.match
+                      else "") + ")")
     elif "transfer" in choice.match:
         applied = (f"{choice.kernels_tuned}/{choice.kernels_total} kernels scheduled with another architecture's "
                    f"records ({sources}; no kernel naive, none tuned for this CPU)")
     else:
         applied = f"{choice.kernels_tuned}/{choice.kernels_total} kernels tuned ({sources})"
+    if opts.target.is_cross:
+        no_board = fix.replace(" --trials 2000 --tracker HOST:PORT --key KEY", " --trials 400 --estimate")
+        return (f"this machine is class {choice.this_class}; tuning logs hold {held}; applied {applied}; "
+                f"a tune on the board beats them: run `{fix}` (no board: `{no_board}` tunes the GEMMs by the "
+                "cost proxy)")
     return (f"this machine is class {choice.this_class}; tuning logs hold {held}; applied {applied}; "
             f"schedules from another class run slower than a local tune: run `{fix}`")
 

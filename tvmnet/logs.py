@@ -33,12 +33,17 @@ PRUNED_FILE = "pruned_trials.json"
 CLASS_FILE = "class.json"
 
 
-def database_dir(spec: TargetSpec, log_dir: Optional[Path] = None) -> Path:
-    """This target's class database under ``log_dir`` (default tuning_logs/)."""
-    return Path(log_dir or TUNING_LOGS_DIR) / spec.machine_class()["key"]
+ESTIMATED_DIR = "estimated"   # <root>/estimated/<class>/: logs scored by the cost proxy, never measured
 
 
-def write_class_file(path: Path, spec: TargetSpec, measured_on: str) -> None:
+def database_dir(spec: TargetSpec, log_dir: Optional[Path] = None, estimated: bool = False) -> Path:
+    """This target's class database under ``log_dir`` (default tuning_logs/); with
+    ``estimated``, its estimated log (``tvmnet tune --estimate``), kept apart under estimated/."""
+    root = Path(log_dir or TUNING_LOGS_DIR)
+    return (root / ESTIMATED_DIR if estimated else root) / spec.machine_class()["key"]
+
+
+def write_class_file(path: Path, spec: TargetSpec, measured_on: str, estimated: bool = False) -> None:
     """Describe the class of a database directory (kept if it exists)."""
     f = Path(path) / CLASS_FILE
     if f.exists():
@@ -47,6 +52,8 @@ def write_class_file(path: Path, spec: TargetSpec, measured_on: str) -> None:
 
     info = dict(spec.machine_class(), target=spec.target, measured_on=measured_on, tvm=tvm.__version__,
                 created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    if estimated:
+        info["estimated"] = True
     f.write_text(json.dumps(info, indent=2) + "\n")
 
 
@@ -236,7 +243,9 @@ def choose_logs(spec: TargetSpec, tuning_log: Union[Path, str, None], tasks) -> 
     """Pick the records ``compile`` applies to the module's kernels (its tuning ``tasks``).
 
     ``tuning_log`` None: nothing. A path: that database only. "auto": this machine class's
-    log in tuning_logs/, each kernel it lacks from the nearest class's log (same architecture).
+    log in tuning_logs/, then its estimated log (tuning_logs/estimated/, ``tune --estimate``),
+    then each kernel they lack from the nearest class's log (same architecture), or from the
+    CPU class of another architecture whose schedules transfer best.
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -250,6 +259,9 @@ def choose_logs(spec: TargetSpec, tuning_log: Union[Path, str, None], tasks) -> 
         exact = database_dir(spec)
         if (exact / RECORD_FILE).is_file():
             sources.append((mine, exact, "exact"))
+        guess = database_dir(spec, estimated=True)   # after any measured log of the class: measured wins
+        if (guess / RECORD_FILE).is_file():
+            sources.append((f"{mine} (estimated)", guess, "estimated"))
         near = nearest_class(spec, TUNING_LOGS_DIR)
         if near is not None:
             sources.append((near[0]["key"], near[1], "nearest"))
@@ -282,8 +294,8 @@ def choose_logs(spec: TargetSpec, tuning_log: Union[Path, str, None], tasks) -> 
     used = [(name, path, how) for name, path, how in sources if choice.by_source.get(name)]
     _, path, _ = used[0] if used else sources[0]
     choice.database, choice.path, choice.log_class = mem, path, (read_class(path) or {}).get("key")
-    # "exact", "nearest", "transfer" (another architecture's), "given", or e.g. "exact+nearest":
-    # this class's log, the nearest class's for the kernels it lacks
+    # "exact", "estimated", "nearest", "transfer" (another architecture's), "given", or e.g.
+    # "exact+nearest": this class's log, the nearest class's for the kernels it lacks
     choice.match = "+".join(how for _, _, how in used) or None
     return choice
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -28,7 +30,7 @@ from typing import Callable, List, Optional
 
 from .config import ModelConfig
 from .errors import DeviceError, TuningLogError, UsageError, err_line
-from .logs import (RECORD_FILE, best_record, database_dir, kernel_pool, known_traces, nearest_class,
+from .logs import (RECORD_FILE, best_record, database_dir, kernel_pool, known_traces, nearest_class, transfer_class,
                    nearest_kernel_records, open_database, pruned_counts, write_class_file, wl_key)
 from .paths import CACHE_DIR, TUNING_LOGS_DIR
 from .rpc import Endpoint
@@ -87,6 +89,7 @@ class TuneOptions:
     minutes: Optional[float] = None      # stop (at a safe point) after this long
     only_untuned: bool = False           # tune only kernels without a record in this class's log
     seeds: bool = True                   # measure our register-blocked GEMM micro-kernels first
+    estimate: bool = False               # score candidates with the cost proxy, nothing run (proxy_tune.py)
 
     def __post_init__(self):
         if self.trials < 1:
@@ -101,16 +104,23 @@ class TuneOptions:
             raise UsageError(f"--minutes {self.minutes} must be positive")
         if self.warm_top_k < 1:
             raise UsageError(f"--warm-top-k {self.warm_top_k} must be at least 1")
+        if self.estimate and self.rpc is not None:
+            raise UsageError("--estimate scores candidates with the cost proxy and runs nothing; drop --rpc/--tracker "
+                             "(or drop --estimate to measure on the board)")
+        if self.estimate and not self.target.is_cpu:
+            raise UsageError(f"--estimate covers CPU targets (the proxy is llvm-mca); {self.target.name} is "
+                             f"{self.target.device}: tune it on the device")
 
     @property
     def database(self) -> Path:
-        return database_dir(self.target, self.log_dir)
+        return database_dir(self.target, self.log_dir, estimated=self.estimate)
 
     def display(self) -> str:
-        where = "locally" if self.rpc is None else f"on {self.rpc}"
+        where = ("scored by the cost proxy, nothing run" if self.estimate else
+                 "measured locally" if self.rpc is None else f"measured on {self.rpc}")
         return (f"{self.model.display()}\ntarget: {self.target.name}, machine class "
                 f"{self.target.machine_class()['key']}; trials {self.trials} (per task {self.per_task or 'auto'}), "
-                f"measured {where}, seed {self.seed}\ndatabase: {self.database}")
+                f"{where}, seed {self.seed}\ndatabase: {self.database}")
 
 
 @dataclass
@@ -319,6 +329,8 @@ def _measure_and_commit(mod, candidates, traces, db, builder, runner, target, ct
     results = [ms.runner.RunnerResult(None, built[i].error_msg) for i in range(len(built))]
     for i, fut in zip(ok, futures):
         results[i] = fut.result()
+    for i in ok:   # what tune_tasks' RemoveBuildArtifact callback does for its own batches
+        shutil.rmtree(os.path.dirname(built[i].artifact_path), ignore_errors=True)
     workload = db.commit_workload(mod)
     for trace, cand, res in zip(traces, candidates, results):
         if res.run_secs and not res.error_msg:
@@ -381,19 +393,25 @@ def _measure_per_task(tasks, contexts, candidates_for, db, builder, runner, targ
 
 
 def seed_schedules(tasks, contexts, db, builder, runner, target, isa: str, cost_model=None, on_batch=None,
-                   should_stop=lambda: False, limit: Optional[int] = None) -> int:
+                   should_stop=lambda: False, limit: Optional[int] = None, per_kernel: Optional[int] = None) -> int:
     """Measure our register-blocked micro-kernels (``schedules.seed_schedules_for``) for every
     GEMM task, each as written and through the design space's postprocessors (which pack the
     weights: layout rewrite), and commit them to ``db`` with the times measured here.
     Seeds the database already holds (same trace) are not measured again, so a resumed or
-    repeated run costs nothing. Returns the number of candidates measured."""
+    repeated run costs nothing. ``per_kernel`` caps the grid of each kernel (evenly spaced
+    tiles of it, so that a small budget still covers every kernel). Returns the number of
+    candidates measured."""
     from .schedules import seed_schedules_for
 
     def candidates_for(task, ctx):
         mod = task.dispatched[0]
         known = known_traces(db, db.commit_workload(mod)) if db.has_workload(mod) else set()
         pairs = []
-        for sch in seed_schedules_for(mod, isa):
+        grid = seed_schedules_for(mod, isa)
+        if per_kernel is not None and len(grid) > max(1, per_kernel // 2):   # each tile gives up to 2 variants
+            n = max(1, per_kernel // 2)
+            grid = [grid[round(i * (len(grid) - 1) / max(1, n - 1))] for i in range(n)]
+        for sch in grid:
             variants = [sch]
             packed = sch.copy()
             packed.enter_postproc()
@@ -479,22 +497,36 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
     spec = opts.target
     db_path = opts.database
     spec.check_toolchain()
-    if opts.rpc is None and spec.is_cpu:
+    if opts.rpc is None and spec.is_cpu and not opts.estimate:
         spec.use_threads()   # the runner's worker processes inherit it
-    if opts.rpc is None:
+    if opts.estimate:
+        from .proxy import llvm_mca_path
+
+        llvm_mca_path()      # a one-line error with the install command when llvm-mca is missing
+    elif opts.rpc is None:
         why = spec.host_mismatch()
         if why:
             raise UsageError(f"target {spec.name} cannot be measured on this machine ({why}); tune on the board with "
-                             "--tracker HOST:PORT --key KEY")
+                             "--tracker HOST:PORT --key KEY, or without it with --estimate (the cost proxy scores the "
+                             "GEMM kernels)")
         if spec.device == "cuda":
             import tvm
 
             if not tvm.cuda(0).exist:
                 raise DeviceError(f"tuning {spec.name} measures on a local NVIDIA GPU and this machine has none; "
                                   "run `tvmnet tune` on a machine with one")
-    runner = _make_runner(opts)   # an unreachable tracker fails here, before any file is created
+    if opts.estimate:
+        from .proxy_tune import clock_ghz, make_proxy_runner
+
+        ghz = clock_ghz(spec)
+        runner = make_proxy_runner()
+        measured_on = (f"nothing: estimated by the cost proxy (llvm-mca -mcpu={spec.target.get('mcpu')}, cycles at "
+                       f"{ghz:g} GHz) on {cpu_model()}")
+    else:
+        runner = _make_runner(opts)   # an unreachable tracker fails here, before any file is created
+        measured_on = cpu_model() if opts.rpc is None else f"RPC boards: {opts.rpc}"
     db = open_database(db_path, create=True)
-    write_class_file(db_path, spec, measured_on=cpu_model() if opts.rpc is None else f"RPC boards: {opts.rpc}")
+    write_class_file(db_path, spec, measured_on=measured_on, estimated=opts.estimate)
     target = spec.tvm_target()
 
     say("extracting tuning tasks")
@@ -505,6 +537,20 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
         if not tasks:
             raise UsageError(f"no kernel name contains {opts.kernels!r}; kernels are named like "
                              "fused_matmul_add1_relu11 or fused_conv2d1_add_relu1")
+    if opts.estimate:
+        from .passes.pipeline import kernel_kind
+        from .proxy_tune import PROXY_RHO, RHO_BAR, TRUSTED_KINDS
+
+        trusted = [t for t in tasks if kernel_kind(t.task_name, t.dispatched[0]) in TRUSTED_KINDS]
+        left = sorted({kernel_kind(t.task_name, t.dispatched[0]) for t in tasks} - set(TRUSTED_KINDS))
+        if left:
+            say(f"--estimate tunes only kernel kinds the cost proxy ranks as measurements do (Spearman's rho >= "
+                f"{RHO_BAR}: {', '.join(f'{k} {PROXY_RHO[k]}' for k in TRUSTED_KINDS)}); "
+                f"{len(tasks) - len(trusted)} kernel(s) of kind {', '.join(left)} keep the nearest class's schedules")
+        tasks = trusted
+        if not tasks:
+            raise UsageError("no kernel of a kind the cost proxy is trusted for (" + ", ".join(TRUSTED_KINDS) +
+                             ") matches; drop --kernels or choose a pointwise (matmul) kernel")
     weights = [float(t.weight) for t in tasks]
     per_task = opts.per_task or default_per_task(opts.trials, len(tasks))
     existing = _records_per_task(db, tasks, pruned_counts(db_path))
@@ -536,7 +582,12 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
         strategy=ms.search_strategy.EvolutionarySearch(population_size=opts.population), seed=opts.seed)
     cost_model = ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(), adaptive_training=True,
                                         num_tuning_cores=None)
-    builder = make_builder(spec, shared_library=opts.rpc is not None)
+    if opts.estimate:
+        from .proxy_tune import make_proxy_builder
+
+        builder = make_proxy_builder(spec, ghz)
+    else:
+        builder = make_builder(spec, shared_library=opts.rpc is not None)
 
     stop = {"signal": None}
 
@@ -570,7 +621,8 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
             fresh = [j for j in fresh if src_db.has_workload(sub_tasks[j].dispatched[0])]
             if fresh:
                 result.warm_from = info["key"]
-                say(f"warm start: re-measuring here the best {opts.warm_top_k} schedule(s) per kernel of class "
+                again = "scoring with the cost proxy" if opts.estimate else "re-measuring here"
+                say(f"warm start: {again} the best {opts.warm_top_k} schedule(s) per kernel of class "
                     f"{info['key']} ({src_path}) for {len(fresh)} kernel(s) without records")
                 result.warm_measured = warm_start(
                     [sub_tasks[j] for j in fresh], [contexts[j] for j in fresh], src_db, db, builder, runner, target,
@@ -596,6 +648,8 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
                 result.seeds_measured = seed_schedules(
                     sub_tasks, contexts, db, builder, runner, target, isa, cost_model, should_stop=should_stop,
                     limit=budget - progress.done,
+                    # at most half of a kernel's share of the budget, so every kernel gets its seeds
+                    per_kernel=max(SEED_MIN_TRIALS_PER_TASK, budget // (2 * len(todo))),
                     on_batch=lambda k, res, built: progress.update(todo[k], res, built))
         timeless = [j for j, i in enumerate(todo) if progress.best[i] is None]
         first = first_pass_size(opts.trials_per_iter, budget - progress.done, len(timeless))
@@ -641,7 +695,10 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
 def _warm_source(opts: TuneOptions):
     """The nearest other class's log: under --log-dir first, then the shipped logs."""
     roots = [Path(opts.log_dir)] if opts.log_dir else []
-    return nearest_class(opts.target, *roots, TUNING_LOGS_DIR)
+    near = nearest_class(opts.target, *roots, TUNING_LOGS_DIR)
+    if near is None and opts.estimate:   # a board: the CPU class whose schedules transfer best, re-estimated
+        near = transfer_class(opts.target, *roots, TUNING_LOGS_DIR)
+    return near
 
 
 def _quiet_metaschedule():

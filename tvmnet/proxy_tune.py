@@ -1,0 +1,139 @@
+"""Tuning without the board: MetaSchedule scores candidates with the cost proxy (issue 9).
+
+``tvmnet tune --target rpi4 --estimate`` runs the usual search (warm start, our GEMM
+micro-kernel seeds, first pass, evolutionary search with the XGBoost cost model), but
+nothing is run: a candidate's "time" is the board-free cost proxy's estimate
+(``tvmnet/proxy.py``: llvm-mca with the board's ``-mcpu``, weighted by exact block counts)
+converted to seconds at the board's clock. The builder below computes it, in parallel worker
+processes, and hands the runner a small file with the figure.
+
+Only kernel kinds on which the proxy ranks schedules as measurements do are tuned this way
+(``TRUSTED_KINDS``: Spearman's rho >= 0.8 on this class's measured schedules, the bar of
+issue 9); the other kernels keep what ``compile`` gives them without a log of their own (the
+nearest class's schedules, transferred).
+
+Estimated logs are kept apart from measured ones: ``tuning_logs/estimated/<class>/``, with
+``"estimated": true`` in ``class.json``. ``compile`` applies, per kernel, a measured log of
+the class first, then the estimated one, then the nearest or transferred class's schedules, so
+a log made on a real board always wins.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from functools import partial
+from pathlib import Path
+from typing import Optional
+
+# Spearman's rho of the proxy against measured times, per kernel kind, on this project's x86
+# schedules (`scripts/proxy_rank.py`, Cascade Lake class log; see tuning_logs/README.md).
+PROXY_RHO = {"pointwise GEMM": 0.84, "depthwise conv": 0.5}
+RHO_BAR = 0.8
+TRUSTED_KINDS = tuple(k for k, rho in PROXY_RHO.items() if rho >= RHO_BAR)
+
+
+
+def clock_ghz(spec) -> float:
+    """The clock the proxy's cycles are converted at: the board's rated clock (rpi3b/4/5), else
+    this machine's nominal clock (``... @ 2.50GHz``), else 1 GHz. Only the ranking matters for
+    tuning; the figure is for the progress line."""
+    from .estimate import BOARD_OF_MCPU, CLOCK_GHZ
+    from .targets import cpu_model
+
+    board = BOARD_OF_MCPU.get(str(spec.target.get("mcpu") or ""))
+    if board is not None:
+        return CLOCK_GHZ[board]
+    if spec.host_mismatch() is None:
+        m = re.search(r"@\s*([0-9.]+)\s*GHz", cpu_model() or "")
+        if m:
+            return float(m.group(1))
+    return 1.0
+
+
+def _estimate_worker(mod, spec, ghz: float) -> str:
+    """In a builder worker: the proxy's seconds for one scheduled kernel, in a small file."""
+    from .proxy import estimate
+
+    est = estimate(mod, spec)
+    # a directory per candidate, as MetaSchedule's builders make: its RemoveBuildArtifact
+    # callback removes the artifact's directory once the candidate is recorded
+    path = os.path.join(tempfile.mkdtemp(prefix="tvmnet-proxy-"), "estimate.json")
+    with open(path, "w") as f:
+        json.dump({"seconds": est.cycles / (ghz * 1e9), "cycles": est.cycles}, f)
+    return path
+
+
+def make_proxy_builder(spec, ghz: float, max_workers: Optional[int] = None, timeout_sec: float = 300.0):
+    """A MetaSchedule builder whose "artifact" is the proxy's estimate of the candidate."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    from .builder_fix import worker_initializer
+    from .targets import host_cores
+
+    workers = max_workers or host_cores()
+    initializer = worker_initializer(spec)
+
+    @derived_object
+    class ProxyBuilder(ms.builder.PyBuilder):
+        def __init__(self):
+            super().__init__()
+            self.pool = None
+
+        def build(self, build_inputs):
+            if self.pool is None:
+                self.pool = PopenPoolExecutor(max_workers=workers, timeout=timeout_sec, initializer=initializer)
+            results, broken = [], False
+            jobs = [b.mod for b in build_inputs]
+            work = partial(_estimate_worker, spec=spec, ghz=ghz)
+            for res in self.pool.map_with_error_catching(work, jobs):
+                if res.status == StatusKind.COMPLETE:
+                    results.append(ms.builder.BuilderResult(res.value, None))
+                elif res.status == StatusKind.TIMEOUT:
+                    broken = True
+                    results.append(ms.builder.BuilderResult(None, f"proxy estimate timed out after {timeout_sec} s"))
+                else:
+                    results.append(ms.builder.BuilderResult(None, "proxy estimate failed:\n" + str(res.value)))
+            if broken:
+                self.pool.shutdown()
+                self.pool = None
+            return results
+
+    return ProxyBuilder()
+
+
+def make_proxy_runner():
+    """A MetaSchedule runner that "runs" a candidate by reading the builder's estimate."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class Done(ms.runner.PyRunnerFuture):
+        def __init__(self, result):
+            super().__init__()
+            self.res = result
+
+        def done(self):
+            return True
+
+        def result(self):
+            return self.res
+
+    @derived_object
+    class ProxyRunner(ms.runner.PyRunner):
+        def run(self, runner_inputs):
+            futures = []
+            for inp in runner_inputs:
+                try:
+                    path = Path(inp.artifact_path)
+                    secs = float(json.loads(path.read_text())["seconds"])
+                    res = ms.runner.RunnerResult([secs], None)
+                except (OSError, ValueError, KeyError) as err:
+                    res = ms.runner.RunnerResult(None, f"no proxy estimate: {err}")
+                futures.append(Done(res))
+            return futures
+
+    return ProxyRunner()
