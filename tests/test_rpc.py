@@ -199,7 +199,7 @@ def test_estimate_tune_without_a_board_is_applied_before_transfer_and_validates_
                   "--per-task", "2", "--population", "16", "--warm-top-k", "1", "--no-progress", env=env)
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
     assert " 0 failed" in res.stdout and "scored by the cost proxy" in res.stderr
-    assert "pointwise GEMM 0.84" in res.stderr          # why only the GEMMs: the proxy's measured rank agreement
+    assert "pointwise GEMM 0.86" in res.stderr          # why these kinds: the proxy's measured rank agreement
     est_dir = root / "estimated" / RPI4_CLASS
     info = json.loads((est_dir / "class.json").read_text())
     assert info["estimated"] is True and "cost proxy" in info["measured_on"] and info["key"] == RPI4_CLASS

@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="schedules per kernel re-measured from that log (default 4)")
     s.add_argument("--estimate", action="store_true",
                    help="no board: score candidates with the cost proxy (llvm-mca, the target's -mcpu) instead of "
-                        "running them, for the kernel kinds it ranks as measurements do (pointwise GEMMs); writes "
+                        "running them, for the kernel kinds it ranks as measurements do (pointwise GEMMs, the stem conv); writes "
                         "<log-dir>/estimated/<class>/, which compile applies after any measured log of the class")
     _add_layout(s)
     s.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -205,7 +205,7 @@ def _describe_logs(choice, n_kernels: int, opts: CompileOptions) -> str:
     if opts.target.is_cross:
         no_board = fix.replace(" --trials 2000 --tracker HOST:PORT --key KEY", " --trials 400 --estimate")
         return (f"this machine is class {choice.this_class}; tuning logs hold {held}; applied {applied}; "
-                f"a tune on the board beats them: run `{fix}` (no board: `{no_board}` tunes the GEMMs by the "
+                f"a tune on the board beats them: run `{fix}` (no board: `{no_board}` tunes the GEMMs and the stem by the "
                 "cost proxy)")
     return (f"this machine is class {choice.this_class}; tuning logs hold {held}; applied {applied}; "
             f"schedules from another class run slower than a local tune: run `{fix}`")

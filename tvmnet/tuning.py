@@ -550,7 +550,7 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
         tasks = trusted
         if not tasks:
             raise UsageError("no kernel of a kind the cost proxy is trusted for (" + ", ".join(TRUSTED_KINDS) +
-                             ") matches; drop --kernels or choose a pointwise (matmul) kernel")
+                             ") matches; drop --kernels or choose a pointwise (matmul) kernel or the stem conv")
     weights = [float(t.weight) for t in tasks]
     per_task = opts.per_task or default_per_task(opts.trials, len(tasks))
     existing = _records_per_task(db, tasks, pruned_counts(db_path))
@@ -643,7 +643,8 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
             isa = spec.vector_isa()
             gemms = sum(1 for t in sub_tasks if gemm_shape(t.dispatched[0]) is not None)
             if gemms:
-                say(f"seeding: measuring our register-blocked micro-kernels ({isa}) for {gemms} GEMM kernel(s) "
+                say(f"seeding: {'scoring' if opts.estimate else 'measuring'} our register-blocked micro-kernels "
+                    f"({isa}) for {gemms} GEMM kernel(s) "
                     "before the search")
                 result.seeds_measured = seed_schedules(
                     sub_tasks, contexts, db, builder, runner, target, isa, cost_model, should_stop=should_stop,
