@@ -176,6 +176,19 @@ def report(rows, cmdline: str):
         vals = [per_kernel_rho[k][v] for k in allk if not math.isnan(per_kernel_rho[k][v])]
         cells.append(f"{float(np.mean(vals)):+.2f}/{spearman([f(r) for r in ok], [r['measured_s'] for r in ok]):+.2f}")
     print(f"{'all':15s} {len(allk):7d} {len(ok):4d} " + " ".join(f"{c:>13s}" for c in cells))
+    print("\nwhat tuning by the proxy would pick: per kind, the mean over kernels of the measured time of the")
+    print("record the variant ranks first, over the best measured time in the sample (1.00: it picks the best;")
+    print("'median' is a record picked at random, roughly)")
+    print(f"{'kind':15s} {'median':>7s} " + " ".join(f"{v:>12s}" for v in names))
+    for kind in KINDS:
+        ks = [k for k in by_kernel if by_kernel[k][0]["kind"] == kind and len(by_kernel[k]) >= 3]
+        if not ks:
+            continue
+        med = np.mean([np.median([r["measured_s"] for r in by_kernel[k]]) / min(r["measured_s"] for r in by_kernel[k])
+                       for k in ks])
+        picks = [np.mean([min(by_kernel[k], key=f)["measured_s"] / min(r["measured_s"] for r in by_kernel[k])
+                          for k in ks]) for f in VARIANTS.values()]
+        print(f"{kind:15s} {med:7.2f} " + " ".join(f"{p:12.2f}" for p in picks))
     unk = sum(r.get("unknown_branches", 0) for r in ok)
     unm = sum(r.get("unmapped_blocks", 0) for r in ok)
     print(f"\nbranches decided by weights, not computed: {unk}; executed blocks without marked code: {unm}")

@@ -176,3 +176,25 @@ def test_first_pass_gives_an_untimed_kernel_a_small_random_batch_then_the_search
     recs = records(tmp_path / host_class())
     # the search ran after it (its one batch of --batch may overshoot the budget, as MetaSchedule does)
     assert FIRST_PASS < len(recs) <= FIRST_PASS + 32 and all(r[1][1] for r in recs)
+
+
+@pytest.mark.unit
+def test_estimate_options_refuse_a_board_link_and_a_gpu_and_keep_their_own_directory(tmp_path):
+    from tvmnet import ModelConfig, load_target
+    from tvmnet.errors import UsageError
+    from tvmnet.proxy_tune import PROXY_RHO, RHO_BAR, TRUSTED_KINDS
+    from tvmnet.rpc import Endpoint
+    from tvmnet.tuning import TuneOptions
+
+    model = ModelConfig(0.25, 32)
+    with pytest.raises(UsageError, match="drop --rpc"):
+        TuneOptions(model=model, target=load_target("rpi4"), estimate=True, rpc=Endpoint(rpc="127.0.0.1:9090"))
+    with pytest.raises(UsageError, match="CPU targets"):
+        TuneOptions(model=model, target=load_target("cuda"), estimate=True)
+    opts = TuneOptions(model=model, target=load_target("rpi4"), estimate=True, log_dir=tmp_path)
+    assert opts.database == tmp_path / "estimated" / "aarch64-cortex-a72-neon-4c"
+    assert TuneOptions(model=model, target=load_target("rpi4"), log_dir=tmp_path).database == \
+        tmp_path / "aarch64-cortex-a72-neon-4c"
+    # only kinds whose measured rank agreement reaches the bar are tuned by the proxy
+    assert set(TRUSTED_KINDS) == {k for k, rho in PROXY_RHO.items() if rho >= RHO_BAR} >= {"pointwise GEMM"}
+    assert "depthwise conv" not in TRUSTED_KINDS
