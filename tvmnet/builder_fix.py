@@ -75,16 +75,26 @@ def export_shared(rt_mod, cross_compiler=None) -> str:
 
 
 def make_builder(spec, max_workers=None, timeout_sec: float = 60.0, shared_library: bool = False):
+    from tvm.s_tir.meta_schedule.builder import local_builder as lb
+
+    f_export = partial(export_shared, cross_compiler=spec.cross_compiler) if (shared_library or spec.cross_compiler) else None
+    return pool_builder(spec, lambda x: lb._worker_func(*x),
+                        lambda b: (None, f_export, b.mod, b.target, lb._serialize_params(b.params)),
+                        "build", max_workers, timeout_sec)
+
+
+def pool_builder(spec, work, job_of, what: str, max_workers=None, timeout_sec: float = 60.0):
+    """A MetaSchedule builder that runs ``work(job_of(build_input))`` for each candidate in one
+    persistent pool of worker processes (restarted only after a worker is killed); the value
+    ``work`` returns is the candidate's artifact path. ``what`` names the work in errors."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.builder import local_builder as lb
     from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
     from .targets import host_cores
 
     workers = max_workers or host_cores()
     initializer = worker_initializer(spec)
-    f_export = partial(export_shared, cross_compiler=spec.cross_compiler) if (shared_library or spec.cross_compiler) else None
 
     @derived_object
     class PersistentBuilder(ms.builder.PyBuilder):
@@ -92,26 +102,20 @@ def make_builder(spec, max_workers=None, timeout_sec: float = 60.0, shared_libra
             super().__init__()
             self.pool = None
 
-        def _pool(self):
+        def build(self, build_inputs):
             if self.pool is None:
                 self.pool = PopenPoolExecutor(max_workers=workers, timeout=timeout_sec, initializer=initializer)
-            return self.pool
-
-        def build(self, build_inputs):
-            results = []
-            pool = self._pool()
-            broken = False
-            jobs = [(None, f_export, b.mod, b.target, lb._serialize_params(b.params)) for b in build_inputs]
-            for res in pool.map_with_error_catching(lambda x: lb._worker_func(*x), jobs):
+            results, broken = [], False
+            for res in self.pool.map_with_error_catching(work, [job_of(b) for b in build_inputs]):
                 if res.status == StatusKind.COMPLETE:
                     results.append(ms.builder.BuilderResult(res.value, None))
                 elif res.status == StatusKind.TIMEOUT:
                     broken = True
-                    results.append(ms.builder.BuilderResult(None, f"build timed out after {timeout_sec} s"))
+                    results.append(ms.builder.BuilderResult(None, f"{what} timed out after {timeout_sec} s"))
                 else:
-                    results.append(ms.builder.BuilderResult(None, "build failed:\n" + str(res.value)))
+                    results.append(ms.builder.BuilderResult(None, f"{what} failed:\n" + str(res.value)))
             if broken:  # a killed worker: start afresh next time
-                pool.shutdown()
+                self.pool.shutdown()
                 self.pool = None
             return results
 

@@ -73,42 +73,10 @@ def _estimate_worker(mod, spec, ghz: float) -> str:
 
 def make_proxy_builder(spec, ghz: float, max_workers: Optional[int] = None, timeout_sec: float = 300.0):
     """A MetaSchedule builder whose "artifact" is the proxy's estimate of the candidate."""
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir import meta_schedule as ms
-    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+    from .builder_fix import pool_builder
 
-    from .builder_fix import worker_initializer
-    from .targets import host_cores
-
-    workers = max_workers or host_cores()
-    initializer = worker_initializer(spec)
-
-    @derived_object
-    class ProxyBuilder(ms.builder.PyBuilder):
-        def __init__(self):
-            super().__init__()
-            self.pool = None
-
-        def build(self, build_inputs):
-            if self.pool is None:
-                self.pool = PopenPoolExecutor(max_workers=workers, timeout=timeout_sec, initializer=initializer)
-            results, broken = [], False
-            jobs = [b.mod for b in build_inputs]
-            work = partial(_estimate_worker, spec=spec, ghz=ghz)
-            for res in self.pool.map_with_error_catching(work, jobs):
-                if res.status == StatusKind.COMPLETE:
-                    results.append(ms.builder.BuilderResult(res.value, None))
-                elif res.status == StatusKind.TIMEOUT:
-                    broken = True
-                    results.append(ms.builder.BuilderResult(None, f"proxy estimate timed out after {timeout_sec} s"))
-                else:
-                    results.append(ms.builder.BuilderResult(None, "proxy estimate failed:\n" + str(res.value)))
-            if broken:
-                self.pool.shutdown()
-                self.pool = None
-            return results
-
-    return ProxyBuilder()
+    return pool_builder(spec, partial(_estimate_worker, spec=spec, ghz=ghz), lambda b: b.mod, "proxy estimate",
+                        max_workers, timeout_sec)
 
 
 def make_proxy_runner():
