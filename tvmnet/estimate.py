@@ -10,8 +10,9 @@ keyed by the library's SHA-256), since it takes a minute or two.
 
 It is an ESTIMATE, never a measurement: the proxy assumes L1 hits, and its rank agreement
 with measured times on x86 (``scripts/proxy_rank.py``, pooled per kind) is 0.80 for GEMMs,
-0.87 for the stem and 0.71 for depthwise convs with the Total Cycles used here. It is printed beside published figures for the board, with
-their sources, so a reader can place it; ``tvmnet deploy --rpc`` on the board measures.
+0.87 for the stem and 0.71 for depthwise convs with the Total Cycles used here. It is printed
+beside published figures for the board, with their sources, so a reader can place it;
+``tvmnet deploy --rpc`` on the board measures.
 """
 from __future__ import annotations
 

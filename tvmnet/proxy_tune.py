@@ -10,9 +10,9 @@ processes, and hands the runner a small file with the figure.
 The score is the sum over executed blocks of llvm-mca's Block RThroughput (the throughput
 bound), which ranked measured schedules better than its Total Cycles (``PROXY_RHO``). Only
 kernel kinds on which it ranks schedules as measurements do are tuned this way
-(``TRUSTED_KINDS``: Spearman's rho >= 0.8 on this project's measured x86 schedules, the bar of
-issue 9: pointwise GEMMs and the stem conv); the other kernels keep what ``compile`` gives them without a log of their own (the
-nearest class's schedules, transferred).
+(``TRUSTED_KINDS``: Spearman's rho >= 0.8 on this project's measured x86 schedules, the bar
+of issue 9: pointwise GEMMs and the stem conv); the other kernels keep what ``compile`` gives
+them without a log of their own (the nearest class's schedules, transferred).
 
 Estimated logs are kept apart from measured ones: ``tuning_logs/estimated/<class>/``, with
 ``"estimated": true`` in ``class.json``. ``compile`` applies, per kernel, a measured log of

@@ -408,8 +408,8 @@ def seed_schedules(tasks, contexts, db, builder, runner, target, isa: str, cost_
         known = known_traces(db, db.commit_workload(mod)) if db.has_workload(mod) else set()
         pairs = []
         grid = seed_schedules_for(mod, isa)
-        if per_kernel is not None and len(grid) > max(1, per_kernel // 2):   # each tile gives up to 2 variants
-            n = max(1, per_kernel // 2)
+        n = None if per_kernel is None else max(1, per_kernel // 2)   # each tile gives up to 2 variants
+        if n is not None and len(grid) > n:
             grid = [grid[round(i * (len(grid) - 1) / max(1, n - 1))] for i in range(n)]
         for sch in grid:
             variants = [sch]
@@ -499,31 +499,30 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
     spec.check_toolchain()
     if opts.rpc is None and spec.is_cpu and not opts.estimate:
         spec.use_threads()   # the runner's worker processes inherit it
-    if opts.estimate:
-        from .proxy import llvm_mca_path
-
-        llvm_mca_path()      # a one-line error with the install command when llvm-mca is missing
-    elif opts.rpc is None:
+    if opts.rpc is None and not opts.estimate:
         why = spec.host_mismatch()
         if why:
             raise UsageError(f"target {spec.name} cannot be measured on this machine ({why}); tune on the board with "
                              "--tracker HOST:PORT --key KEY, or without it with --estimate (the cost proxy scores the "
-                             "GEMM kernels)")
+                             "GEMM and stem kernels)")
         if spec.device == "cuda":
             import tvm
 
             if not tvm.cuda(0).exist:
                 raise DeviceError(f"tuning {spec.name} measures on a local NVIDIA GPU and this machine has none; "
                                   "run `tvmnet tune` on a machine with one")
-    if opts.estimate:
-        from .proxy_tune import clock_ghz, make_proxy_runner
+    if opts.estimate:   # nothing runs: the builder's workers score each candidate, the runner reads the score
+        from .proxy import llvm_mca_path
+        from .proxy_tune import clock_ghz, make_proxy_builder, make_proxy_runner
 
+        llvm_mca_path()      # a one-line error with the install command when llvm-mca is missing
         ghz = clock_ghz(spec)
-        runner = make_proxy_runner()
+        builder, runner = make_proxy_builder(spec, ghz), make_proxy_runner()
         measured_on = (f"nothing: estimated by the cost proxy (llvm-mca -mcpu={spec.target.get('mcpu')}, cycles at "
                        f"{ghz:g} GHz) on {cpu_model()}")
     else:
         runner = _make_runner(opts)   # an unreachable tracker fails here, before any file is created
+        builder = make_builder(spec, shared_library=opts.rpc is not None)   # its worker pool starts on first use
         measured_on = cpu_model() if opts.rpc is None else f"RPC boards: {opts.rpc}"
     db = open_database(db_path, create=True)
     write_class_file(db_path, spec, measured_on=measured_on, estimated=opts.estimate)
@@ -541,8 +540,9 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
         from .passes.pipeline import kernel_kind
         from .proxy_tune import PROXY_RHO, RHO_BAR, TRUSTED_KINDS
 
-        trusted = [t for t in tasks if kernel_kind(t.task_name, t.dispatched[0]) in TRUSTED_KINDS]
-        left = sorted({kernel_kind(t.task_name, t.dispatched[0]) for t in tasks} - set(TRUSTED_KINDS))
+        kinds = [kernel_kind(t.task_name, t.dispatched[0]) for t in tasks]
+        trusted = [t for t, kind in zip(tasks, kinds) if kind in TRUSTED_KINDS]
+        left = sorted(set(kinds) - set(TRUSTED_KINDS))
         if left:
             say(f"--estimate tunes only kernel kinds the cost proxy ranks as measurements do (Spearman's rho >= "
                 f"{RHO_BAR}: {', '.join(f'{k} {PROXY_RHO[k]}' for k in TRUSTED_KINDS)}); "
@@ -582,12 +582,6 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
         strategy=ms.search_strategy.EvolutionarySearch(population_size=opts.population), seed=opts.seed)
     cost_model = ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(), adaptive_training=True,
                                         num_tuning_cores=None)
-    if opts.estimate:
-        from .proxy_tune import make_proxy_builder
-
-        builder = make_proxy_builder(spec, ghz)
-    else:
-        builder = make_builder(spec, shared_library=opts.rpc is not None)
 
     stop = {"signal": None}
 
@@ -644,8 +638,7 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
             gemms = sum(1 for t in sub_tasks if gemm_shape(t.dispatched[0]) is not None)
             if gemms:
                 say(f"seeding: {'scoring' if opts.estimate else 'measuring'} our register-blocked micro-kernels "
-                    f"({isa}) for {gemms} GEMM kernel(s) "
-                    "before the search")
+                    f"({isa}) for {gemms} GEMM kernel(s) before the search")
                 result.seeds_measured = seed_schedules(
                     sub_tasks, contexts, db, builder, runner, target, isa, cost_model, should_stop=should_stop,
                     limit=budget - progress.done,
