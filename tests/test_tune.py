@@ -163,6 +163,24 @@ def test_first_pass_only_when_the_main_batch_is_bigger_and_the_budget_covers_it(
     assert first_pass_size(FIRST_PASS, 10000, 13) == 0          # --batch no bigger: nothing to gain
 
 
+@pytest.mark.unit
+def test_every_kernel_with_a_share_of_the_time_gets_one_search_batch_before_the_gradient_rule():
+    from tvmnet.tuning import COVER_SHARE, uncovered_task
+
+    # weighted times (us): two GEMMs, a depthwise conv timed only by the warm start (2.4%), a
+    # trivial kernel (0.1%), one without a time (the first pass's business)
+    cost = {0: 1000.0, 1: 600.0, 2: 40.0, 3: 1.6}
+    alive, searched = [0, 1, 2, 3, 4], set()
+    order = []
+    while (i := uncovered_task(cost, alive, searched, COVER_SHARE)) is not None:
+        order.append(i)
+        searched.add(i)
+    assert order == [0, 1, 2]                          # largest first, the trivial one left to the rule
+    assert uncovered_task(cost, [0, 1, 3], set(), COVER_SHARE) == 0
+    assert uncovered_task(cost, [2], {2}, COVER_SHARE) is None    # at most one batch each
+    assert uncovered_task({}, [0, 1], set(), COVER_SHARE) is None
+
+
 @pytest.mark.tune
 @pytest.mark.slow   # extended run: ~60 s
 def test_first_pass_gives_an_untimed_kernel_a_small_random_batch_then_the_search_goes_on(tmp_path):
