@@ -227,3 +227,16 @@ def test_published_pi_figures_carry_sources_and_an_estimate_is_labelled_as_one()
     assert "ESTIMATED" in first and "NOT a measurement" in first and "50.0 ms" in first
     assert "75 ms" in text and "github.com/google/XNNPACK" in text
     assert "tvmnet deploy build/arm --rpc HOST:PORT" in text
+
+
+@pytest.mark.unit
+@needs_mca
+def test_a_cpu_llvm_mca_does_not_know_is_analysed_as_a_known_one_of_its_isa():
+    # CI met a Zen 5: LLVM 14's llvm-mca has no znver5 and then rejected every AVX-512 line
+    spec = SimpleNamespace(target={"mcpu": "znver5"}, arch="x86_64", vector_isa=lambda: "avx512")
+    assert "znver5" not in proxy.mca_known_cpus("x86_64-unknown-linux-gnu")
+    assert "-mcpu=icelake-server" in proxy.mca_args(spec)
+    res = proxy.run_mca({0: [f"vfmadd231ps %zmm1, %zmm2, %zmm{r}" for r in range(3, 11)]}, spec)
+    assert 0 < res[0].rthroughput <= 8
+    known = SimpleNamespace(target={"mcpu": "znver3"}, arch="x86_64", vector_isa=lambda: 1 / 0)
+    assert "-mcpu=znver3" in proxy.mca_args(known)        # a known CPU is kept (ISA not even asked)

@@ -58,6 +58,8 @@ analysed with ``llvm-mca -mtriple=aarch64-linux-gnu -mcpu=cortex-a72``. Needs ``
 """
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import os
 import re
@@ -68,6 +70,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from .errors import ToolchainError, UsageError
+
+log = logging.getLogger(__name__)
 
 MARK = "@@BB"
 CALL_CYCLES = 50.0            # a call that is not memset/memcpy (workspace alloc/free, parallel launch)
@@ -87,6 +91,28 @@ def llvm_mca_path() -> str:
                          "`apt-get install llvm` (Debian/Ubuntu)")
 
 
+# An -mcpu this llvm-mca does not know (LLVM 14 predates znver4/znver5, sapphirerapids' newer
+# siblings, ...) makes it fall back to a generic model, whose assembler rejects AVX-512 code.
+# Such a CPU is analysed with a known model of the same vector ISA.
+MCA_STANDIN = {"avx512": "icelake-server", "avx2": "skylake", "neon-dotprod": "cortex-a76", "neon": "cortex-a72"}
+
+
+@functools.lru_cache(maxsize=None)
+def mca_known_cpus(triple: str) -> frozenset:
+    """The -mcpu names this llvm-mca has a model for (``-mcpu=help``)."""
+    proc = subprocess.run([llvm_mca_path(), f"-mtriple={triple}", "-mcpu=help"], input="",
+                          capture_output=True, text=True, timeout=60)
+    names = re.findall(r"^\s+([\w.-]+)\s+- Select the", proc.stdout + proc.stderr, flags=re.M)
+    return frozenset(names)
+
+
+def mca_standin(mcpu: str, isa: str) -> str:
+    """The known CPU llvm-mca analyses an unknown ``mcpu`` of vector ISA ``isa`` as."""
+    standin = MCA_STANDIN.get(isa, "generic")
+    log.info("llvm-mca has no model for %s: analysing as %s (same vector ISA, %s)", mcpu, standin, isa)
+    return standin
+
+
 def mca_args(spec) -> List[str]:
     """llvm-mca's -mtriple/-mcpu/-mattr for a target."""
     tgt = spec.target
@@ -96,6 +122,9 @@ def mca_args(spec) -> List[str]:
         from .targets import host_cpu
 
         mcpu = host_cpu() if spec.arch == os.uname().machine else "generic"
+    known = mca_known_cpus(triple)
+    if known and mcpu not in known:
+        mcpu = mca_standin(mcpu, spec.vector_isa())
     args = [f"-mtriple={triple}", f"-mcpu={mcpu}"]
     mattr = tgt.get("mattr")
     if mattr:
