@@ -45,7 +45,7 @@ def relabel(src, dst, key, **cls):
 
 @pytest.mark.unit
 def test_nearest_class_ranks_same_isa_then_mcpu_then_cores_and_never_crosses_arch(tmp_path):
-    from tvmnet.logs import class_distance, list_classes, nearest_class
+    from tvmnet.logs import class_distance, list_classes, nearest_class, nearest_classes
     from tvmnet.targets import load_target
 
     spec = load_target('{"kind": "llvm", "mcpu": "haswell", "num-cores": 2}')   # avx2
@@ -68,7 +68,7 @@ def test_nearest_class_ranks_same_isa_then_mcpu_then_cores_and_never_crosses_arc
 def test_transfer_class_is_another_cpu_architecture_closest_in_vector_width_then_cores(tmp_path):
     """Only when no class of the same architecture exists does compile replay another
     architecture's records (the same TIR kernels): the one nearest in vector width, then cores."""
-    from tvmnet.logs import transfer_class
+    from tvmnet.logs import transfer_class, transfer_classes
     from tvmnet.targets import load_target
 
     pi4 = load_target("rpi4")                  # aarch64, NEON (128-bit), 4 cores
@@ -82,6 +82,8 @@ def test_transfer_class_is_another_cpu_architecture_closest_in_vector_width_then
     write_class(tmp_path / "gpu", "cuda-sm_90", arch="cuda", mcpu="sm_90", isa="sm_90", cores=None)
     assert transfer_class(pi4, tmp_path)[0]["key"] == "x86_64-haswell-avx2-4c"     # never a GPU's
     assert transfer_class(load_target("cuda"), tmp_path) is None
+    assert [c["key"] for c, _ in transfer_classes(pi4, tmp_path)] == [
+        "x86_64-haswell-avx2-4c", "x86_64-znver3-avx2-16c", "x86_64-znver4-avx512-2c"]   # the rest, in order
 
 
 @pytest.mark.unit
@@ -125,6 +127,27 @@ def test_compile_falls_back_to_the_nearest_class_and_names_the_fix(host_log, tmp
     assert tun["match"] == "nearest" and tun["class"] == "x86_64-othercpu-avx2-2c" and tun["kernels_tuned"] >= 5
     assert host_class() in line and "x86_64-othercpu-avx2-2c" in line and "aarch64-cortex-a72-neon-4c" in line
     assert "tvmnet tune --target x86 --alpha 0.25 --resolution 32 --trials 2000" in line
+    assert run_cli("validate", out).returncode == 0
+
+
+@pytest.mark.tune
+def test_a_kernel_the_nearest_class_lacks_comes_from_the_next_class_that_has_it(host_log, tmp_path):
+    """A new class's log holds a few models: the kernels it lacks stay with the classes tuned for them."""
+    root = tmp_path / "logs"
+    near, far = root / "x86_64-othercpu-avx2-2c", root / "x86_64-farcpu-avx512-2c"
+    relabel(host_log, near, "x86_64-othercpu-avx2-2c", mcpu="othercpu")
+    relabel(host_log, far, "x86_64-farcpu-avx512-2c", mcpu="farcpu", isa="avx512")
+    lines = (host_log / "database_tuning_record.json").read_text().splitlines()
+    first = json.loads(lines[0])[0]          # the near class keeps one kernel's records, the far one the rest
+    (near / "database_tuning_record.json").write_text("\n".join(l for l in lines if json.loads(l)[0] == first) + "\n")
+    (far / "database_tuning_record.json").write_text("\n".join(l for l in lines if json.loads(l)[0] != first) + "\n")
+    out = tmp_path / "o"
+    tun, line = compile_with_logs(root, out)
+    by = tun["kernels_by_source"]
+    assert tun["match"] == "nearest" and tun["class"] == "x86_64-othercpu-avx2-2c"
+    assert by["x86_64-othercpu-avx2-2c"] == 1 and by["x86_64-farcpu-avx512-2c"] >= 4, by
+    assert tun["kernels_tuned"] == len({json.loads(l)[0] for l in lines})     # every tuned kernel, none lost
+    assert "x86_64-farcpu-avx512-2c" in line
     assert run_cli("validate", out).returncode == 0
 
 

@@ -92,9 +92,9 @@ _VECTOR_BITS = {"sse": 128, "neon": 128, "neon-dotprod": 128, "generic": 128, "a
 CPU_ARCHES = ("x86_64", "aarch64")
 
 
-def transfer_class(spec: TargetSpec, *roots: Path) -> Optional[Tuple[dict, Path]]:
-    """For a CPU with no class of its own architecture in the logs: the CPU class of another
-    architecture whose schedules transfer best (closest vector width, then core count).
+def transfer_classes(spec: TargetSpec, *roots: Path) -> List[Tuple[dict, Path]]:
+    """For a CPU with no class of its own architecture in the logs: the CPU classes of another
+    architecture, those whose schedules transfer best first (closest vector width, then core count).
 
     A MetaSchedule record is a schedule of a target-independent kernel (the same TIR on every
     CPU), so it replays on another architecture: its tiles, vector lengths and parallel
@@ -103,27 +103,32 @@ def transfer_class(spec: TargetSpec, *roots: Path) -> Optional[Tuple[dict, Path]
     the emulated Pi (where only numerics are real) and estimated with the cost proxy."""
     mine = spec.machine_class()
     if mine["arch"] not in CPU_ARCHES:
-        return None
+        return []
     bits = _VECTOR_BITS.get(mine["isa"], 128)
     ranked = [(abs(_VECTOR_BITS.get(info["isa"], 128) - bits), abs(int(info["cores"] or 0) - int(mine["cores"] or 0)),
                info["key"], info, d) for info, d in list_classes(*roots)
               if info.get("arch") in CPU_ARCHES and info["arch"] != mine["arch"]]
-    if not ranked:
-        return None
-    *_, info, d = min(ranked, key=lambda r: r[:3])
-    return info, d
+    return [(info, d) for *_, info, d in sorted(ranked, key=lambda r: r[:3])]
+
+
+def transfer_class(spec: TargetSpec, *roots: Path) -> Optional[Tuple[dict, Path]]:
+    """The class of ``transfer_classes`` whose schedules transfer best, or None."""
+    ranked = transfer_classes(spec, *roots)
+    return ranked[0] if ranked else None
+
+
+def nearest_classes(spec: TargetSpec, *roots: Path) -> List[Tuple[dict, Path]]:
+    """The *other* classes of this architecture with a log under the roots, nearest first."""
+    mine = spec.machine_class()
+    ranked = [(class_distance(mine, info), info["key"], info, d) for info, d in list_classes(*roots)
+              if info["key"] != mine["key"]]
+    return [(info, d) for _, _, info, d in sorted((r for r in ranked if r[0] is not None), key=lambda r: r[:2])]
 
 
 def nearest_class(spec: TargetSpec, *roots: Path) -> Optional[Tuple[dict, Path]]:
     """The closest *other* class with a log under the roots, or None."""
-    mine = spec.machine_class()
-    ranked = [(class_distance(mine, info), info["key"], info, d) for info, d in list_classes(*roots)
-              if info["key"] != mine["key"]]
-    ranked = [r for r in ranked if r[0] is not None]
-    if not ranked:
-        return None
-    _, _, info, d = min(ranked, key=lambda r: (r[0], r[1]))
-    return info, d
+    ranked = nearest_classes(spec, *roots)
+    return ranked[0] if ranked else None
 
 
 def _no_blank_line(path: Path, line: str, lineno: int) -> None:
@@ -244,8 +249,9 @@ def choose_logs(spec: TargetSpec, tuning_log: Union[Path, str, None], tasks) -> 
 
     ``tuning_log`` None: nothing. A path: that database only. "auto": this machine class's
     log in tuning_logs/, then its estimated log (tuning_logs/estimated/, ``tune --estimate``),
-    then each kernel they lack from the nearest class's log (same architecture), or from the
-    CPU class of another architecture whose schedules transfer best.
+    then each kernel they lack from the nearest class's log that has it (same architecture), or,
+    with none of this architecture, from the CPU classes of another architecture whose schedules
+    transfer best.
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -262,13 +268,11 @@ def choose_logs(spec: TargetSpec, tuning_log: Union[Path, str, None], tasks) -> 
         guess = database_dir(spec, estimated=True)   # after any measured log of the class: measured wins
         if (guess / RECORD_FILE).is_file():
             sources.append((f"{mine} (estimated)", guess, "estimated"))
-        near = nearest_class(spec, TUNING_LOGS_DIR)
-        if near is not None:
-            sources.append((near[0]["key"], near[1], "nearest"))
-        else:
-            far = transfer_class(spec, TUNING_LOGS_DIR)
-            if far is not None:
-                sources.append((far[0]["key"], far[1], "transfer"))
+        # a kernel this class lacks comes from the nearest class that has it (a new class's log
+        # holds a few models; the others' kernels stay with the classes tuned for them)
+        others = [(info, d, "nearest") for info, d in nearest_classes(spec, TUNING_LOGS_DIR)]
+        others = others or [(info, d, "transfer") for info, d in transfer_classes(spec, TUNING_LOGS_DIR)]
+        sources.extend((info["key"], d, how) for info, d, how in others)
     else:
         path = Path(tuning_log)
         info = read_class(path)
@@ -277,26 +281,32 @@ def choose_logs(spec: TargetSpec, tuning_log: Union[Path, str, None], tasks) -> 
         return choice
     target = spec.tvm_target()
     mem = ms.database.MemoryDatabase()
-    # refine's picks were timed in place on this machine: they serve its own class (or a given log) only
-    dbs = [(name, path, open_database(path), _in_situ_database(path) if how in ("exact", "given") else None)
-           for name, path, how in sources]
-    for task in tasks:
-        for name, _, db, picks in dbs:
+    remaining = list(tasks)
+    for name, path, how in sources:     # each kernel from the first source that has it; a log is
+        if not remaining:               # opened only while kernels are left
+            break
+        db = open_database(path)
+        # refine's picks were timed in place on this machine: they serve its own class (or a given log) only
+        picks = _in_situ_database(path) if how in ("exact", "given") else None
+        left = []
+        for task in remaining:
             rec = best_record(picks, task, target) if picks is not None else None
             if rec is not None:
                 choice.in_situ += 1
             else:
                 rec = best_record(db, task, target)
-            if rec is not None:
-                copy_record(mem, rec, task.dispatched[0])
-                choice.by_source[name] = choice.by_source.get(name, 0) + 1
-                break
+            if rec is None:
+                left.append(task)
+                continue
+            copy_record(mem, rec, task.dispatched[0])
+            choice.by_source[name] = choice.by_source.get(name, 0) + 1
+        remaining = left
     used = [(name, path, how) for name, path, how in sources if choice.by_source.get(name)]
     _, path, _ = used[0] if used else sources[0]
     choice.database, choice.path, choice.log_class = mem, path, (read_class(path) or {}).get("key")
     # "exact", "estimated", "nearest", "transfer" (another architecture's), "given", or e.g.
     # "exact+nearest": this class's log, the nearest class's for the kernels it lacks
-    choice.match = "+".join(how for _, _, how in used) or None
+    choice.match = "+".join(dict.fromkeys(how for _, _, how in used)) or None
     return choice
 
 
