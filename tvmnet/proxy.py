@@ -106,6 +106,7 @@ def mca_known_cpus(triple: str) -> frozenset:
     return frozenset(names)
 
 
+@functools.lru_cache(maxsize=None)      # said once per CPU, not once per llvm-mca run
 def mca_standin(mcpu: str, isa: str) -> str:
     """The known CPU llvm-mca analyses an unknown ``mcpu`` of vector ISA ``isa`` as."""
     standin = MCA_STANDIN.get(isa, "generic")
