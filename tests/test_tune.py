@@ -132,6 +132,71 @@ def test_prune_keeps_best_and_resume_accounting(tuned, tmp_path):
     assert res.returncode == 0 and "nothing to do" in res.stderr, res.stderr[-2000:]
 
 
+@pytest.mark.slow   # extended run: three tune runs, ~190 s (the rewrite itself is checked in the default run below)
+def test_resume_retimes_the_earlier_best_and_replaces_their_records(tuned, tmp_path):
+    """A resumed tune measures the kernel's best earlier schedules again first, and they replace
+    that kernel's earlier records (whose times another run took): still counted as trials,
+    the database before kept in the cache, the rest of the directory (in_situ/) untouched."""
+    import shutil
+
+    logs, _ = tuned
+    db = tmp_path / host_class()
+    shutil.copytree(logs / host_class(), db)
+    (db / "in_situ").mkdir(exist_ok=True)
+    (db / "in_situ" / "note.txt").write_text("kept")
+    before = records(db)
+    old_times = {json.dumps(r[1][1]) for r in before}
+    one = ["--kernels", "matmul1_", "--per-task", "4"]
+    res = run_cli("tune", *TINY, *one, "--trials", "4", "--log-dir", tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "re-timing: 1 kernel(s) have records from earlier runs" in res.stderr, res.stderr[-2000:]
+    n = int(re.search(r"re-timed (\d+) schedule", res.stderr).group(1))
+    dropped = int(re.search(r"the (\d+) earlier record", res.stderr).group(1))
+    assert 1 <= n <= 2 and dropped >= 1
+    after = records(db)
+    assert len(after) == len(before) - dropped + n
+    fresh = [r for r in after if json.dumps(r[1][1]) not in old_times]
+    assert len(fresh) == n and all(float(s) > 0 for r in fresh for s in r[1][1])   # measured now
+    assert sum(json.loads((db / "pruned_trials.json").read_text()).values()) >= dropped   # still trials
+    assert (db / "in_situ" / "note.txt").read_text() == "kept"
+    assert "nothing to do" in res.stderr          # the re-timed records filled the budget of 4
+    res = run_cli("tune", *TINY, *one, "--trials", "4", "--log-dir", tmp_path)
+    assert "nothing to do" in res.stderr and "re-timing" not in res.stderr   # no budget: nothing re-timed
+    res = run_cli("tune", *TINY, *one, "--trials", "5", "--per-task", "5", "--no-retime", "--log-dir", tmp_path)
+    assert res.returncode == 0 and "re-timing" not in res.stderr, res.stderr[-2000:]
+
+
+def test_replacing_a_kernels_records_keeps_the_rest_and_counts_the_dropped(tuned, tmp_path):
+    """What a resumed tune does with its re-timed records (logs.replace_kernel_records): that
+    kernel's earlier records leave, counted as trials; other kernels' records, class.json and
+    in_situ/ stay; the database before is moved to the cache whole."""
+    import shutil
+
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvmnet.logs import copy_record, open_database, pruned_counts, replace_kernel_records, wl_key
+
+    logs, _ = tuned
+    db = tmp_path / host_class()
+    shutil.copytree(logs / host_class(), db)
+    (db / "in_situ").mkdir(exist_ok=True)
+    (db / "in_situ" / "note.txt").write_text("kept")
+    old = open_database(db).get_all_tuning_records()
+    key = wl_key(old[0].workload)
+    mine = [r for r in old if wl_key(r.workload) == key]
+    fresh = ms.database.MemoryDatabase()
+    copy_record(fresh, mine[0])
+    dropped, backup = replace_kernel_records(db, fresh)
+    assert dropped == len(mine)
+    new = open_database(db).get_all_tuning_records()
+    assert len(new) == len(old) - len(mine) + 1
+    assert sorted(wl_key(r.workload) for r in new if wl_key(r.workload) != key) == \
+        sorted(wl_key(r.workload) for r in old if wl_key(r.workload) != key)
+    assert pruned_counts(db)[key] == len(mine)
+    assert (db / "in_situ" / "note.txt").read_text() == "kept" and (db / "class.json").is_file()
+    assert len(open_database(backup).get_all_tuning_records()) == len(old)
+
+
 def test_merge_log_adds_records_once_and_refuses_another_class(tuned, tmp_path):
     logs, _ = tuned
     src = logs / host_class()

@@ -126,7 +126,7 @@ def cmd_tune(args) -> int:
                        seed=args.seed, rpc=rpc_cfg, progress=not args.no_progress, kernels=args.kernels,
                        population=args.population, warm_start=not args.no_warm_start,
                        warm_top_k=args.warm_top_k, minutes=args.minutes, only_untuned=args.only_untuned,
-                       seeds=not args.no_seeds, estimate=args.estimate,
+                       seeds=not args.no_seeds, estimate=args.estimate, retime=not args.no_retime,
                        trials_per_iter=args.batch, layout=args.layout)
     for line in opts.display().splitlines():
         _say(line)
@@ -141,6 +141,8 @@ def cmd_tune(args) -> int:
         warm += f" ({res.warm_nearest} of them other models' schedules from this class's log, replayed)"
     if res.seeds_measured:
         warm += f" ({res.seeds_measured} of them our micro-kernels, tvmnet/schedules.py)"
+    if res.retimed:
+        warm += f" after {res.retimed} earlier schedules re-timed"
     print(f"tuning {status}: {res.trials_run} new trials{warm} in {res.seconds:.0f} s ({res.trials_per_minute:.1f}/min), "
           f"{res.failed} failed; {res.trials_before} measured before; estimated latency {est}; database {res.database}"
           + (f"; journal {res.journal}" if res.journal and res.journal.exists() else ""))
@@ -414,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "GEMM micro-kernels per pointwise kernel (tvmnet/schedules.py) for the search to start from")
     s.add_argument("--no-warm-start", action="store_true",
                    help="do not seed kernels without records from the nearest machine class's log")
+    s.add_argument("--no-retime", action="store_true",
+                   help="resume without re-measuring first: by default the best records of each kernel that earlier runs "
+                        "measured are measured again now and replace that kernel's earlier records, so new candidates "
+                        "compete with times taken under the same conditions")
     s.add_argument("--warm-top-k", type=_positive_int, default=4,
                    help="schedules per kernel re-measured from that log (default 4)")
     s.add_argument("--estimate", action="store_true",

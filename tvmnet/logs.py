@@ -446,6 +446,54 @@ def drop_kernel_records(path: Path, mod) -> int:
     return len(records) - len(keep)
 
 
+def replace_kernel_records(path: Path, fresh) -> Tuple[int, Path]:
+    """Rewrite the database at ``path`` with every record of the kernels ``fresh`` holds (a
+    database: the schedules re-measured by a resumed tune) replaced by ``fresh``'s records.
+    The dropped records count in ``pruned_trials.json`` (they were measured), the database
+    before is moved to the cache, not deleted (as ``prune_database`` does); ``class.json`` is
+    kept. Returns (records dropped, backup path)."""
+    path = Path(path)
+    check_database_files(path)
+    new = fresh.get_all_tuning_records()
+    keys = {wl_key(r.workload) for r in new}
+    old = open_database(path).get_all_tuning_records()
+    staging = path.parent / f".{path.name}.retimed"
+    shutil.rmtree(staging, ignore_errors=True)
+    dest = open_database(staging, create=True)
+    pruned = pruned_counts(path)
+    dropped = 0
+    for r in old:
+        key = wl_key(r.workload)
+        if key in keys:
+            pruned[key] = pruned.get(key, 0) + 1
+            dropped += 1
+        else:
+            copy_record(dest, r)
+    for r in new:
+        copy_record(dest, r)
+    (staging / PRUNED_FILE).write_text(json.dumps(pruned, indent=0, sort_keys=True) + "\n")
+    return dropped, _swap_in(path, staging, "-retimed")
+
+
+def _swap_in(path: Path, staging: Path, tag: str) -> Path:
+    """Make the rewritten database ``staging`` the one at ``path``: everything else the
+    directory holds (``class.json``, the ``in_situ/`` picks) is copied over, and the old
+    directory is moved whole to the cache (returned), not deleted."""
+    for entry in path.iterdir():
+        if entry.name in (WORKLOAD_FILE, RECORD_FILE, PRUNED_FILE):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, staging / entry.name)
+        else:
+            shutil.copy2(entry, staging / entry.name)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    backup = CACHE_DIR / "pruned-backups" / f"{path.name}{tag}-{stamp}"
+    backup.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(path), str(backup))
+    staging.rename(path)
+    return backup
+
+
 def prune_database(path: Path, say=print) -> tuple:
     """Keep only the best record per kernel (MetaSchedule's ``dump_pruned``), in place.
 
@@ -466,13 +514,7 @@ def prune_database(path: Path, say=print) -> tuple:
     for shash, n in per_wl.items():
         pruned[shash] = pruned.get(shash, 0) + n - kept.get(shash, 0)
     (staging / PRUNED_FILE).write_text(json.dumps(pruned, indent=0, sort_keys=True) + "\n")
-    if (path / CLASS_FILE).is_file():
-        shutil.copy2(path / CLASS_FILE, staging / CLASS_FILE)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    backup = CACHE_DIR / "pruned-backups" / f"{path.name}-{stamp}"
-    backup.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(path), str(backup))
-    staging.rename(path)
+    backup = _swap_in(path, staging, "")
     after = sum(kept.values())
     say(f"pruned {path}: {before} records -> {after} (best per kernel); full database moved to {backup}")
     return before, after, backup

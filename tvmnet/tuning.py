@@ -31,7 +31,7 @@ from typing import Callable, List, Optional
 from .config import ModelConfig
 from .errors import DeviceError, TuningLogError, UsageError, err_line
 from .logs import (RECORD_FILE, best_record, database_dir, kernel_pool, known_traces, nearest_class, transfer_class,
-                   nearest_kernel_records, open_database, pruned_counts, write_class_file, wl_key)
+                   nearest_kernel_records, open_database, pruned_counts, replace_kernel_records, write_class_file, wl_key)
 from .paths import CACHE_DIR, TUNING_LOGS_DIR
 from .rpc import Endpoint
 from .schedules import gemm_shape
@@ -90,6 +90,7 @@ class TuneOptions:
     only_untuned: bool = False           # tune only kernels without a record in this class's log
     seeds: bool = True                   # measure our register-blocked GEMM micro-kernels first
     estimate: bool = False               # score candidates with the cost proxy, nothing run (proxy_tune.py)
+    retime: bool = True                  # a resumed tune re-measures each kernel's best records first
 
     def __post_init__(self):
         if self.trials < 1:
@@ -138,6 +139,7 @@ class TuneResult:
     warm_measured: int = 0               # of trials_run: its schedules re-measured here
     warm_nearest: int = 0                # of warm_measured: other models' schedules from this class's log
     seeds_measured: int = 0              # of trials_run: our GEMM micro-kernels (schedules.py)
+    retimed: int = 0                     # earlier records re-measured before this run (not in trials_run)
     out_of_time: bool = False            # stopped by --minutes
     journal: Optional[Path] = None       # when each batch landed (seconds, trials): tuning curves
 
@@ -588,6 +590,16 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
     say(f"{len(tasks)} tasks, per-task cap {per_task}; {before} trials already in {db_path}; "
         f"{budget} to run over {len(todo)} unfinished tasks")
     result = TuneResult(db_path, len(tasks), 0, before, 0, 0.0, False, None)
+    resumed = [tasks[i] for i in todo if existing[i]] if opts.retime and not opts.estimate and budget else []
+    if resumed:
+        db = _retime(resumed, db_path, db, builder, runner, target, result, started, opts, say)
+        if result.interrupted:
+            return result
+        existing = _records_per_task(db, tasks, pruned_counts(db_path))
+        before = sum(min(c, per_task) for c in existing)
+        todo = [i for i, c in enumerate(existing) if c < per_task and not (opts.only_untuned and c)]
+        budget = max(0, opts.trials - before)
+        result.trials_before = before
     class_key = spec.machine_class()["key"]
     work_dir = CACHE_DIR / "tune" / class_key
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -712,6 +724,60 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
     result.estimate_ms = progress.estimate_ms()
     result.per_task = [(t.task_name, w, b) for t, w, b in zip(tasks, weights, progress.best)]
     return result
+
+
+RETIME_TOP_K = 2      # a resumed tune re-measures this many of each kernel's best records
+
+
+def retime_records(tasks, db, builder, runner, target, top_k: int = RETIME_TOP_K, should_stop=lambda: False):
+    """The best ``top_k`` schedules ``db`` holds for each task, measured again now, as a
+    MemoryDatabase (nothing is written to ``db``); None if ``should_stop()`` said so."""
+    from tvm.s_tir import meta_schedule as ms
+
+    fresh = ms.database.MemoryDatabase()
+    for task in tasks:
+        if should_stop():
+            return None
+        mod = task.dispatched[0]
+        if not db.has_workload(mod):
+            continue
+        pairs = replay_on(mod, db.get_top_k(db.commit_workload(mod), top_k), task.task_name)
+        if pairs:
+            cands = [ms.MeasureCandidate(sch, ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True))
+                     for sch, _ in pairs]
+            _measure_and_commit(mod, cands, [rec.trace for _, rec in pairs], fresh, builder, runner, target)
+    return fresh
+
+
+def _retime(tasks, db_path, db, builder, runner, target, result, started, opts, say):
+    """Before a resumed tune: each kernel's best records, measured in an earlier run (another
+    day, another load on this VM: its speed drifts by 20-40% between sessions), are measured
+    again now and replace that kernel's earlier records, so that this run's candidates compete
+    with times taken under the same conditions. Returns the database to go on with."""
+    say(f"re-timing: {len(tasks)} kernel(s) have records from earlier runs; re-measuring their best "
+        f"{RETIME_TOP_K} schedule(s) here first (their old times are not compared with new ones; --no-retime keeps them)")
+    flag = {}
+    deadline = None if opts.minutes is None else started + 60 * opts.minutes
+    old = {sig: signal.signal(sig, lambda signum, frame: flag.setdefault("signal", signum))
+           for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        fresh = retime_records(tasks, db, builder, runner, target, RETIME_TOP_K,
+                               lambda: "signal" in flag or (deadline is not None and time.perf_counter() > deadline))
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if fresh is None:
+        result.interrupted = "signal" in flag
+        result.out_of_time = not result.interrupted
+        say("stopped while re-timing: the database is unchanged")
+        return db
+    n = len(fresh.get_all_tuning_records())
+    if n:
+        dropped, backup = replace_kernel_records(db_path, fresh)
+        result.retimed = n
+        say(f"re-timed {n} schedule(s); the {dropped} earlier record(s) of those kernels left the database "
+            f"(still counted as trials; the database before is in {backup})")
+    return open_database(db_path)
 
 
 def _warm_source(opts: TuneOptions):
