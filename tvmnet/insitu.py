@@ -14,8 +14,10 @@ kernel is timed in place (the replay takes as long as the VM run, within 3%). A 
 one kernel replaces it in the sequence and only its calls are timed.
 
 ``refine_model`` (``tvmnet refine``): for each kernel that runs much slower in place than alone,
-the candidates are the current schedule, the schedules of the same layer in the other models
-this class's log holds (nearest shapes first), and the best of a short search (``tvmnet tune``
+the candidates are the current schedule, the kernel's 4 best records in this class's log (alone
+they were within the tuner's noise of each other: on a 2-vCPU VM one measurement swings by
+10-30%), the schedules of the same layer in the other models this class's log holds (nearest
+shapes first), and the best of a short search (``tvmnet tune``
 into a scratch database); they are built and timed in place, and the fastest there, if it beats the
 current schedule by more than the noise, goes into the class's ``in_situ/`` database, which
 ``compile`` consults before the main log. Its records' times are in-place times.
@@ -41,6 +43,7 @@ KERNEL_PREFIXES = ("fused_", "mean", "max", "sum", "transpose", "reshape")
 GAIN = 0.03               # a candidate must beat the current kernel in place by this much
 CONFIRM = 5               # rounds of the current vs the best, in turn, before a pick
 NEAREST = 8               # candidates from this class's log: the same layer of the 8 nearest models
+OWN_TOP = 4               # ... and the kernel's own 4 best records there
 
 
 def _now() -> int:
@@ -302,6 +305,8 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
                 recs += list(sdb.get_top_k(sdb.commit_workload(fmod), top))
         cur = best_record(choice.database, task, target) if choice.database is not None else None
         recs += [r for r in (best_record(main_db, task, target), cur) if r is not None]   # the log's best, the pick
+        if main_db.has_workload(fmod):   # and its runners-up: alone, they were within the tuner's noise of it
+            recs += list(main_db.get_top_k(main_db.commit_workload(fmod), OWN_TOP))
         pairs = replay_on(fmod, recs, tname)
         mods, recs = [sch.mod for sch, _ in pairs], [r for _, r in pairs]
         built = builder.build([ms.builder.BuilderInput(m, target) for m in mods])
