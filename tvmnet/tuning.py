@@ -734,19 +734,12 @@ def retime_records(tasks, db, builder, runner, target, top_k: int = RETIME_TOP_K
     MemoryDatabase (nothing is written to ``db``); None if ``should_stop()`` said so."""
     from tvm.s_tir import meta_schedule as ms
 
+    def records_for(mod):
+        return db.get_top_k(db.commit_workload(mod), top_k) if db.has_workload(mod) else []
+
     fresh = ms.database.MemoryDatabase()
-    for task in tasks:
-        if should_stop():
-            return None
-        mod = task.dispatched[0]
-        if not db.has_workload(mod):
-            continue
-        pairs = replay_on(mod, db.get_top_k(db.commit_workload(mod), top_k), task.task_name)
-        if pairs:
-            cands = [ms.MeasureCandidate(sch, ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True))
-                     for sch, _ in pairs]
-            _measure_and_commit(mod, cands, [rec.trace for _, rec in pairs], fresh, builder, runner, target)
-    return fresh
+    _replay_records(tasks, [None] * len(tasks), records_for, fresh, builder, runner, target, None, None, should_stop)
+    return None if should_stop() else fresh
 
 
 def _retime(tasks, db_path, db, builder, runner, target, result, started, opts, say):
