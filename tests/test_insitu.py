@@ -140,3 +140,42 @@ def test_a_new_pick_replaces_the_kernels_older_picks(tuned, tmp_path):
     assert [wl_key(r.workload) for r in left] == [k2]
     assert drop_kernel_records(picks_dir, group1[0].workload.mod) == 0      # nothing left to drop
     assert not list(tmp_path.glob(".in_situ.*"))                          # no staging left behind
+
+
+@pytest.mark.slow   # ~3 min: the first tune context of a process imports TVM's tensor intrinsics (~75 s here)
+def test_a_packed_gemm_seed_refine_can_pick_compiles_and_matches_pytorch(tuned, tmp_path):
+    """refine's candidates include our register-blocked GEMM micro-kernels with the weights
+    packed (``tuning.packed_seeds``); one committed as refine commits a pick (its trace only, in
+    in_situ/) is what compile applies to that kernel, and the model still matches PyTorch."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvmnet import ModelConfig, load_target
+    from tvmnet.frontend import import_model
+    from tvmnet.logs import open_database
+    from tvmnet.passes import pipeline
+    from tvmnet.tuning import extract_tasks, packed_seeds
+
+    logs, _ = tuned
+    root = tmp_path / "logs"
+    shutil.copytree(logs, root)
+    spec = load_target("x86")
+    mod, *_ = import_model(ModelConfig(0.25, 32))
+    tasks = extract_tasks(pipeline.lower_to_tir(mod, spec), spec)
+    gemm = next(t for t in tasks if "matmul" in t.task_name and packed_seeds(t, tmp_path / "ctx", spec.vector_isa()))
+    seeds = packed_seeds(gemm, tmp_path / "ctx", spec.vector_isa())
+    # the weights are packed: the candidate's weight argument has another shape than the kernel's
+    fmod = gemm.dispatched[0]
+    plain = [tuple(a.as_json()[2]) for a in ms.arg_info.ArgInfo.from_entry_func(fmod, remove_preproc=True)]
+    packed = [tuple(a.as_json()[2]) for a in ms.arg_info.ArgInfo.from_entry_func(seeds[-1].mod, remove_preproc=True)]
+    assert plain[1] != packed[1] and plain[0] == packed[0]
+    picks = open_database(root / host_class() / "in_situ", create=True)
+    picks.commit_tuning_record(ms.database.TuningRecord(
+        seeds[-1].trace, picks.commit_workload(fmod), [1e-6], spec.tvm_target(),
+        ms.arg_info.ArgInfo.from_entry_func(seeds[-1].mod, remove_preproc=True)))
+    out = tmp_path / "art"
+    res = run_cli("compile", "--target", "x86", "--alpha", "0.25", "--resolution", "32", "-o", out,
+                  "--tuning-log", root / host_class())
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((out / "metadata.json").read_text())["tuning"]["kernels_in_situ"] == 1
+    res = run_cli("validate", out)
+    assert res.returncode == 0 and "PASS" in res.stdout, res.stdout[-2000:]

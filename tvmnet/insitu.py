@@ -17,8 +17,10 @@ one kernel replaces it in the sequence and only its calls are timed.
 the candidates are the current schedule, the kernel's 4 best records in this class's log (alone
 they were within the tuner's noise of each other: on a 2-vCPU VM one measurement swings by
 10-30%), the schedules of the same layer in the other models this class's log holds (nearest
-shapes first), and the best of a short search (``tvmnet tune``
-into a scratch database); they are built and timed in place, and the fastest there, if it beats the
+shapes first), for GEMM kernels our micro-kernel grid with packed weights (``tuning.packed_seeds``),
+and the best of a short search (``tvmnet tune``
+into a scratch database); they are built and timed in place in interleaved rounds (the median of
+each), and the fastest there, if it beats the
 current schedule by more than the noise, goes into the class's ``in_situ/`` database, which
 ``compile`` consults before the main log. Its records' times are in-place times.
 """
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 KERNEL_PREFIXES = ("fused_", "mean", "max", "sum", "transpose", "reshape")
 GAIN = 0.03               # a candidate must beat the current kernel in place by this much
 CONFIRM = 5               # rounds of the current vs the best, in turn, before a pick
+ROUNDS = 3                # candidates timed in this many interleaved rounds ...
+RUNS_PER_ROUND = 20       # ... of this many model replays each
 NEAREST = 8               # candidates from this class's log: the same layer of the 8 nearest models
 OWN_TOP = 4               # ... and the kernel's own 4 best records there
 
@@ -197,6 +201,13 @@ def candidate_args(mod, device):
 
 
 @dataclass
+class Seed:
+    """A candidate that is no record yet (one of our GEMM micro-kernels): its trace is all a
+    pick commits."""
+    trace: object
+
+
+@dataclass
 class KernelResult:
     name: str
     calls: int
@@ -251,7 +262,7 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
     from .frontend import import_model
     from .logs import (best_record, database_dir, drop_kernel_records, kernel_pool, nearest_kernel_records,
                        open_database)
-    from .tuning import TuneOptions, extract_tasks, replay_on, tune_model
+    from .tuning import TuneOptions, extract_tasks, packed_seeds, replay_on, tune_model
 
     scratch = Path(scratch) if scratch else work / "scratch"
     logs = db_path if log_dir else "auto"
@@ -287,6 +298,7 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
     say(f"{len(todo)} kernel(s) to refine: " + ", ".join(f"{v} ({before[v]:.0f} us in place, {alone[v]:.0f} alone)"
                                                          for _, v in todo))
     target = spec.tvm_target()
+    isa = spec.vector_isa()
     builder = make_builder(spec)
     main_db = open_database(db_path)
     pool = kernel_pool(main_db)   # other models' kernels of this class: their schedules are candidates too
@@ -308,9 +320,12 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
         if main_db.has_workload(fmod):   # and its runners-up: alone, they were within the tuner's noise of it
             recs += list(main_db.get_top_k(main_db.commit_workload(fmod), OWN_TOP))
         pairs = replay_on(fmod, recs, tname)
+        known = {str(r.trace) for _, r in pairs}
+        pairs += [(sch, Seed(sch.trace)) for sch in packed_seeds(task, work / "seed-contexts", isa)
+                  if str(sch.trace) not in known]   # GEMMs: our micro-kernel grid, weights packed
         mods, recs = [sch.mod for sch, _ in pairs], [r for _, r in pairs]
         built = builder.build([ms.builder.BuilderInput(m, target) for m in mods])
-        times, baseline = [], None
+        runnable = []
         for r, m, b in zip(recs, mods, built):
             if b.error_msg:
                 continue
@@ -318,14 +333,26 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
             func = rt[rt.entry_name] if rt.entry_name else rt["main"]
             args_for = candidate_args(m, rp.device)
             try:
-                times.append((rp.candidate_us(vname, func, args_for), r, func, args_for, m))
+                rp.candidate_us(vname, func, args_for, runs=2)
             except Exception as err:   # noqa: BLE001 - a candidate that cannot run in place is skipped
                 log.info("candidate skipped: %s", err)
                 continue
+            runnable.append((r, func, args_for, m))
+        cur_func = next(c.func for c in rp.calls if c.name == vname)   # as compiled
+        # every candidate and the current kernel timed in ROUNDS interleaved rounds, the median
+        # of each: the VM's speed drifts by 10-30% within minutes, one block per candidate
+        # compared candidates timed at different speeds
+        samples = [[] for _ in range(len(runnable) + 1)]
+        for _ in range(ROUNDS):
+            samples[0].append(rp.candidate_us(vname, cur_func, lambda a: a, runs=RUNS_PER_ROUND))
+            for k, (r, func, args_for, m) in enumerate(runnable, 1):
+                samples[k].append(rp.candidate_us(vname, func, args_for, runs=RUNS_PER_ROUND))
+        now = statistics.median(samples[0])
+        times, baseline = [], None
+        for (r, func, args_for, m), v in zip(runnable, samples[1:]):
+            times.append((statistics.median(v), r, func, args_for, m))
             if cur is not None and str(r.trace) == str(cur.trace):
                 baseline = times[-1][0]
-        cur_func = next(c.func for c in rp.calls if c.name == vname)   # as compiled
-        now = rp.candidate_us(vname, cur_func, lambda a: a)
         # the bar: the current schedule built the same way as the candidates (else as compiled)
         bar = min(now, baseline) if baseline is not None else now
         best = min(times, key=lambda t: t[0]) if times else None

@@ -422,6 +422,34 @@ def _measure_per_task(tasks, contexts, candidates_for, db, builder, runner, targ
     return measured
 
 
+def postprocessed(sch, ctx, name: str = ""):
+    """A copy of schedule ``sch`` through the design space's postprocessors of tune context
+    ``ctx`` (on x86 they pack the weights: layout rewrite), or None where one refuses it."""
+    packed = sch.copy()
+    packed.enter_postproc()
+    try:
+        if all(p.apply(packed) for p in ctx.space_generator.postprocs):
+            return packed
+    except Exception as err:  # noqa: BLE001 - the caller keeps the plain schedule
+        log.debug("postprocessing failed for %s: %s", name, err_line(err))
+    return None
+
+
+def packed_seeds(task, work_dir: Path, isa: str) -> list:
+    """Our register-blocked GEMM micro-kernels (``schedules.seed_schedules_for``) for ``task``,
+    each through the design space's postprocessors (weights packed, as compile lays them out);
+    [] for a kernel the template does not cover."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from .schedules import seed_schedules_for
+
+    grid = seed_schedules_for(task.dispatched[0], isa)
+    if not grid:
+        return []
+    ctx = ms.relax_integration.extracted_tasks_to_tune_contexts([task], str(work_dir), space="post-order-apply")[0][0]
+    return [p for p in (postprocessed(sch, ctx, task.task_name) for sch in grid) if p is not None]
+
+
 def seed_schedules(tasks, contexts, db, builder, runner, target, isa: str, cost_model=None, on_batch=None,
                    should_stop=lambda: False, limit: Optional[int] = None, per_kernel: Optional[int] = None) -> int:
     """Measure our register-blocked micro-kernels (``schedules.seed_schedules_for``) for every
@@ -442,15 +470,8 @@ def seed_schedules(tasks, contexts, db, builder, runner, target, isa: str, cost_
         if n is not None and len(grid) > n:
             grid = [grid[round(i * (len(grid) - 1) / max(1, n - 1))] for i in range(n)]
         for sch in grid:
-            variants = [sch]
-            packed = sch.copy()
-            packed.enter_postproc()
-            try:
-                if all(p.apply(packed) for p in ctx.space_generator.postprocs):
-                    variants.append(packed)
-            except Exception as err:  # noqa: BLE001 - the plain seed is still measured
-                log.debug("seed postprocessing failed for %s: %s", task.task_name, err_line(err))
-            for v in variants:
+            packed = postprocessed(sch, ctx, task.task_name)
+            for v in [sch] + ([packed] if packed is not None else []):
                 if str(v.trace) not in known:
                     known.add(str(v.trace))
                     pairs.append((v, v.trace))
