@@ -378,7 +378,9 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
         after = best[0] if picked else now
         res.kernels.append(KernelResult(vname, sum(c.name == vname for c in rp.calls), alone[vname], now, after,
                                         len(times), picked))
-        say(f"    in place: {now:.1f} us now, best of {len(times)} candidates {best[0]:.1f} us"
+        rebuilt = (f" (its schedule rebuilt as a candidate: {baseline:.1f} us)"
+                   if baseline is not None and not picked else "")
+        say(f"    in place: {now:.1f} us now{rebuilt}, best of {len(times)} candidates {best[0]:.1f} us"
             f" -> {'picked' if picked else 'kept the current schedule'}" if best else "    no candidate ran")
     if any(k.picked for k in res.kernels):
         say("compiling again with the picks, timing before and after in turn")
