@@ -161,8 +161,8 @@ def test_a_packed_gemm_seed_refine_can_pick_compiles_and_matches_pytorch(tuned, 
     spec = load_target("x86")
     mod, *_ = import_model(ModelConfig(0.25, 32))
     tasks = extract_tasks(pipeline.lower_to_tir(mod, spec), spec)
-    gemm = next(t for t in tasks if "matmul" in t.task_name and packed_seeds(t, tmp_path / "ctx", spec.vector_isa()))
-    seeds = packed_seeds(gemm, tmp_path / "ctx", spec.vector_isa())
+    gemm, seeds = next((t, s) for t in tasks if "matmul" in t.task_name
+                       for s in [packed_seeds(t, tmp_path / "ctx", spec.vector_isa())] if s)
     # the weights are packed: the candidate's weight argument has another shape than the kernel's
     fmod = gemm.dispatched[0]
     plain = [tuple(a.as_json()[2]) for a in ms.arg_info.ArgInfo.from_entry_func(fmod, remove_preproc=True)]
