@@ -23,16 +23,22 @@ _INTRIN_MODULES = {"x86": ("x86",), "arm": ("arm_cpu",), "cuda": ("cuda",)}
 
 
 def _install_light_tensor_intrin(families: tuple) -> None:
+    """Register ``tvm.s_tir.tensor_intrin`` as a package that loads only ``families``' modules
+    (once per process; a later call adds its families). A process that has already imported the
+    full package keeps it."""
     name = "tvm.s_tir.tensor_intrin"
-    if name in sys.modules:
-        return
-    import tvm.s_tir as s_tir
+    pkg = sys.modules.get(name)
+    if pkg is None:
+        import tvm.s_tir as s_tir
 
-    pkg = types.ModuleType(name)
-    pkg.__path__ = [d + "/tensor_intrin" for d in s_tir.__path__]
-    pkg.__package__ = name
-    sys.modules[name] = pkg
-    s_tir.tensor_intrin = pkg
+        pkg = types.ModuleType(name)
+        pkg.__path__ = [d + "/tensor_intrin" for d in s_tir.__path__]
+        pkg.__package__ = name
+        pkg.tvmnet_light = True
+        sys.modules[name] = pkg
+        s_tir.tensor_intrin = pkg
+    elif not getattr(pkg, "tvmnet_light", False):
+        return
     for fam in families:
         importlib.import_module(f"{name}.{fam}")
 

@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 def extract_tasks(mod, spec: TargetSpec):
     from tvm.s_tir import meta_schedule as ms
 
+    from .builder_fix import _install_light_tensor_intrin, intrin_families
+
+    # Every TuneContext imports tvm.s_tir.tensor_intrin, i.e. every backend's intrinsics
+    # (~75-90 s on 2 cores, CUDA's alone ~50 s); this target needs only its own family's.
+    _install_light_tensor_intrin(intrin_families(spec))
+
     tasks = ms.relax_integration.extract_tasks(mod, spec.tvm_target())
     return [t for t in tasks if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled", False)]
 
