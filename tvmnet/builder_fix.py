@@ -53,6 +53,16 @@ def intrin_families(spec) -> tuple:
     return ()
 
 
+def target_intrin_families(target) -> tuple:
+    """The intrinsic families of a ``tvm.target.Target`` (what ``intrin_families`` gives its spec)."""
+    if target.kind.name == "cuda":
+        return _INTRIN_MODULES["cuda"]
+    if target.kind.name == "llvm":
+        triple = str(target.attrs.get("mtriple", "") or "")
+        return _INTRIN_MODULES["arm"] if triple.startswith("aarch64") else _INTRIN_MODULES["x86"]
+    return ()
+
+
 def _init_worker(families: tuple) -> None:
     # Ctrl-C reaches the whole process group; the tuner stops at a safe point, so the
     # workers must not die half-way through a batch.

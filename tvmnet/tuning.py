@@ -43,14 +43,21 @@ log = logging.getLogger(__name__)
 def extract_tasks(mod, spec: TargetSpec):
     from tvm.s_tir import meta_schedule as ms
 
-    from .builder_fix import _install_light_tensor_intrin, intrin_families
-
-    # Every TuneContext imports tvm.s_tir.tensor_intrin, i.e. every backend's intrinsics
-    # (~75-90 s on 2 cores, CUDA's alone ~50 s); this target needs only its own family's.
-    _install_light_tensor_intrin(intrin_families(spec))
-
     tasks = ms.relax_integration.extract_tasks(mod, spec.tvm_target())
     return [t for t in tasks if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled", False)]
+
+
+def tune_contexts(tasks, work_dir, **kw):
+    """``extracted_tasks_to_tune_contexts``, with only the tasks' target's tensor intrinsics
+    loaded: every TuneContext imports ``tvm.s_tir.tensor_intrin``, i.e. every backend's
+    intrinsics (75-90 s on 2 cores, CUDA's alone ~50 s), before its first use."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from .builder_fix import _install_light_tensor_intrin, target_intrin_families
+
+    if tasks:
+        _install_light_tensor_intrin(target_intrin_families(tasks[0].target))
+    return ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, str(work_dir), space="post-order-apply", **kw)
 
 
 def default_per_task(trials: int, n_tasks: int) -> int:
@@ -452,7 +459,7 @@ def packed_seeds(task, work_dir: Path, isa: str) -> list:
     grid = seed_schedules_for(task.dispatched[0], isa)
     if not grid:
         return []
-    ctx = ms.relax_integration.extracted_tasks_to_tune_contexts([task], str(work_dir), space="post-order-apply")[0][0]
+    ctx = tune_contexts([task], work_dir)[0][0]
     return [p for p in (postprocessed(sch, ctx, task.task_name) for sch in grid) if p is not None]
 
 
@@ -644,8 +651,8 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
     sub_tasks = [tasks[i] for i in todo]
     t0 = time.perf_counter()
     _quiet_metaschedule()
-    contexts, ctx_weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        sub_tasks, str(work_dir), space="post-order-apply",
+    contexts, ctx_weights = tune_contexts(
+        sub_tasks, work_dir,
         strategy=ms.search_strategy.EvolutionarySearch(population_size=opts.population), seed=opts.seed)
     cost_model = ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(), adaptive_training=True,
                                         num_tuning_cores=None)
@@ -723,8 +730,8 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
             say(f"first pass: {first} random schedules for each of {len(timeless)} kernel(s) without a time here")
             sub = [todo[j] for j in timeless]
             _quiet_metaschedule()
-            replay, _ = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                [sub_tasks[j] for j in timeless], str(work_dir), space="post-order-apply",
+            replay, _ = tune_contexts(
+                [sub_tasks[j] for j in timeless], work_dir,
                 strategy=ms.search_strategy.ReplayTrace(), seed=opts.seed)
             _tune_subset(ms, replay, [ctx_weights[j] for j in timeless], work_dir,
                          min(budget - progress.done, first * len(timeless)), first, first, builder, runner, db,
