@@ -281,3 +281,38 @@ def test_estimate_options_refuse_a_board_link_and_a_gpu_and_keep_their_own_direc
     # only kinds whose measured rank agreement reaches the bar are tuned by the proxy
     assert set(TRUSTED_KINDS) == {k for k, rho in PROXY_RHO.items() if rho >= RHO_BAR} >= {"pointwise GEMM"}
     assert "depthwise conv" not in TRUSTED_KINDS
+
+
+_LIGHT_INTRIN_PROBE = r"""
+import sys
+from tvm import te
+from tvm.s_tir import TensorIntrin
+from tvm.s_tir import meta_schedule as ms
+from tvmnet.targets import load_target
+from tvmnet.tuning import tune_contexts
+
+spec = load_target(sys.argv[1])
+a = te.placeholder((16, 16), name="a")
+b = te.placeholder((16, 16), name="b")
+k = te.reduce_axis((0, 16), name="k")
+c = te.compute((16, 16), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="c")
+import tvm
+mod = tvm.IRModule({"main": te.create_prim_func([a, b, c])})
+task = ms.ExtractedTask("mm", mod, spec.tvm_target(), [mod], 1)
+ctx = tune_contexts([task], sys.argv[3])[0][0]
+assert ctx.generate_design_space(), "no design space"
+loaded = sorted(m.rsplit(".", 1)[1] for m in sys.modules if m.startswith("tvm.s_tir.tensor_intrin."))
+print(" ".join(loaded), TensorIntrin.get(sys.argv[2]) is not None)
+"""
+
+
+@pytest.mark.parametrize("target, family, intrin", [("x86", "x86", "dot_16x4_vnni"),
+                                                    ("rpi4", "arm_cpu dot_product_common", "dot_4x4_i8i8s32_neon")])
+def test_tune_contexts_load_only_the_targets_tensor_intrinsics(target, family, intrin, tmp_path):
+    """A tune context imports every backend's tensor intrinsics (75-90 s on 2 cores, CUDA's ~50 s)
+    unless tvmnet registers the light package first: only the target's family is loaded, and its
+    intrinsics (those MetaSchedule's x86/ARM rules name) are registered."""
+    res = subprocess.run([sys.executable, "-c", _LIGHT_INTRIN_PROBE, target, intrin, str(tmp_path)], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.splitlines()[-1].split() == family.split() + ["True"], res.stdout   # no cuda, rocm, ...
