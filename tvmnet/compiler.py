@@ -79,6 +79,7 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
 
     from .frontend import import_model
     from .passes import pipeline
+    from .passes.weight_prefetch import prefetching_kernels
 
     spec, out = opts.target, Path(opts.output)
     say = progress or (lambda msg: log.info(msg))
@@ -100,6 +101,7 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
         log_note += f"; layout {layout}: the logs cover it better than {spec.default_layout}"
     say(log_note)
     mod = pipeline.finalize(mod, spec, choice.database)
+    prefetching = len(prefetching_kernels(mod))
 
     say(f"building for {spec.name}" + (f" with {spec.cross_compiler}" if spec.cross_compiler else ""))
     try:
@@ -132,7 +134,8 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
             "library": LIBRARY,
             "library_elf_machine": machine,
             "passes": ["FoldBatchNorm"] + (["ConvertLayout(NHWC)"] if layout == "NHWC" else [])
-                      + (["PointwiseToGemm"] if opts.gemm else []),
+                      + (["PointwiseToGemm"] if opts.gemm else [])
+                      + ([f"PrefetchWeights({prefetching} kernels)"] if prefetching else []),
             "layout": layout,
             "tuning": dict(choice.metadata(), note=log_note),
             "compile_seconds": round(time.perf_counter() - t0, 2),

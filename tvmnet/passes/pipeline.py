@@ -5,7 +5,8 @@ Phase 2 ``lower``: legalize to TIR and fuse (conv/matmul + bias + ReLU become on
    The module after this phase is what MetaSchedule tunes; tuning and compile share it, so
    database records always match the kernels that get built.
 Phase 3 ``schedule``: apply tuned records from the database; default GPU schedules (dlight)
-   for CUDA kernels without records; weight pre-packing for tuned CPU kernels.
+   for CUDA kernels without records; weight pre-packing for tuned CPU kernels; on x86, the
+   tuned GEMMs prefetch their next weight strip (``PrefetchWeights``).
 
 A pass that does not apply to a target is an empty ``Sequential([])``, not an ``if``.
 """
@@ -22,6 +23,7 @@ from tvm.relax import transform as T
 from .fold_batchnorm import FoldBatchNorm
 from .pointwise_to_gemm import PointwiseToGemm
 from .stem_reads_nchw import StemReadsNCHW
+from .weight_prefetch import PrefetchWeights
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +105,9 @@ def _gpu_default_schedule() -> tvm.transform.Pass:
     return dl.ApplyDefaultSchedule(*[Guarded(r) for r in rules])
 
 
-def finalize(mod: tvm.IRModule, spec, database=None) -> tvm.IRModule:
-    """Phase 3: apply tuned records (if any), default GPU schedules, CPU weight pre-packing."""
+def finalize(mod: tvm.IRModule, spec, database=None, prefetch: bool = True) -> tvm.IRModule:
+    """Phase 3: apply tuned records (if any), default GPU schedules, CPU weight pre-packing,
+    then (x86) the GEMMs' strip-ahead weight prefetches (``prefetch=False``: without)."""
     with spec.tvm_target():
         seq = tvm.transform.Sequential([
             T.MetaScheduleApplyDatabase(enable_warning=False) if database is not None else _EMPTY,
@@ -112,6 +115,7 @@ def finalize(mod: tvm.IRModule, spec, database=None) -> tvm.IRModule:
             tvm.transform.Sequential([T.SplitLayoutRewritePreproc(), T.LiftTransformParams(), T.FoldConstant(),
                                      T.CanonicalizeBindings(), T.DeadCodeElimination()])
             if spec.is_cpu and database is not None else _EMPTY,
+            PrefetchWeights if spec.arch == "x86_64" and database is not None and prefetch else _EMPTY,
         ], name="tvmnet.schedule")
         if database is not None:
             with database:
