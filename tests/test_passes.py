@@ -230,3 +230,47 @@ def test_whole_model_nhwc_matches_pytorch():
 def test_graph_passes_refuses_an_unknown_layout():
     with pytest.raises(ValueError, match="NCHW, NHWC"):
         graph_passes(layout="NCWH")
+
+
+def _strip_gemm(strips=16, k=256, m=12):
+    """A GEMM in the packed-strip form our schedules give: out[i, s*16 + j] = sum_k a[i, k] *
+    w[s, k, j], (strip, 2-row block) pairs in a parallel loop (w: strips x k x 16 floats = 256 KB)."""
+    from tvm import te, s_tir
+
+    a = te.placeholder((m, k), name="a")
+    w = te.placeholder((strips, k, 16), name="w")
+    r = te.reduce_axis((0, k), name="r")
+    out = te.compute((m, strips * 16), lambda i, n: te.sum(a[i, r] * w[n // 16, r, n % 16], axis=r), name="out")
+    sch = s_tir.Schedule(te.create_prim_func([a, w, out]))
+    i, n, rr = sch.get_loops(sch.get_sblock("out"))
+    no, ni = sch.split(n, [strips, 16])
+    io, ii = sch.split(i, [None, 2])
+    sch.reorder(no, io, ii, rr, ni)
+    sch.parallel(sch.fuse(no, io))
+    sch.vectorize(ni)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+@pytest.mark.unit
+def test_prefetch_weights_adds_strip_ahead_prefetches_and_keeps_the_numbers():
+    from tvmnet.passes.weight_prefetch import PrefetchWeights, prefetching_kernels
+
+    func = _strip_gemm().with_attr("global_symbol", "fused_matmul_x")
+    mod = tvm.IRModule({"fused_matmul_x": func})
+    small = tvm.IRModule({"fused_matmul_small": _strip_gemm(strips=2, k=64)})   # 8 KB of weights
+    new = PrefetchWeights(tvm.IRModule(dict(mod.functions)))
+    assert prefetching_kernels(new) == ["fused_matmul_x"] and prefetching_kernels(PrefetchWeights(small)) == []
+    assert "T.prefetch(" in new["fused_matmul_x"].script()
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v3"})
+    libs = [tvm.tirx.build(m, target=target) for m in (mod, new)]
+    assert "prefetcht1" in libs[1].inspect_source("asm") and "prefetcht1" not in libs[0].inspect_source("asm")
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((12, 256)).astype("float32")
+    w = rng.standard_normal((16, 256, 16)).astype("float32")
+    outs = []
+    for lib in libs:
+        out = tvm.runtime.tensor(np.zeros((12, 256), "float32"))
+        lib["fused_matmul_x"](tvm.runtime.tensor(a), tvm.runtime.tensor(w), out)
+        outs.append(out.numpy())
+    np.testing.assert_array_equal(outs[0], outs[1])     # a prefetch changes no number
+    np.testing.assert_allclose(outs[0], a @ w.transpose(1, 0, 2).reshape(256, 256), rtol=1e-4, atol=1e-4)
