@@ -44,17 +44,12 @@ def _install_light_tensor_intrin(families: tuple) -> None:
 
 
 def intrin_families(spec) -> tuple:
-    if spec.device == "cuda":
-        return _INTRIN_MODULES["cuda"]
-    if spec.arch == "aarch64":
-        return _INTRIN_MODULES["arm"]
-    if spec.arch == "x86_64":
-        return _INTRIN_MODULES["x86"]
-    return ()
+    """The tensor-intrinsic modules a target spec's kernels can use."""
+    return target_intrin_families(spec.tvm_target())
 
 
 def target_intrin_families(target) -> tuple:
-    """The intrinsic families of a ``tvm.target.Target`` (what ``intrin_families`` gives its spec)."""
+    """The tensor-intrinsic modules of a ``tvm.target.Target``: CUDA's, ARM's or x86's."""
     if target.kind.name == "cuda":
         return _INTRIN_MODULES["cuda"]
     if target.kind.name == "llvm":

@@ -17,7 +17,8 @@ Applied to kernels named ``*matmul*`` with a weight buffer of at least 128 KB an
 prefetches per iteration (more in one burst fill the line-fill buffers: on Zen 3 the 7x7x1024
 GEMM and the fc got slower with 103 and 2560).
 
-Zen 3, 1.0-224, in place: the 14x14x512 GEMMs -5%, the model 0.986x (two builds timed in turn).
+Zen 3, 1.0-224, in place: the 14x14x512 GEMMs 5-9% faster; the model 0.979-0.986x in two
+quiet A/Bs of builds timed in turn (tuning_logs/README.md, Dec 1, fourth session).
 """
 from __future__ import annotations
 
