@@ -142,7 +142,7 @@ def test_a_new_pick_replaces_the_kernels_older_picks(tuned, tmp_path):
     assert not list(tmp_path.glob(".in_situ.*"))                          # no staging left behind
 
 
-@pytest.mark.slow   # ~3 min: the first tune context of a process imports TVM's tensor intrinsics (~75 s here)
+@pytest.mark.slow   # ~100 s on 2 cores (a refine of one kernel, two compiles)
 def test_a_packed_gemm_seed_refine_can_pick_compiles_and_matches_pytorch(tuned, tmp_path):
     """refine's candidates include our register-blocked GEMM micro-kernels with the weights
     packed (``tuning.packed_seeds``); one committed as refine commits a pick (its trace only, in

@@ -75,7 +75,7 @@ def test_missing_log_is_an_error(tmp_path):
     assert res.returncode == 6 and "tvmnet tune" in res.stderr
 
 
-@pytest.mark.slow   # ~150 s each; in CI's extended run (`pytest -m slow`), keeping the default run under 15 min
+@pytest.mark.slow   # ~90 s each; in CI's extended run (`pytest -m slow`), keeping the default run under 15 min
 @pytest.mark.parametrize("how", ["SIGTERM to the tuner", "Ctrl-C (SIGINT to its process group)"])
 def test_interrupt_keeps_every_measured_record_and_resume_counts_them(tmp_path, how):
     """The signal only sets a flag; the run stops at the scheduler's next decision, exits 130,
