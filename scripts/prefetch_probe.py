@@ -14,7 +14,8 @@ prefetch arguments are the very tensors the later kernels read.
     python3 scripts/prefetch_probe.py --alpha 1.0 [--locality 1] [--rounds 12]
 
 Locality 0-3 as LLVM's prefetch (x86: 3 = prefetcht0, 1 = prefetcht2). Zen 3, Dec 1: 1.000x
-(locality 1) and 1.013x (3) end to end, within the VM's noise.
+(locality 1) and 1.013x (3) end to end, within the VM's noise. Both builds now include the
+pipeline's own in-kernel prefetch (``tvmnet.passes.weight_prefetch``), whose loop this probe reuses.
 """
 import argparse
 import math
@@ -37,6 +38,8 @@ def with_prefetch(func, shape, dtype, locality):
     import tvm_ffi
     from tvm import tirx
 
+    from tvmnet.passes.weight_prefetch import prepend_prefetches
+
     numel = math.prod(shape)
     per_line = LINE // (tvm.DataType(dtype).bits // 8)
     lines = -(-numel // per_line)
@@ -47,19 +50,7 @@ def with_prefetch(func, shape, dtype, locality):
         if done or loop.kind != tirx.ForKind.PARALLEL:
             return loop
         done.append(loop)
-        dt = str(loop.extent.ty)
-        per_iter = -(-lines // int(loop.extent))
-        p = tirx.Var("pf", dt)
-        flat = tirx.Cast("int64", tirx.Min((loop.loop_var * per_iter + p) * per_line, tirx.IntImm(dt, numel - 1)))
-        index, stride = [], 1
-        for d in reversed(shape):
-            index.append(tirx.FloorMod(tirx.FloorDiv(flat, tirx.IntImm("int64", stride)), tirx.IntImm("int64", d)))
-            stride *= d
-        addr = tirx.address_of(tirx.BufferLoad(buf, index[::-1]))
-        pf = tirx.For(p, tirx.IntImm(dt, 0), tirx.IntImm(dt, per_iter), tirx.ForKind.SERIAL,
-                      tirx.Evaluate(tirx.call_intrin("void", "tirx.prefetch", addr, 0, locality, 1)))
-        return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, tirx.SeqStmt([pf, loop.body]),
-                        loop.thread_binding, loop.annotations)
+        return prepend_prefetches(loop, buf, -(-lines // int(loop.extent)), 0, locality)
 
     body = tvm_ffi.structural_map(func.body, (tirx.For, on_for), order="pre")
     if not done:

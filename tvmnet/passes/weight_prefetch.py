@@ -47,6 +47,27 @@ def _weights(func: tirx.PrimFunc):
     return max(cand, key=lambda b: math.prod(int(s) for s in b.shape), default=None)
 
 
+def prepend_prefetches(loop: tirx.For, buf: tirx.Buffer, per_iter: int, ahead: int, locality: int) -> tirx.For:
+    """``loop`` whose iteration ``i`` first prefetches cache lines ``[i*per_iter + ahead,
+    (i+1)*per_iter + ahead)`` of ``buf`` (flat, clamped to its last element)."""
+    shape = [int(s) for s in buf.shape]
+    numel = math.prod(shape)
+    per_line = LINE_BYTES // (tvm.DataType(str(buf.dtype)).bits // 8)
+    dt = str(loop.extent.ty)
+    p = tirx.Var("pf", dt)
+    line = loop.loop_var * per_iter + p + tirx.IntImm(dt, ahead)
+    flat = tirx.Cast("int64", tirx.Min(line * per_line, tirx.IntImm(dt, numel - 1)))
+    index, stride = [], 1
+    for d in reversed(shape):
+        index.append(tirx.FloorMod(tirx.FloorDiv(flat, tirx.IntImm("int64", stride)), tirx.IntImm("int64", d)))
+        stride *= d
+    addr = tirx.address_of(tirx.BufferLoad(buf, index[::-1]))
+    pf = tirx.For(p, tirx.IntImm(dt, 0), tirx.IntImm(dt, per_iter), tirx.ForKind.SERIAL,
+                  tirx.Evaluate(tirx.call_intrin("void", "tirx.prefetch", addr, 0, locality, 1)))
+    return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, tirx.SeqStmt([pf, loop.body]),
+                    loop.thread_binding, loop.annotations)
+
+
 def with_prefetch(func: tirx.PrimFunc):
     """``func`` with the strip-ahead prefetches in its outermost parallel loop; None if it does
     not qualify."""
@@ -73,19 +94,7 @@ def with_prefetch(func: tirx.PrimFunc):
             seen.append(None)
             return loop
         seen.append(loop)
-        dt = str(loop.extent.ty)
-        p = tirx.Var("pf", dt)
-        line = loop.loop_var * per_iter + p + tirx.IntImm(dt, ahead)
-        flat = tirx.Cast("int64", tirx.Min(line * per_line, tirx.IntImm(dt, numel - 1)))
-        index, stride = [], 1
-        for d in reversed(shape):
-            index.append(tirx.FloorMod(tirx.FloorDiv(flat, tirx.IntImm("int64", stride)), tirx.IntImm("int64", d)))
-            stride *= d
-        addr = tirx.address_of(tirx.BufferLoad(w, index[::-1]))
-        pf = tirx.For(p, tirx.IntImm(dt, 0), tirx.IntImm(dt, per_iter), tirx.ForKind.SERIAL,
-                      tirx.Evaluate(tirx.call_intrin("void", "tirx.prefetch", addr, 0, LOCALITY, 1)))
-        return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, tirx.SeqStmt([pf, loop.body]),
-                        loop.thread_binding, loop.annotations)
+        return prepend_prefetches(loop, w, per_iter, ahead, LOCALITY)
 
     body = tvm_ffi.structural_map(func.body, (tirx.For, on_for), order="pre")
     if not seen or seen[0] is None:
