@@ -105,9 +105,9 @@ def _gpu_default_schedule() -> tvm.transform.Pass:
     return dl.ApplyDefaultSchedule(*[Guarded(r) for r in rules])
 
 
-def finalize(mod: tvm.IRModule, spec, database=None, prefetch: bool = True) -> tvm.IRModule:
+def finalize(mod: tvm.IRModule, spec, database=None) -> tvm.IRModule:
     """Phase 3: apply tuned records (if any), default GPU schedules, CPU weight pre-packing,
-    then (x86) the GEMMs' strip-ahead weight prefetches (``prefetch=False``: without)."""
+    then (x86) the GEMMs' strip-ahead weight prefetches."""
     with spec.tvm_target():
         seq = tvm.transform.Sequential([
             T.MetaScheduleApplyDatabase(enable_warning=False) if database is not None else _EMPTY,
@@ -115,7 +115,7 @@ def finalize(mod: tvm.IRModule, spec, database=None, prefetch: bool = True) -> t
             tvm.transform.Sequential([T.SplitLayoutRewritePreproc(), T.LiftTransformParams(), T.FoldConstant(),
                                      T.CanonicalizeBindings(), T.DeadCodeElimination()])
             if spec.is_cpu and database is not None else _EMPTY,
-            PrefetchWeights if spec.arch == "x86_64" and database is not None and prefetch else _EMPTY,
+            PrefetchWeights if spec.arch == "x86_64" and database is not None else _EMPTY,
         ], name="tvmnet.schedule")
         if database is not None:
             with database:
