@@ -5,13 +5,14 @@ import pytest
 import torch
 import tvm
 from tvm import relax
+from tvm.ir.expr import Constant
 from tvm.script import ir as I
 from tvm.script import relax as R
 
 from tvmnet.config import ModelConfig
 from tvmnet.frontend import from_torch
 from tvmnet.models import build_model
-from tvmnet.passes import FoldBatchNorm, PointwiseToGemm, op_counts
+from tvmnet.passes import FoldBatchNorm, FoldWeightArithmetic, PointwiseToGemm, op_counts
 from tvmnet.passes.pipeline import graph_passes
 
 
@@ -53,6 +54,42 @@ def test_fold_batchnorm_structure():
             return r
 
     tvm.ir.assert_structural_equal(FoldBatchNorm()(Before), Expected)
+
+
+def _constants(mod):
+    found = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: found.append(e.value.numpy())
+                                    if isinstance(e, Constant) and hasattr(e.value, "numpy") else None)
+    return found
+
+
+@pytest.mark.unit
+def test_fold_weight_arithmetic_gives_foldconstants_bits_without_building_kernels():
+    """conv + BatchNorm with constant weights, then the NHWC weight transpose: the folded weights
+    and bias are FoldConstant's, bit for bit, and no call on constants is left for it to build."""
+    rng = np.random.default_rng(0)
+    c = lambda *shape: relax.const(rng.standard_normal(shape).astype("float32"))
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 3, 8, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, c(4, 3, 3, 3), padding=[1, 1, 1, 1]))
+            var = relax.const(rng.uniform(0.5, 2, 4).astype("float32"))
+            bn = bb.emit(relax.op.nn.batch_norm(y, c(4), c(4), c(4), var, axis=1, epsilon=1e-3, training=False))
+            z = bb.emit(relax.op.permute_dims(bb.emit(relax.TupleGetItem(bn, 0)), [0, 2, 3, 1]))
+            out = bb.emit_output(relax.op.add(z, relax.op.reshape(relax.op.permute_dims(c(4, 1), [1, 0]), (1, 1, 1, 4))))
+        bb.emit_func_output(out)
+    mod = FoldBatchNorm()(bb.get())
+    numpy_folded = FoldWeightArithmetic()(mod)
+    left = [n for n in ("relax.multiply", "relax.divide", "relax.subtract", "relax.sqrt", "relax.reshape",
+                        "relax.permute_dims") if op_counts(numpy_folded)[n]]
+    assert left == ["relax.permute_dims"]          # only the activation's transpose: it is not constant
+    assert op_counts(numpy_folded)["relax.add"] == 2     # the bias add and the last add, on activations
+    reference = relax.transform.FoldConstant()(mod)
+    mine, theirs = _constants(relax.transform.FoldConstant()(numpy_folded)), _constants(reference)
+    assert len(mine) == len(theirs) >= 3
+    for a, b in zip(mine, theirs):
+        assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
 
 
 @pytest.mark.unit
@@ -177,7 +214,7 @@ def test_whole_model_fold_and_gemm():
     assert before["relax.nn.batch_norm"] == 27 and before["relax.nn.conv2d"] == 27
 
     with tvm.target.Target({"kind": "llvm", "num-cores": 2}):
-        folded = tvm.transform.Sequential([FoldBatchNorm(), relax.transform.FoldConstant()])(mod)
+        folded = tvm.transform.Sequential([FoldBatchNorm(), FoldWeightArithmetic(), relax.transform.FoldConstant()])(mod)
         lowered = graph_passes(gemm=True)(mod)
     after = op_counts(folded)
     assert after["relax.nn.batch_norm"] == 0

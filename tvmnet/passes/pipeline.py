@@ -1,6 +1,7 @@
 """The compile pipeline, in phases, in one place.
 
-Phase 1 ``graph``: graph-level rewrites on Relax (BN folding, pointwise conv -> GEMM).
+Phase 1 ``graph``: graph-level rewrites on Relax (BN folding, pointwise conv -> GEMM); the
+   constant weight arithmetic they leave is evaluated in NumPy (``FoldWeightArithmetic``).
 Phase 2 ``lower``: legalize to TIR and fuse (conv/matmul + bias + ReLU become one kernel).
    The module after this phase is what MetaSchedule tunes; tuning and compile share it, so
    database records always match the kernels that get built.
@@ -21,6 +22,7 @@ from tvm import relax
 from tvm.relax import transform as T
 
 from .fold_batchnorm import FoldBatchNorm
+from .fold_constants import FoldWeightArithmetic
 from .pointwise_to_gemm import PointwiseToGemm
 from .stem_reads_nchw import StemReadsNCHW
 from .weight_prefetch import PrefetchWeights
@@ -40,6 +42,7 @@ def to_nhwc() -> tvm.transform.Pass:
     return tvm.transform.Sequential([
         T.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}),
         T.CanonicalizeBindings(),
+        FoldWeightArithmetic(),
         T.FoldConstant(),
         StemReadsNCHW(),
         T.DeadCodeElimination(),
@@ -51,11 +54,13 @@ def graph_passes(gemm: bool = True, layout: str = "NCHW") -> tvm.transform.Pass:
         raise ValueError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     return tvm.transform.Sequential([
         FoldBatchNorm(),
+        FoldWeightArithmetic(),         # the weight arithmetic in NumPy: FoldConstant builds a kernel per call
         T.FoldConstant(),
         to_nhwc() if layout == "NHWC" else _EMPTY,
         PointwiseToGemm() if gemm else _EMPTY,
         T.DecomposeOpsForInference(),   # any batch_norm not after a conv
         T.CanonicalizeBindings(),
+        FoldWeightArithmetic(),
         T.FoldConstant(),
     ], name="tvmnet.graph")
 
