@@ -269,9 +269,10 @@ def test_graph_passes_refuses_an_unknown_layout():
         graph_passes(layout="NCWH")
 
 
-def _strip_gemm(strips=16, k=256, m=12):
+def _strip_gemm(strips=16, k=256, m=12, k_outside_rows=False):
     """A GEMM in the packed-strip form our schedules give: out[i, s*16 + j] = sum_k a[i, k] *
-    w[s, k, j], (strip, 2-row block) pairs in a parallel loop (w: strips x k x 16 floats = 256 KB)."""
+    w[s, k, j], (strip, 2-row block) pairs in a parallel loop (w: strips x k x 16 floats = 256 KB);
+    inside it the 2 rows, then k (or k, then the 2 rows, as the packed micro-kernels)."""
     from tvm import te, s_tir
 
     a = te.placeholder((m, k), name="a")
@@ -282,22 +283,27 @@ def _strip_gemm(strips=16, k=256, m=12):
     i, n, rr = sch.get_loops(sch.get_sblock("out"))
     no, ni = sch.split(n, [strips, 16])
     io, ii = sch.split(i, [None, 2])
-    sch.reorder(no, io, ii, rr, ni)
+    sch.reorder(no, io, *((rr, ii) if k_outside_rows else (ii, rr)), ni)
     sch.parallel(sch.fuse(no, io))
     sch.vectorize(ni)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
 @pytest.mark.unit
-def test_prefetch_weights_adds_strip_ahead_prefetches_and_keeps_the_numbers():
+@pytest.mark.parametrize("k_outside_rows", [False, True], ids=["one burst per iteration", "spread over the k loop"])
+def test_prefetch_weights_adds_strip_ahead_prefetches_and_keeps_the_numbers(k_outside_rows):
     from tvmnet.passes.weight_prefetch import PrefetchWeights, prefetching_kernels
 
-    func = _strip_gemm().with_attr("global_symbol", "fused_matmul_x")
+    func = _strip_gemm(k_outside_rows=k_outside_rows).with_attr("global_symbol", "fused_matmul_x")
     mod = tvm.IRModule({"fused_matmul_x": func})
     small = tvm.IRModule({"fused_matmul_small": _strip_gemm(strips=2, k=64)})   # 8 KB of weights
     new = PrefetchWeights(tvm.IRModule(dict(mod.functions)))
     assert prefetching_kernels(new) == ["fused_matmul_x"] and prefetching_kernels(PrefetchWeights(small)) == []
-    assert "T.prefetch(" in new["fused_matmul_x"].script()
+    script = new["fused_matmul_x"].script()
+    assert "T.prefetch(" in script
+    # 4096 lines over 96 iterations: 43 in a burst, or 1 per step of the 256-step k loop
+    inside_k = script.index("T.prefetch(") > script.index("for r in range(256)") if "for r in range(256)" in script else False
+    assert inside_k == k_outside_rows, script
     target = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v3"})
     libs = [tvm.tirx.build(m, target=target) for m in (mod, new)]
     assert "prefetcht1" in libs[1].inspect_source("asm") and "prefetcht1" not in libs[0].inspect_source("asm")

@@ -10,15 +10,19 @@ the first row block of each strip waits on DRAM.
 This pass makes each iteration of the kernel's parallel loop issue ``prefetch`` (``tirx.prefetch``,
 locality 2: into L2) for its share of the strip after the one it reads: iteration ``i`` of
 ``n`` prefetches cache lines ``[i*L/n, (i+1)*L/n)`` shifted by one strip (``L`` the weights'
-lines, a strip ``L / shape[0]`` of the packed layout). A prefetch never faults and the indices are
-clamped to the buffer, so the result is the same computation, bit for bit.
+lines, a strip ``L / shape[0]`` of the packed layout). The prefetches are spread over the
+iteration's k loop (at most 4 per k step, e.g. one per step), where the iteration has one as a
+direct child; otherwise they come as one burst at the iteration's start, if there are at most 64
+(a longer burst fills the line-fill buffers: on Zen 3 the 7x7x1024 GEMM and the fc got slower
+with 103 and 2560). A prefetch never faults and the indices are clamped to the buffer, so the
+result is the same computation, bit for bit.
 
-Applied to kernels named ``*matmul*`` with a weight buffer of at least 128 KB and at most 64
-prefetches per iteration (more in one burst fill the line-fill buffers: on Zen 3 the 7x7x1024
-GEMM and the fc got slower with 103 and 2560).
+Applied to kernels named ``*matmul*`` with a weight buffer of at least 128 KB.
 
-Zen 3, 1.0-224, in place: the 14x14x512 GEMMs 5-9% faster; the model 0.979-0.986x in two
-quiet A/Bs of builds timed in turn (tuning_logs/README.md, Dec 1, fourth session).
+Zen 3, 1.0-224: bursts at the iteration's start made the 14x14x512 GEMMs 5-9% faster in place and
+the model 0.979-0.986x in two quiet A/Bs (tuning_logs/README.md, Dec 1, fourth session); spread
+over the k loop, they also reach the 7x7x1024 GEMM (-14% in place), and the model ran 0.978x the
+bursts-only build's time, per round (tuning_logs/README.md, Dec 1, fifth session).
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ LINE_BYTES = 64
 MIN_BYTES = 128 * 1024
 MAX_PER_ITER = 64
 LOCALITY = 2
+INTERLEAVED_PER_STEP = 4   # prefetches per step of the k loop, when they are spread over it
 ATTR = "tvmnet.prefetch_weights"   # marks the kernels this pass changed
 
 
@@ -47,15 +52,16 @@ def _weights(func: tirx.PrimFunc):
     return max(cand, key=lambda b: math.prod(int(s) for s in b.shape), default=None)
 
 
-def prepend_prefetches(loop: tirx.For, buf: tirx.Buffer, per_iter: int, ahead: int, locality: int) -> tirx.For:
-    """``loop`` whose iteration ``i`` first prefetches cache lines ``[i*per_iter + ahead,
-    (i+1)*per_iter + ahead)`` of ``buf`` (flat, clamped to its last element)."""
+def prepend_prefetches(loop: tirx.For, buf: tirx.Buffer, per_iter: int, ahead: int, locality: int,
+                       base=None) -> tirx.For:
+    """``loop`` whose iteration ``i`` first prefetches cache lines ``[b + ahead, b + per_iter +
+    ahead)`` of ``buf`` (flat, clamped to its last element), ``b`` = ``base`` or ``i*per_iter``."""
     shape = [int(s) for s in buf.shape]
     numel = math.prod(shape)
     per_line = LINE_BYTES // (tvm.DataType(str(buf.dtype)).bits // 8)
     dt = str(loop.extent.ty)
     p = tirx.Var("pf", dt)
-    line = loop.loop_var * per_iter + p + tirx.IntImm(dt, ahead)
+    line = (loop.loop_var * per_iter if base is None else base) + p + tirx.IntImm(dt, ahead)
     flat = tirx.Cast("int64", tirx.Min(line * per_line, tirx.IntImm(dt, numel - 1)))
     index, stride = [], 1
     for d in reversed(shape):
@@ -66,6 +72,27 @@ def prepend_prefetches(loop: tirx.For, buf: tirx.Buffer, per_iter: int, ahead: i
                   tirx.Evaluate(tirx.call_intrin("void", "tirx.prefetch", addr, 0, locality, 1)))
     return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, tirx.SeqStmt([pf, loop.body]),
                     loop.thread_binding, loop.annotations)
+
+
+def _interleaved(loop: tirx.For, buf: tirx.Buffer, per_iter: int, ahead: int):
+    """``loop`` (parallel) whose iteration's ``per_iter`` prefetches are spread over its longest
+    serial child loop (e.g. the k loop), a few per k step instead of one burst; None if it has none
+    long enough."""
+    body = loop.body
+    children = list(body.seq) if isinstance(body, tirx.SeqStmt) else [body]
+    inner = [c for c in children if isinstance(c, tirx.For) and c.kind == tirx.ForKind.SERIAL
+             and isinstance(c.extent, tirx.IntImm)]
+    if not inner:
+        return None
+    k = max(inner, key=lambda c: int(c.extent))
+    q = -(-per_iter // int(k.extent))
+    if q > INTERLEAVED_PER_STEP:
+        return None
+    new_k = prepend_prefetches(k, buf, q, ahead, LOCALITY, base=loop.loop_var * per_iter + k.loop_var * q)
+    children = [new_k if c.same_as(k) else c for c in children]
+    return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind,
+                    tirx.SeqStmt(children) if len(children) > 1 else children[0], loop.thread_binding,
+                    loop.annotations)
 
 
 def with_prefetch(func: tirx.PrimFunc):
@@ -90,11 +117,11 @@ def with_prefetch(func: tirx.PrimFunc):
         if seen or loop.kind != tirx.ForKind.PARALLEL or not isinstance(loop.extent, tirx.IntImm):
             return loop
         per_iter = -(-lines // int(loop.extent))
-        if per_iter > MAX_PER_ITER:
-            seen.append(None)
-            return loop
-        seen.append(loop)
-        return prepend_prefetches(loop, w, per_iter, ahead, LOCALITY)
+        new = _interleaved(loop, w, per_iter, ahead)
+        if new is None and per_iter <= MAX_PER_ITER:
+            new = prepend_prefetches(loop, w, per_iter, ahead, LOCALITY)
+        seen.append(new)
+        return loop if new is None else new
 
     body = tvm_ffi.structural_map(func.body, (tirx.For, on_for), order="pre")
     if not seen or seen[0] is None:
