@@ -25,6 +25,7 @@ from ._common import rewrite_relax_functions
 _BINARY = {"relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply,
            "relax.divide": np.divide}
 _UNARY = {"relax.sqrt": np.sqrt}
+_OPS = {*_BINARY, *_UNARY, "relax.permute_dims", "relax.reshape"}
 
 
 def _static_tensor(sinfo):
@@ -72,11 +73,10 @@ def _rewrite_function(func: relax.Function) -> relax.Function:
 
         def visit_call_(self, call):
             call = self.builder_.normalize(super().visit_call_(call))
-            if not isinstance(call.op, tvm.ir.Op) or call.op.name not in (*_BINARY, *_UNARY, "relax.permute_dims",
-                                                                          "relax.reshape"):
+            if not isinstance(call.op, tvm.ir.Op) or call.op.name not in _OPS:
                 return call
             out_t = _static_tensor(call.ty)
-            if out_t is None or out_t[1] not in ("float32", "float64", "float16"):
+            if out_t is None or out_t[1] not in ("float32", "float64"):
                 return call
             tensor_args = call.args[:1] if call.op.name == "relax.reshape" else call.args
             consts = [self.constant_of(a) for a in tensor_args]
