@@ -39,9 +39,9 @@ def _static_tensor(sinfo):
     return shape, str(sinfo.dtype)
 
 
-def evaluate(call: relax.Call, args: list):
-    """``call`` evaluated on the NumPy arrays ``args`` (its tensor operands), or None when this
-    pass does not handle it."""
+def evaluate(call: relax.Call, args: list, out_shape: tuple):
+    """``call`` (result shape ``out_shape``) evaluated on the NumPy arrays ``args`` (its tensor
+    operands), or None when this pass does not handle it."""
     name = call.op.name
     if name in _BINARY and len(args) == 2:
         out = _BINARY[name](args[0], args[1])
@@ -51,10 +51,7 @@ def evaluate(call: relax.Call, args: list):
         axes = call.attrs.axes
         out = np.transpose(args[0], None if axes is None else [int(a) for a in axes])
     elif name == "relax.reshape" and len(args) == 1:
-        target = _static_tensor(call.ty)
-        if target is None:
-            return None
-        out = np.reshape(args[0], target[0])
+        out = np.reshape(args[0], out_shape)
     else:
         return None
     return np.ascontiguousarray(out)
@@ -85,7 +82,7 @@ def _rewrite_function(func: relax.Function) -> relax.Function:
             arrays = [c.value.numpy() for c in consts]
             if any(str(a.dtype) != out_t[1] for a in arrays):
                 return call
-            out = evaluate(call, arrays)
+            out = evaluate(call, arrays, out_t[0])
             if out is None or out.shape != out_t[0] or str(out.dtype) != out_t[1]:
                 return call
             return relax.const(out, out_t[1])
