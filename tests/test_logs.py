@@ -65,6 +65,30 @@ def test_nearest_class_ranks_same_isa_then_mcpu_then_cores_and_never_crosses_arc
 
 
 @pytest.mark.unit
+def test_other_mcpus_of_the_same_vendor_are_nearer_and_ties_are_all_warm_sources(tmp_path):
+    """An Intel CPU whose mcpu has no log is nearer Intel classes than AMD ones of the same ISA;
+    the Intel classes tie, and the warm start measures the schedules of every tied class."""
+    from tvmnet.logs import class_distance, cpu_vendor, nearest_class, nearest_tied_classes
+    from tvmnet.targets import load_target
+
+    spec = load_target('{"kind": "llvm", "mcpu": "rocketlake", "num-cores": 2}')
+    assert spec.machine_class()["isa"] == "avx512" and cpu_vendor(spec.machine_class()) == "intel"
+    write_class(tmp_path / "a", "x86_64-znver4-avx512-2c", mcpu="znver4", isa="avx512")
+    assert [c["key"] for c, _ in nearest_tied_classes(spec, tmp_path)] == ["x86_64-znver4-avx512-2c"]
+    write_class(tmp_path / "b", "x86_64-emeraldrapids-avx512-2c", mcpu="emeraldrapids", isa="avx512")
+    write_class(tmp_path / "c", "x86_64-cascadelake-avx512-2c", mcpu="cascadelake", isa="avx512")
+    write_class(tmp_path / "d", "x86_64-skylake-avx2-2c", mcpu="skylake", isa="avx2")           # ISA still first
+    write_class(tmp_path / "e", "x86_64-icelake-server-avx512-16c", mcpu="icelake-server", isa="avx512", cores=16)
+    assert nearest_class(spec, tmp_path)[0]["key"] == "x86_64-cascadelake-avx512-2c"
+    assert [c["key"] for c, _ in nearest_tied_classes(spec, tmp_path)] == [
+        "x86_64-cascadelake-avx512-2c", "x86_64-emeraldrapids-avx512-2c"]
+    amd = {"arch": "x86_64", "mcpu": "znver4", "isa": "avx512", "cores": 2}
+    assert class_distance(spec.machine_class(), amd) == class_distance(amd, spec.machine_class()) == 5
+    assert cpu_vendor({"arch": "aarch64", "mcpu": "cortex-a72"}) == "aarch64"
+    assert cpu_vendor({"arch": "x86_64", "mcpu": "generic"}) == "generic"
+
+
+@pytest.mark.unit
 def test_transfer_class_is_another_cpu_architecture_closest_in_vector_width_then_cores(tmp_path):
     """Only when no class of the same architecture exists does compile replay another
     architecture's records (the same TIR kernels): the one nearest in vector width, then cores."""
@@ -177,12 +201,17 @@ def test_warm_start_remeasures_another_class_records_never_copies_their_times(ho
             rec[1] = [fake] * len(rec[1])
             f.write(json.dumps([wl, rec]) + "\n")
     before = (other / "database_tuning_record.json").read_text()
+    # a second class at the same distance with the same schedules: both are warm sources, and a
+    # schedule the first one gave is not measured twice
+    relabel(other, foreign_root / "x86_64-thirdcpu-avx512-2c", "x86_64-thirdcpu-avx512-2c", mcpu="thirdcpu",
+            isa="avx512")
     kernels = len({wl for wl, _ in recs})                           # --warm-top-k 1: one schedule per kernel
     res = run_cli("tune", "--target", "x86", *SMALL, "--population", "16", "--no-progress", "--kernels", "matmul",
                   "--trials", str(kernels), "--per-task", "4", "--warm-top-k", "1", "--log-dir", new_root,
                   env={"TVMNET_TUNING_LOGS": str(foreign_root)})
     assert res.returncode == 0, res.stderr[-3000:]
-    assert f"{kernels} of them schedules of class x86_64-othercpu-avx512-2c re-measured here" in res.stdout
+    assert (f"{kernels} of them schedules of classes x86_64-othercpu-avx512-2c, x86_64-thirdcpu-avx512-2c "
+            "re-measured here") in res.stdout
     mine = records(new_root / host_class())
     assert len(mine) == kernels
     assert all(0 < float(s) < 1.0 for _, rec in mine for s in rec[1])          # measured here

@@ -136,7 +136,8 @@ def cmd_tune(args) -> int:
               f"stopped after --minutes {opts.minutes:g}; rerun to go on" if res.out_of_time else "done")
     other = res.warm_measured - res.warm_nearest
     again = "re-scored by the cost proxy" if opts.estimate else "re-measured here"
-    warm = f" ({other} of them schedules of class {res.warm_from} {again})" if res.warm_from else ""
+    classes = "classes" if "," in (res.warm_from or "") else "class"
+    warm = f" ({other} of them schedules of {classes} {res.warm_from} {again})" if res.warm_from else ""
     if res.warm_nearest:
         warm += f" ({res.warm_nearest} of them other models' schedules from this class's log, replayed)"
     if res.seeds_measured:

@@ -80,12 +80,29 @@ def list_classes(*roots: Path) -> List[Tuple[dict, Path]]:
     return found
 
 
+_AMD_MCPU_PREFIXES = ("znver", "bdver", "btver", "barcelona", "amdfam", "athlon", "opteron", "k8")
+
+
+def cpu_vendor(info: dict) -> str:
+    """The vendor an LLVM ``mcpu`` names: ``amd`` or ``intel`` on x86-64 (``generic``: unknown);
+    on other architectures the architecture itself (cores of one vendor's designs)."""
+    mcpu = str(info.get("mcpu") or "")
+    if info.get("arch") != "x86_64":
+        return str(info.get("arch"))
+    if mcpu in ("", "generic", "x86-64") or mcpu.startswith("x86-64-"):
+        return "generic"
+    return "amd" if mcpu.startswith(_AMD_MCPU_PREFIXES) else "intel"
+
+
 def class_distance(a: dict, b: dict) -> Optional[int]:
     """How far apart two classes are (0: the same); None across architectures, whose
-    schedules do not apply at all."""
+    schedules do not apply at all. Vector ISA weighs most, then the mcpu, then the core count;
+    among other mcpus, one of the same vendor (same cache and port design lineage) is nearer."""
     if a["arch"] != b["arch"]:
         return None
-    return 4 * (a["isa"] != b["isa"]) + 2 * (a["mcpu"] != b["mcpu"]) + (a["cores"] != b["cores"])
+    mcpu = a["mcpu"] != b["mcpu"]
+    return (8 * (a["isa"] != b["isa"]) + 4 * mcpu + 2 * (a["cores"] != b["cores"])
+            + (mcpu and cpu_vendor(a) != cpu_vendor(b)))
 
 
 _VECTOR_BITS = {"sse": 128, "neon": 128, "neon-dotprod": 128, "generic": 128, "avx2": 256, "avx512": 512}
@@ -123,6 +140,18 @@ def nearest_classes(spec: TargetSpec, *roots: Path) -> List[Tuple[dict, Path]]:
     ranked = [(class_distance(mine, info), info["key"], info, d) for info, d in list_classes(*roots)
               if info["key"] != mine["key"]]
     return [(info, d) for _, _, info, d in sorted((r for r in ranked if r[0] is not None), key=lambda r: r[:2])]
+
+
+def nearest_tied_classes(spec: TargetSpec, *roots: Path) -> List[Tuple[dict, Path]]:
+    """Every other class at the nearest distance (several when, say, two Intel AVX-512 classes
+    of other mcpus tie for a third): a warm start measures the schedules of each here, since
+    which transfers best is only known by measuring."""
+    mine = spec.machine_class()
+    ranked = nearest_classes(spec, *roots)
+    if not ranked:
+        return []
+    best = class_distance(mine, ranked[0][0])
+    return [(info, d) for info, d in ranked if class_distance(mine, info) == best]
 
 
 def nearest_class(spec: TargetSpec, *roots: Path) -> Optional[Tuple[dict, Path]]:

@@ -30,7 +30,7 @@ from typing import Callable, List, Optional
 
 from .config import ModelConfig
 from .errors import DeviceError, TuningLogError, UsageError, err_line
-from .logs import (RECORD_FILE, best_record, database_dir, kernel_pool, known_traces, nearest_class, transfer_class,
+from .logs import (RECORD_FILE, best_record, database_dir, kernel_pool, known_traces, nearest_tied_classes, transfer_class,
                    nearest_kernel_records, open_database, pruned_counts, replace_kernel_records, write_class_file, wl_key)
 from .paths import CACHE_DIR, TUNING_LOGS_DIR
 from .rpc import Endpoint
@@ -148,7 +148,7 @@ class TuneResult:
     interrupted: bool
     estimate_ms: Optional[float]
     per_task: list = field(default_factory=list)
-    warm_from: Optional[str] = None      # class whose schedules seeded this run
+    warm_from: Optional[str] = None      # classes (comma-separated) whose schedules seeded this run
     warm_measured: int = 0               # of trials_run: its schedules re-measured here
     warm_nearest: int = 0                # of warm_measured: other models' schedules from this class's log
     seeds_measured: int = 0              # of trials_run: our GEMM micro-kernels (schedules.py)
@@ -498,9 +498,14 @@ def warm_start(tasks, contexts, source_db, db, builder, runner, target, top_k: i
                on_batch=None, should_stop=lambda: False) -> int:
     """Measure here the best ``top_k`` schedules another class's log holds for each task and
     commit them, with the times measured here, to ``db``; train ``cost_model`` on them.
-    Returns the number of candidates measured. ``source_db`` is only read."""
+    Returns the number of candidates measured. ``source_db`` is only read. A schedule ``db``
+    already holds for the kernel (one that an earlier source class shared) is not measured again."""
     def records_for(mod):
-        return source_db.get_top_k(source_db.commit_workload(mod), top_k) if source_db.has_workload(mod) else []
+        if not source_db.has_workload(mod):
+            return []
+        recs = source_db.get_top_k(source_db.commit_workload(mod), top_k)
+        known = known_traces(db, db.commit_workload(mod)) if db.has_workload(mod) else set()
+        return [r for r in recs if str(r.trace) not in known]
 
     return _replay_records(tasks, contexts, records_for, db, builder, runner, target, cost_model, on_batch,
                            should_stop)
@@ -682,20 +687,24 @@ def tune_model(opts: TuneOptions, say=print) -> TuneResult:
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         fresh = [j for j, i in enumerate(todo) if existing[i] == 0]
-        source = _warm_source(opts) if opts.warm_start and fresh else None
-        if source is not None:
-            info, src_path = source
+        sources = _warm_sources(opts) if opts.warm_start and fresh else []
+        warmed = []
+        for info, src_path in sources:
+            if should_stop():
+                break
             src_db = open_database(src_path)
-            fresh = [j for j in fresh if src_db.has_workload(sub_tasks[j].dispatched[0])]
-            if fresh:
-                result.warm_from = info["key"]
-                again = "scoring with the cost proxy" if opts.estimate else "re-measuring here"
-                say(f"warm start: {again} the best {opts.warm_top_k} schedule(s) per kernel of class "
-                    f"{info['key']} ({src_path}) for {len(fresh)} kernel(s) without records")
-                result.warm_measured = warm_start(
-                    [sub_tasks[j] for j in fresh], [contexts[j] for j in fresh], src_db, db, builder, runner, target,
-                    opts.warm_top_k, cost_model, should_stop=should_stop,
-                    on_batch=lambda k, res, built: progress.update(todo[fresh[k]], res, built))
+            mine = [j for j in fresh if src_db.has_workload(sub_tasks[j].dispatched[0])]
+            if not mine:
+                continue
+            warmed.append(info["key"])
+            again = "scoring with the cost proxy" if opts.estimate else "re-measuring here"
+            say(f"warm start: {again} the best {opts.warm_top_k} schedule(s) per kernel of class "
+                f"{info['key']} ({src_path}) for {len(mine)} kernel(s) without records")
+            result.warm_measured += warm_start(
+                [sub_tasks[j] for j in mine], [contexts[j] for j in mine], src_db, db, builder, runner, target,
+                opts.warm_top_k, cost_model, should_stop=should_stop,
+                on_batch=lambda k, res, built, mine=mine: progress.update(todo[mine[k]], res, built))
+        result.warm_from = ", ".join(warmed) or None
         near = [j for j, i in enumerate(todo) if progress.best[i] is None]
         if opts.warm_start and near and len(db) and not should_stop():
             n = warm_start_nearest(
@@ -807,12 +816,13 @@ def _retime(tasks, db_path, db, builder, runner, target, result, started, opts, 
     return open_database(db_path)
 
 
-def _warm_source(opts: TuneOptions):
-    """The nearest other class's log: under --log-dir first, then the shipped logs."""
+def _warm_sources(opts: TuneOptions):
+    """The nearest other classes' logs (all those tied at the nearest distance), under
+    --log-dir first, then the shipped logs."""
     roots = [Path(opts.log_dir)] if opts.log_dir else []
-    near = nearest_class(opts.target, *roots, TUNING_LOGS_DIR)
-    if near is None and opts.estimate:   # a board: the CPU class whose schedules transfer best, re-estimated
-        near = transfer_class(opts.target, *roots, TUNING_LOGS_DIR)
+    near = nearest_tied_classes(opts.target, *roots, TUNING_LOGS_DIR)
+    if not near and opts.estimate:   # a board: the CPU class whose schedules transfer best, re-estimated
+        near = [c for c in [transfer_class(opts.target, *roots, TUNING_LOGS_DIR)] if c is not None]
     return near
 
 
