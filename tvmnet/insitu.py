@@ -262,6 +262,7 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
     from .frontend import import_model
     from .logs import (best_record, database_dir, drop_kernel_records, kernel_pool, nearest_kernel_records,
                        open_database)
+    from .passes.weight_prefetch import as_compiled, prefetched_kernel
     from .tuning import TuneOptions, extract_tasks, packed_seeds, replay_on, tune_model
 
     scratch = Path(scratch) if scratch else work / "scratch"
@@ -306,6 +307,7 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
     for k, (tname, vname) in enumerate(todo, 1):
         task = tasks[tname]
         fmod = task.dispatched[0]
+        prefetching = prefetched_kernel(spec.arch, tname)
         recs = nearest_kernel_records(main_db, fmod, NEAREST, pool)
         say(f"[{k}/{len(todo)}] {vname}" + (f": searching {trials} schedules (MetaSchedule, scratch database)"
                                              if trials else ""))
@@ -324,6 +326,8 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
         pairs += [(sch, Seed(sch.trace)) for sch in packed_seeds(task, work / "seed-contexts", isa)
                   if str(sch.trace) not in known]   # GEMMs: our micro-kernel grid, weights packed
         mods, recs = [sch.mod for sch, _ in pairs], [r for _, r in pairs]
+        if prefetching:   # built as compile builds it (packed weights, PrefetchWeights), else it loses to it
+            mods = [as_compiled(m) for m in mods]
         built = builder.build([ms.builder.BuilderInput(m, target) for m in mods])
         runnable = []
         for r, m, b in zip(recs, mods, built):
