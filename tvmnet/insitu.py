@@ -307,7 +307,6 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
     for k, (tname, vname) in enumerate(todo, 1):
         task = tasks[tname]
         fmod = task.dispatched[0]
-        prefetching = prefetched_kernel(spec.arch, tname)
         recs = nearest_kernel_records(main_db, fmod, NEAREST, pool)
         say(f"[{k}/{len(todo)}] {vname}" + (f": searching {trials} schedules (MetaSchedule, scratch database)"
                                              if trials else ""))
@@ -326,7 +325,7 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
         pairs += [(sch, Seed(sch.trace)) for sch in packed_seeds(task, work / "seed-contexts", isa)
                   if str(sch.trace) not in known]   # GEMMs: our micro-kernel grid, weights packed
         mods, recs = [sch.mod for sch, _ in pairs], [r for _, r in pairs]
-        if prefetching:   # built as compile builds it (packed weights, PrefetchWeights), else it loses to it
+        if prefetched_kernel(spec.arch, tname):   # built as compile builds it (packed weights, PrefetchWeights), else it loses to it
             mods = [as_compiled(m) for m in mods]
         built = builder.build([ms.builder.BuilderInput(m, target) for m in mods])
         runnable = []

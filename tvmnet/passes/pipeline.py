@@ -25,7 +25,7 @@ from .fold_batchnorm import FoldBatchNorm
 from .fold_constants import FoldWeightArithmetic
 from .pointwise_to_gemm import PointwiseToGemm
 from .stem_reads_nchw import StemReadsNCHW
-from .weight_prefetch import PrefetchWeights
+from .weight_prefetch import PrefetchWeights, prefetches_on
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def finalize(mod: tvm.IRModule, spec, database=None) -> tvm.IRModule:
             tvm.transform.Sequential([T.SplitLayoutRewritePreproc(), T.LiftTransformParams(), T.FoldConstant(),
                                      T.CanonicalizeBindings(), T.DeadCodeElimination()])
             if spec.is_cpu and database is not None else _EMPTY,
-            PrefetchWeights if spec.arch == "x86_64" and database is not None else _EMPTY,
+            PrefetchWeights if prefetches_on(spec.arch) and database is not None else _EMPTY,
         ], name="tvmnet.schedule")
         if database is not None:
             with database:

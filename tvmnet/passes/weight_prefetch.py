@@ -37,6 +37,7 @@ MIN_BYTES = 128 * 1024
 MAX_PER_ITER = 64
 LOCALITY = 2
 INTERLEAVED_PER_STEP = 4   # prefetches per step of the k loop, when they are spread over it
+KERNELS = "matmul"         # the kernels (by name) the pass looks at
 ATTR = "tvmnet.prefetch_weights"   # marks the kernels this pass changed
 
 
@@ -130,10 +131,15 @@ def with_prefetch(func: tirx.PrimFunc, weights: Optional[tirx.Buffer] = None):
     return tirx.PrimFunc(list(func.params), body, func.ret_type, func.attrs).with_attr(ATTR, 1)
 
 
+def prefetches_on(arch: str) -> bool:
+    """Whether compile runs this pass for ``arch``."""
+    return arch == "x86_64"
+
+
 def prefetched_kernel(arch: str, name: str) -> bool:
     """Whether compile runs this pass on the kernel ``name`` for ``arch`` (it adds prefetches
     where the kernel then qualifies, see ``with_prefetch``)."""
-    return arch == "x86_64" and "matmul" in name
+    return prefetches_on(arch) and KERNELS in name
 
 
 def _packed_weights(func: tirx.PrimFunc) -> Optional[tirx.Buffer]:
@@ -146,7 +152,7 @@ def _packed_weights(func: tirx.PrimFunc) -> Optional[tirx.Buffer]:
 
     def visit(block, visitor):
         if block.annotations.get("meta_schedule.layout_rewrite_preproc") is not None:
-            found.extend(getattr(r, "buffer", None) or r.source for r in block.writes)   # a TensorRegion in 0.27
+            found.extend(r.source for r in block.writes)   # TensorRegions: .source is the buffer
         visitor.default_visit(block)
 
     tvm_ffi.structural_visit(func.body, (SBlock, visit))
@@ -172,7 +178,7 @@ def as_compiled(mod: tvm.IRModule) -> tvm.IRModule:
 def PrefetchWeights(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Strip-ahead weight prefetches in the scheduled GEMM kernels of an x86 module."""
     for gv, func in list(mod.functions.items()):
-        if isinstance(func, tirx.PrimFunc) and prefetched_kernel("x86_64", gv.name_hint):
+        if isinstance(func, tirx.PrimFunc) and KERNELS in gv.name_hint:
             new = with_prefetch(func)
             if new is not None:
                 mod.update_func(gv, new)
