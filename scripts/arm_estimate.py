@@ -41,14 +41,15 @@ def main():
 
     import tvm
 
-    from tvmnet.builder_fix import _install_light_tensor_intrin, intrin_families
-    from tvmnet.config import ModelConfig
-    from tvmnet.estimate import CLOCK_GHZ
-    from tvmnet.logs import choose_logs
+    from tvmnet.core.config import ModelConfig
+    from tvmnet.core.targets import load_target
     from tvmnet.passes.pipeline import kernel_kind
-    from tvmnet.proxy import estimate
-    from tvmnet.targets import load_target
-    from tvmnet.tuning import TuneOptions, prepare_tasks
+    from tvmnet.proxy.estimate import CLOCK_GHZ
+    from tvmnet.proxy.kernel import estimate
+    from tvmnet.tune.builder import _install_light_tensor_intrin, intrin_families
+    from tvmnet.tune.classes import choose_logs
+    from tvmnet.tune.options import TuneOptions
+    from tvmnet.tune.search import prepare_tasks
 
     spec = load_target(args.target)
     ghz = args.clock_ghz or CLOCK_GHZ.get(spec.name)
@@ -68,7 +69,7 @@ def main():
         row["naive_cycles"] = estimate(mod, spec).cycles
         rec = None
         if choice.database is not None:
-            from tvmnet.logs import best_record
+            from tvmnet.tune.logs import best_record
 
             rec = best_record(choice.database, task, spec.tvm_target())
         if rec is not None:

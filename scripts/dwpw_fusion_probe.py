@@ -79,10 +79,10 @@ def depthwise_pairs(alpha: float, resolution: int):
     """(depthwise kernel, pointwise kernel, h_in, channels, stride, n_out) per layer, from the model."""
     import tvm
 
-    from tvmnet.config import ModelConfig
+    from tvmnet.core.config import ModelConfig
+    from tvmnet.core.targets import load_target
     from tvmnet.frontend import import_model
     from tvmnet.passes import pipeline
-    from tvmnet.targets import load_target
 
     spec = load_target("x86")
     mod, *_ = import_model(ModelConfig(alpha=alpha, resolution=resolution))
@@ -114,9 +114,9 @@ def main():
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from tvmnet.builder_fix import make_builder
-    from tvmnet.logs import choose_logs
-    from tvmnet.tuning import extract_tasks
+    from tvmnet.passes.pipeline import extract_tasks
+    from tvmnet.tune.builder import make_builder
+    from tvmnet.tune.classes import choose_logs
 
     spec, pairs = depthwise_pairs(args.alpha, args.resolution)
     spec.use_threads()   # TVM_NUM_THREADS wins: TVM_NUM_THREADS=1 for the single-threaded figures

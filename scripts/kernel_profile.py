@@ -24,11 +24,12 @@ def tvm_profile(cfg, spec, tuning_log, flush: bool):
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from tvmnet.builder_fix import make_builder
     from tvmnet.frontend import import_model
-    from tvmnet.logs import best_record, choose_logs
     from tvmnet.passes import pipeline
-    from tvmnet.tuning import extract_tasks
+    from tvmnet.passes.pipeline import extract_tasks
+    from tvmnet.tune.builder import make_builder
+    from tvmnet.tune.classes import choose_logs
+    from tvmnet.tune.logs import best_record
 
     mod, *_ = import_model(cfg)
     tasks = extract_tasks(pipeline.lower_to_tir(mod, spec), spec)
@@ -127,7 +128,7 @@ def main():
     args = ap.parse_args()
 
     from tvmnet import ModelConfig, load_target
-    from tvmnet.targets import cpu_model
+    from tvmnet.core.targets import cpu_model
 
     spec = load_target(args.target)
     threads = args.threads or int(spec.target.get("num-cores") or 1)

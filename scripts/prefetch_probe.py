@@ -115,10 +115,10 @@ def main():
     import tvm
 
     from tvmnet import ModelConfig, load_target
-    from tvmnet.artifact import load_artifact
-    from tvmnet.compiler import CompileOptions, _lower_and_choose_logs, compile_model, export
+    from tvmnet.build.artifact import load_artifact
+    from tvmnet.build.compiler import CompileOptions, _lower_and_choose_logs, compile_model, export
     from tvmnet.frontend import import_model
-    from tvmnet.insitu import Replay
+    from tvmnet.insitu.replay import Replay
     from tvmnet.passes import pipeline
 
     spec = load_target(args.target)

@@ -54,7 +54,8 @@ VARIANTS = {
     "ordered+mem": lambda r: r["ordered_cycles"] + _mem(r),
     "max(ord,mem)": lambda r: max(r["ordered_cycles"], _mem(r)),
 }
-from tvmnet.passes.pipeline import KERNEL_KINDS as KINDS, kernel_kind  # noqa: E402
+from tvmnet.passes.pipeline import KERNEL_KINDS as KINDS  # noqa: E402
+from tvmnet.passes.pipeline import kernel_kind  # noqa: E402
 
 
 def spearman(x, y) -> float:
@@ -81,12 +82,13 @@ def spearman(x, y) -> float:
 def collect(args, out):
     import tvm
 
-    from tvmnet.builder_fix import _install_light_tensor_intrin, intrin_families
-    from tvmnet.config import ModelConfig
-    from tvmnet.logs import open_database
-    from tvmnet.proxy import estimate
-    from tvmnet.targets import load_target
-    from tvmnet.tuning import TuneOptions, prepare_tasks
+    from tvmnet.core.config import ModelConfig
+    from tvmnet.core.targets import load_target
+    from tvmnet.proxy.kernel import estimate
+    from tvmnet.tune.builder import _install_light_tensor_intrin, intrin_families
+    from tvmnet.tune.logs import open_database
+    from tvmnet.tune.options import TuneOptions
+    from tvmnet.tune.search import prepare_tasks
 
     spec = load_target(args.target)
     _install_light_tensor_intrin(intrin_families(spec))

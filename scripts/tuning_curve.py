@@ -35,12 +35,12 @@ def main():
 
     # before TVM's thread pool starts (compile's constant folding starts it with 1 thread here)
     load_target(args.target).use_threads()
-    from tvmnet.artifact import load_artifact
+    from tvmnet.build.artifact import load_artifact
     from tvmnet.frontend import import_model
     from tvmnet.passes import pipeline
-    from tvmnet.runner import open_local
-    from tvmnet.logs import open_database
-    from tvmnet.tuning import extract_tasks
+    from tvmnet.passes.pipeline import extract_tasks
+    from tvmnet.run.runner import open_local
+    from tvmnet.tune.logs import open_database
 
     spec = load_target(args.target)
     cfg = ModelConfig(args.alpha, args.resolution)

@@ -22,7 +22,7 @@ def free_port() -> int:
 
 def host_class() -> str:
     """This machine's class key for the `x86` preset (names its database directory)."""
-    from tvmnet.targets import load_target
+    from tvmnet.core.targets import load_target
 
     return load_target("x86").machine_class()["key"]
 

@@ -4,11 +4,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-from tvmnet import bench
-from tvmnet.errors import UsageError
-
 from conftest import run_cli
+
+from tvmnet.core.errors import UsageError
+from tvmnet.run import bench
 
 
 @pytest.mark.e2e
@@ -27,7 +26,7 @@ def test_bench_runs_each_engine_in_its_own_process(x86_small, tmp_path):
         if name != "tvmnet":
             assert e["max_abs_diff"] < 1e-3, (name, e)
 
-    from tvmnet.targets import TargetSpec
+    from tvmnet.core.targets import TargetSpec
 
     meta = json.loads((x86_small / "metadata.json").read_text())
     key = TargetSpec.from_json(meta["target"]).machine_class()["key"]

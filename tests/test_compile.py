@@ -4,11 +4,10 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from tvmnet.artifact import load_artifact
-from tvmnet.compiler import elf_machine
-
 from conftest import run_cli
+
+from tvmnet.build.artifact import load_artifact
+from tvmnet.build.compiler import elf_machine
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +34,7 @@ def test_x86_small_compile_validate(x86_small):
 @pytest.mark.slow   # extended run (`pytest -m slow`, run by CI after the default one): ~40 s
 def test_x86_second_pair_with_weights(tmp_path):
     """alpha 0.5 at 128 from a real checkpoint (with live BN statistics)."""
-    from tvmnet.config import ModelConfig
+    from tvmnet.core.config import ModelConfig
     from tvmnet.models import build_model
 
     weights = tmp_path / "w.pt"
@@ -86,9 +85,9 @@ def test_onnx_path_gives_same_numbers(tmp_path):
                    "--no-tuning-log").returncode == 0
     validate_ok(out_onnx)       # against ONNX Runtime on the same file
 
-    from tvmnet.runner import open_local
-    from tvmnet.config import ModelConfig
+    from tvmnet.core.config import ModelConfig
     from tvmnet.models import build_model
+    from tvmnet.run.runner import open_local
 
     x = np.random.default_rng(3).standard_normal((1, 3, 64, 64)).astype("float32")
     a = open_local(load_artifact(out_onnx)).run(x)

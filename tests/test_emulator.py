@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from tvmnet import emulator
-from tvmnet.errors import UsageError
-
 from conftest import free_port
+
+from tvmnet.core.errors import UsageError
+from tvmnet.run import emulator
 
 BOARD = "rpi4"
 
@@ -25,7 +24,8 @@ def server():
 def _add_library(path):
     """A Relax module adding two float32 vectors, cross-compiled for a Pi 4."""
     import tvm
-    from tvm.script import ir as I, relax as R
+    from tvm.script import ir as I
+    from tvm.script import relax as R
 
     @I.ir_module
     class Add:

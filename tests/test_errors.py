@@ -1,10 +1,9 @@
 """Bad input: one line on stderr naming the fix, no traceback, non-zero exit, nothing lost."""
 import pytest
 import torch
+from conftest import run_cli
 
 from tvmnet.models import MobileNetV1
-
-from conftest import run_cli
 
 pytestmark = pytest.mark.unit
 

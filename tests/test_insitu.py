@@ -6,16 +6,15 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import host_class, run_cli
 
 pytestmark = pytest.mark.e2e
 
 
 def test_replay_runs_the_models_own_kernels_on_its_own_tensors(x86_small):
-    from tvmnet.artifact import load_artifact
-    from tvmnet.insitu import Replay, vm_name
-    from tvmnet.runner import open_local
+    from tvmnet.build.artifact import load_artifact
+    from tvmnet.insitu.replay import Replay, vm_name
+    from tvmnet.run.runner import open_local
 
     art = load_artifact(x86_small)
     rp = Replay(art)
@@ -48,7 +47,7 @@ def test_replay_runs_the_models_own_kernels_on_its_own_tensors(x86_small):
 def test_compile_prefers_the_in_situ_pick_over_the_logs_best(tuned, tmp_path):
     """A record in <class>/in_situ/ (what refine writes) wins over the main log's best for that
     kernel, even when its time is worse, and compile's log line says so."""
-    from tvmnet.logs import copy_record, open_database, wl_key
+    from tvmnet.tune.logs import copy_record, open_database, wl_key
 
     logs, _ = tuned
     root = tmp_path / "logs"
@@ -71,11 +70,11 @@ def test_compile_prefers_the_in_situ_pick_over_the_logs_best(tuned, tmp_path):
     picks = open_database(main / "in_situ", create=True)
     copy_record(picks, slow)
     from tvmnet import ModelConfig, load_target
-    from tvmnet.compiler import CompileOptions, _describe_logs
+    from tvmnet.build.compiler import CompileOptions, _describe_logs
     from tvmnet.frontend import import_model
-    from tvmnet.logs import choose_logs
     from tvmnet.passes import pipeline
-    from tvmnet.tuning import extract_tasks
+    from tvmnet.passes.pipeline import extract_tasks
+    from tvmnet.tune.classes import choose_logs
 
     spec = load_target("x86")
     model = ModelConfig(0.25, 32)
@@ -121,7 +120,7 @@ def test_a_new_pick_replaces_the_kernels_older_picks(tuned, tmp_path):
     """drop_kernel_records (refine runs it before committing a pick) removes that kernel's
     records only; the others stay and the database still loads. Without it an older pick timed
     under other conditions (a quieter machine: a lower time) would keep winning."""
-    from tvmnet.logs import copy_record, drop_kernel_records, open_database, wl_key
+    from tvmnet.tune.logs import copy_record, drop_kernel_records, open_database, wl_key
 
     logs, _ = tuned
     recs = list(open_database(logs / host_class()).get_all_tuning_records())
@@ -151,9 +150,10 @@ def test_a_packed_gemm_seed_refine_can_pick_compiles_and_matches_pytorch(tuned, 
 
     from tvmnet import ModelConfig, load_target
     from tvmnet.frontend import import_model
-    from tvmnet.logs import open_database
     from tvmnet.passes import pipeline
-    from tvmnet.tuning import extract_tasks, packed_seeds
+    from tvmnet.passes.pipeline import extract_tasks
+    from tvmnet.tune.logs import open_database
+    from tvmnet.tune.seeds import packed_seeds
 
     logs, _ = tuned
     root = tmp_path / "logs"
@@ -189,12 +189,13 @@ def test_refine_builds_gemm_candidates_with_the_compiled_kernels_prefetches(tmp_
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from tvmnet.builder_fix import make_builder
-    from tvmnet.config import ModelConfig
+    from tvmnet.core.config import ModelConfig
+    from tvmnet.core.targets import load_target
     from tvmnet.passes.weight_prefetch import MIN_BYTES, as_compiled, prefetched_kernel
-    from tvmnet.schedules import gemm_shape
-    from tvmnet.targets import load_target
-    from tvmnet.tuning import TuneOptions, packed_seeds, prepare_tasks
+    from tvmnet.tune.builder import make_builder
+    from tvmnet.tune.options import TuneOptions
+    from tvmnet.tune.search import prepare_tasks
+    from tvmnet.tune.seeds import gemm_shape, packed_seeds
 
     spec = load_target("x86")
     _, tasks = prepare_tasks(TuneOptions(model=ModelConfig(0.25, 64), target=spec))

@@ -6,7 +6,6 @@ import re
 import shutil
 
 import pytest
-
 from conftest import host_class, run_cli
 
 SMALL = ["--alpha", "0.25", "--resolution", "32"]
@@ -45,8 +44,9 @@ def relabel(src, dst, key, **cls):
 
 @pytest.mark.unit
 def test_nearest_class_ranks_same_isa_then_mcpu_then_cores_and_never_crosses_arch(tmp_path):
-    from tvmnet.logs import class_distance, list_classes, nearest_class, nearest_classes
-    from tvmnet.targets import load_target
+    from tvmnet.core.targets import load_target
+    from tvmnet.tune.classes import class_distance, nearest_class
+    from tvmnet.tune.logs import list_classes
 
     spec = load_target('{"kind": "llvm", "mcpu": "haswell", "num-cores": 2}')   # avx2
     assert nearest_class(spec, tmp_path) is None
@@ -68,8 +68,8 @@ def test_nearest_class_ranks_same_isa_then_mcpu_then_cores_and_never_crosses_arc
 def test_other_mcpus_of_the_same_vendor_are_nearer_and_ties_are_all_warm_sources(tmp_path):
     """An Intel CPU whose mcpu has no log is nearer Intel classes than AMD ones of the same ISA;
     the Intel classes tie, and the warm start measures the schedules of every tied class."""
-    from tvmnet.logs import class_distance, cpu_vendor, nearest_class, nearest_tied_classes
-    from tvmnet.targets import load_target
+    from tvmnet.core.targets import load_target
+    from tvmnet.tune.classes import class_distance, cpu_vendor, nearest_class, nearest_tied_classes
 
     spec = load_target('{"kind": "llvm", "mcpu": "rocketlake", "num-cores": 2}')
     assert spec.machine_class()["isa"] == "avx512" and cpu_vendor(spec.machine_class()) == "intel"
@@ -92,8 +92,8 @@ def test_other_mcpus_of_the_same_vendor_are_nearer_and_ties_are_all_warm_sources
 def test_transfer_class_is_another_cpu_architecture_closest_in_vector_width_then_cores(tmp_path):
     """Only when no class of the same architecture exists does compile replay another
     architecture's records (the same TIR kernels): the one nearest in vector width, then cores."""
-    from tvmnet.logs import transfer_class, transfer_classes
-    from tvmnet.targets import load_target
+    from tvmnet.core.targets import load_target
+    from tvmnet.tune.classes import transfer_class, transfer_classes
 
     pi4 = load_target("rpi4")                  # aarch64, NEON (128-bit), 4 cores
     assert transfer_class(pi4, tmp_path) is None
@@ -112,7 +112,7 @@ def test_transfer_class_is_another_cpu_architecture_closest_in_vector_width_then
 
 @pytest.mark.unit
 def test_machine_class_of_presets():
-    from tvmnet.targets import load_target
+    from tvmnet.core.targets import load_target
 
     assert load_target("rpi4").machine_class()["key"] == "aarch64-cortex-a72-neon-4c"
     assert load_target("rpi5").machine_class()["key"] == "aarch64-cortex-a76-neon-dotprod-4c"
@@ -234,12 +234,11 @@ def test_compile_picks_the_layout_the_logs_cover(monkeypatch, nhwc, nchw, reques
     than fully from this machine's own class; it keeps whichever has more own, then more kernels.
     (The rule only: lowering and the log lookup are stand-ins here; the real ones run in the
     compile tests.)"""
-    import tvmnet.logs as logs
-    import tvmnet.tuning as tuning
-    from tvmnet.compiler import CompileOptions, _lower_and_choose_logs
-    from tvmnet.config import ModelConfig
+    import tvmnet.tune.classes as logs
+    from tvmnet.build.compiler import CompileOptions, _lower_and_choose_logs
+    from tvmnet.core.config import ModelConfig
+    from tvmnet.core.targets import load_target
     from tvmnet.passes import pipeline
-    from tvmnet.targets import load_target
 
     spec = load_target("x86")
     mine = spec.machine_class()["key"]
@@ -260,7 +259,7 @@ def test_compile_picks_the_layout_the_logs_cover(monkeypatch, nhwc, nchw, reques
         return logs.LogChoice(None, mine, "exact" if by else None, by_source=by, kernels_total=n)
 
     monkeypatch.setattr(pipeline, "lower_to_tir", fake_lower)
-    monkeypatch.setattr(tuning, "extract_tasks", lambda mod, spec_: [mod.split()[-1]])
+    monkeypatch.setattr(pipeline, "extract_tasks", lambda mod, spec_: [mod.split()[-1]])
     monkeypatch.setattr(logs, "choose_logs", fake_choose_logs)
     opts = CompileOptions(ModelConfig(0.25, 32), spec, "unused", layout=requested)
     layout, mod, choice = _lower_and_choose_logs("the model", opts)
@@ -273,10 +272,11 @@ def test_compile_picks_the_layout_the_logs_cover(monkeypatch, nhwc, nchw, reques
 def test_warm_start_replays_the_same_layers_of_another_model_tuned_on_this_class(host_log, tmp_path):
     """A model the class has no record of (0.25-64) starts from the schedules of the model it
     has (0.25-32): the same kind of kernel, nearest shapes, replayed and measured here."""
-    from tvmnet.config import ModelConfig
-    from tvmnet.logs import kernel_signature
-    from tvmnet.targets import load_target
-    from tvmnet.tuning import TuneOptions, prepare_tasks
+    from tvmnet.core.config import ModelConfig
+    from tvmnet.core.targets import load_target
+    from tvmnet.tune.logs import kernel_signature
+    from tvmnet.tune.options import TuneOptions
+    from tvmnet.tune.search import prepare_tasks
 
     root = tmp_path / "mine"
     shutil.copytree(host_log, root / host_class())

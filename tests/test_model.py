@@ -3,12 +3,11 @@ import json
 
 import pytest
 import torch
-
-from tvmnet.config import ModelConfig
-from tvmnet.info import model_info
-from tvmnet.models import MobileNetV1, build_model, layer_table
-
 from conftest import run_cli
+
+from tvmnet.core.config import ModelConfig
+from tvmnet.models import MobileNetV1, build_model, layer_table
+from tvmnet.models.info import model_info
 
 pytestmark = pytest.mark.unit
 
@@ -64,7 +63,7 @@ def test_weights_roundtrip_and_mismatch(tmp_path):
     torch.save(m.state_dict(), path)
     loaded = build_model(ModelConfig(0.25, 64, weights=path))
     assert torch.equal(loaded.fc.weight, m.fc.weight)
-    from tvmnet.errors import WeightsError
+    from tvmnet.core.errors import WeightsError
 
     with pytest.raises(WeightsError, match="--alpha"):
         build_model(ModelConfig(0.5, 64, weights=path))

@@ -9,7 +9,7 @@ from tvm.ir.expr import Constant
 from tvm.script import ir as I
 from tvm.script import relax as R
 
-from tvmnet.config import ModelConfig
+from tvmnet.core.config import ModelConfig
 from tvmnet.frontend import from_torch
 from tvmnet.models import build_model
 from tvmnet.passes import FoldBatchNorm, FoldWeightArithmetic, PointwiseToGemm, op_counts
@@ -68,7 +68,9 @@ def test_fold_weight_arithmetic_gives_foldconstants_bits_without_building_kernel
     """conv + BatchNorm with constant weights, then the NHWC weight transpose: the folded weights
     and bias are FoldConstant's, bit for bit, and no call on constants is left for it to build."""
     rng = np.random.default_rng(0)
-    c = lambda *shape: relax.const(rng.standard_normal(shape).astype("float32"))
+    def c(*shape):
+        return relax.const(rng.standard_normal(shape).astype("float32"))
+
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, 3, 8, 8), "float32"))
     with bb.function("main", [x]):
@@ -273,7 +275,7 @@ def _strip_gemm(strips=16, k=256, m=12, k_outside_rows=False):
     """A GEMM in the packed-strip form our schedules give: out[i, s*16 + j] = sum_k a[i, k] *
     w[s, k, j], (strip, 2-row block) pairs in a parallel loop (w: strips x k x 16 floats = 256 KB);
     inside it the 2 rows, then k (or k, then the 2 rows, as the packed micro-kernels)."""
-    from tvm import te, s_tir
+    from tvm import s_tir, te
 
     a = te.placeholder((m, k), name="a")
     w = te.placeholder((strips, k, 16), name="w")

@@ -13,8 +13,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from tvmnet import proxy
-from tvmnet.errors import ToolchainError
+from tvmnet.core.errors import ToolchainError
+from tvmnet.proxy import kernel, mca
+from tvmnet.proxy.codegen import MARK, asm_segments
+from tvmnet.proxy.counts import block_counts
+from tvmnet.proxy.ir import parse_ir
 
 needs_mca = pytest.mark.skipif(not any(shutil.which(n) for n in ("llvm-mca", "llvm-mca-14", "llvm-mca-15")),
                                reason="llvm-mca not installed (apt-get install llvm)")
@@ -89,8 +92,8 @@ exit:
 
 @pytest.mark.unit
 def test_interpreter_counts_nested_and_triangular_loops():
-    funcs, _ = proxy.parse_ir(NESTED)
-    counts, unknown = proxy.block_counts(funcs["k_compute_"], threads=2)
+    funcs, _ = parse_ir(NESTED)
+    counts, unknown = block_counts(funcs["k_compute_"], threads=2)
     assert unknown == 0
     assert counts["%entry"] == 1 and counts["%exit"] == 1
     assert counts["%outer"] == 10 and counts["%outer.latch"] == 10
@@ -101,8 +104,8 @@ def test_interpreter_counts_nested_and_triangular_loops():
 @pytest.mark.unit
 @pytest.mark.parametrize("threads,share", [(1, 10), (2, 5), (4, 3), (16, 1)])
 def test_interpreter_runs_worker_zero_of_the_parallel_loop(threads, share):
-    funcs, _ = proxy.parse_ir(NESTED)
-    counts, unknown = proxy.block_counts(funcs["__tvm_parallel_lambda"], threads=threads)
+    funcs, _ = parse_ir(NESTED)
+    counts, unknown = block_counts(funcs["__tvm_parallel_lambda"], threads=threads)
     assert counts["%body"] == share                    # ceil(10 / threads): the largest share
     assert counts["%vector"] == share and counts["%scalar"] == 0   # separate buffers: alias check passes
     assert unknown == 0
@@ -111,10 +114,10 @@ def test_interpreter_runs_worker_zero_of_the_parallel_loop(threads, share):
 @pytest.mark.unit
 def test_asm_segments_split_code_at_markers():
     asm = "\n".join([
-        "main_compute_:", "\tpushq %rbp", "#APP", f"# {proxy.MARK} 0", "#NO_APP", "\tmovl $1, %eax",
+        "main_compute_:", "\tpushq %rbp", "#APP", f"# {MARK} 0", "#NO_APP", "\tmovl $1, %eax",
         ".LBB0_2:", "\tvfmadd231ps %zmm1, %zmm2, %zmm0  # comment", "\t.p2align 4", "#APP",
-        f"# {proxy.MARK} 1", "#NO_APP", "\taddq $1, %rcx", "\tjne .LBB0_2", ".Lfunc_end0:", "\tret"])
-    segs = proxy.asm_segments(asm)
+        f"# {MARK} 1", "#NO_APP", "\taddq $1, %rcx", "\tjne .LBB0_2", ".Lfunc_end0:", "\tret"])
+    segs = asm_segments(asm)
     assert segs[0] == [["movl $1, %eax", "vfmadd231ps %zmm1, %zmm2, %zmm0"]]
     assert segs[1] == [["addq $1, %rcx", "jne .LBB0_2"]]
 
@@ -125,7 +128,7 @@ def test_llvm_mca_sees_the_accumulator_latency_chain():
     spec = SimpleNamespace(target={"mcpu": "cascadelake"}, arch="x86_64")
     chain = ["vfmadd231ps %zmm1, %zmm2, %zmm0"]                       # one accumulator: latency bound
     wide = [f"vfmadd231ps %zmm1, %zmm2, %zmm{r}" for r in range(3, 11)]  # eight: throughput bound
-    res = proxy.run_mca({0: chain, 1: wide}, spec)
+    res = mca.run_mca({0: chain, 1: wide}, spec)
     assert res[0].cycles_per_iter >= 3.5            # FMA latency 4 per iteration
     assert res[0].rthroughput <= 1.0
     assert res[1].cycles_per_iter / 8 < res[0].cycles_per_iter / 2   # 8 chains overlap
@@ -133,9 +136,9 @@ def test_llvm_mca_sees_the_accumulator_latency_chain():
 
 @pytest.mark.unit
 def test_missing_llvm_mca_is_a_one_line_toolchain_error(monkeypatch):
-    monkeypatch.setattr(proxy.shutil, "which", lambda name: None)
+    monkeypatch.setattr(mca.shutil, "which", lambda name: None)
     with pytest.raises(ToolchainError) as err:
-        proxy.llvm_mca_path()
+        mca.llvm_mca_path()
     msg = str(err.value)
     assert "apt-get install llvm" in msg and "\n" not in msg
     assert ToolchainError.exit_code == 9
@@ -148,9 +151,10 @@ def gemm_kernel():
     """The largest pointwise GEMM kernel of MobileNet 0.25-32 (unscheduled PrimFunc module)."""
     import tvm
 
-    from tvmnet.config import ModelConfig
-    from tvmnet.targets import load_target
-    from tvmnet.tuning import TuneOptions, prepare_tasks
+    from tvmnet.core.config import ModelConfig
+    from tvmnet.core.targets import load_target
+    from tvmnet.tune.options import TuneOptions
+    from tvmnet.tune.search import prepare_tasks
 
     spec = load_target("x86")
     _, tasks = prepare_tasks(TuneOptions(model=ModelConfig(0.25, 32), target=spec))
@@ -186,11 +190,11 @@ FIXED_X86 = '{"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}'
 @pytest.mark.slow   # experimental proxy (issue 9): run with -m slow
 @needs_mca
 def test_x86_estimate_ranks_naive_above_scheduled(gemm_kernel):
-    from tvmnet.targets import load_target
+    from tvmnet.core.targets import load_target
 
     spec = load_target(FIXED_X86)
-    naive = proxy.estimate(gemm_kernel, spec, with_memory=True)
-    tuned = proxy.estimate(hand_schedule(gemm_kernel, 16), spec, with_memory=True)
+    naive = kernel.estimate(gemm_kernel, spec, with_memory=True)
+    tuned = kernel.estimate(hand_schedule(gemm_kernel, 16), spec, with_memory=True)
     for est in (naive, tuned):
         assert math.isfinite(est.cycles) and est.cycles > 0
         assert est.instructions > 0 and est.unknown_branches == 0
@@ -198,7 +202,7 @@ def test_x86_estimate_ranks_naive_above_scheduled(gemm_kernel):
     assert tuned.parallel_launches == 1 and naive.parallel_launches == 0
     assert naive.cycles > 2 * tuned.cycles, (naive.cycles, tuned.cycles)
     assert naive.instructions > 2 * tuned.instructions, (naive.instructions, tuned.instructions)
-    assert proxy.estimate_cycles(gemm_kernel, spec) == pytest.approx(naive.cycles, rel=0.05)
+    assert kernel.estimate_cycles(gemm_kernel, spec) == pytest.approx(naive.cycles, rel=0.05)
 
 
 @pytest.mark.e2e
@@ -206,11 +210,11 @@ def test_x86_estimate_ranks_naive_above_scheduled(gemm_kernel):
 @needs_mca
 def test_x86_estimate_on_this_host_cpu(gemm_kernel):
     """The `x86` target as users have it: this host's -mcpu (or llvm-mca's stand-in for it)."""
-    from tvmnet.targets import load_target
+    from tvmnet.core.targets import load_target
 
     spec = load_target("x86")
-    naive = proxy.estimate(gemm_kernel, spec)
-    tuned = proxy.estimate(hand_schedule(gemm_kernel, 16), spec)
+    naive = kernel.estimate(gemm_kernel, spec)
+    tuned = kernel.estimate(hand_schedule(gemm_kernel, 16), spec)
     for est in (naive, tuned):
         assert math.isfinite(est.cycles) and est.cycles > 0 and est.unknown_branches == 0
     assert tuned.parallel_launches == 1 and naive.parallel_launches == 0
@@ -222,20 +226,20 @@ def test_x86_estimate_on_this_host_cpu(gemm_kernel):
 @needs_mca
 def test_aarch64_kernel_goes_through(gemm_kernel):
     """Cross-compiled for a Raspberry Pi 4 and analysed with -mtriple=aarch64 -mcpu=cortex-a72."""
-    from tvmnet.targets import load_target
+    from tvmnet.core.targets import load_target
 
     spec = load_target('{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", '
                        '"mattr": ["+neon"], "num-cores": 4}')
-    assert proxy.mca_args(spec)[:2] == ["-mtriple=aarch64-linux-gnu", "-mcpu=cortex-a72"]
-    naive = proxy.estimate(gemm_kernel, spec)
-    tuned = proxy.estimate(hand_schedule(gemm_kernel, 4), spec)
+    assert mca.mca_args(spec)[:2] == ["-mtriple=aarch64-linux-gnu", "-mcpu=cortex-a72"]
+    naive = kernel.estimate(gemm_kernel, spec)
+    tuned = kernel.estimate(hand_schedule(gemm_kernel, 4), spec)
     assert math.isfinite(tuned.cycles) and tuned.cycles > 0 and tuned.unknown_branches == 0
     assert naive.cycles > tuned.cycles
 
 
 @pytest.mark.unit
 def test_published_pi_figures_carry_sources_and_an_estimate_is_labelled_as_one():
-    from tvmnet.estimate import PUBLISHED, board_of, format_estimate, published_for
+    from tvmnet.proxy.estimate import PUBLISHED, board_of, format_estimate, published_for
 
     assert all(p.url.startswith("https://") and p.source and p.ms > 0 for p in PUBLISHED)
     assert [p.ms for p in published_for("rpi4")] == [75.0]                # XNNPACK README, Pi 4
@@ -258,9 +262,9 @@ def test_published_pi_figures_carry_sources_and_an_estimate_is_labelled_as_one()
 def test_a_cpu_llvm_mca_does_not_know_is_analysed_as_a_known_one_of_its_isa():
     # CI met a Zen 5: LLVM 14's llvm-mca has no znver5 and then rejected every AVX-512 line
     spec = SimpleNamespace(target={"mcpu": "znver5"}, arch="x86_64", vector_isa=lambda: "avx512")
-    assert "znver5" not in proxy.mca_known_cpus("x86_64-unknown-linux-gnu")
-    assert "-mcpu=icelake-server" in proxy.mca_args(spec)
-    res = proxy.run_mca({0: [f"vfmadd231ps %zmm1, %zmm2, %zmm{r}" for r in range(3, 11)]}, spec)
+    assert "znver5" not in mca.mca_known_cpus("x86_64-unknown-linux-gnu")
+    assert "-mcpu=icelake-server" in mca.mca_args(spec)
+    res = mca.run_mca({0: [f"vfmadd231ps %zmm1, %zmm2, %zmm{r}" for r in range(3, 11)]}, spec)
     assert 0 < res[0].rthroughput <= 8
     known = SimpleNamespace(target={"mcpu": "znver3"}, arch="x86_64", vector_isa=lambda: 1 / 0)
-    assert "-mcpu=znver3" in proxy.mca_args(known)        # a known CPU is kept (ISA not even asked)
+    assert "-mcpu=znver3" in mca.mca_args(known)          # a known CPU is kept (ISA not even asked)

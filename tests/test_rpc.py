@@ -6,10 +6,9 @@ import sys
 import time
 
 import pytest
-
-from tvmnet import emulator
-
 from conftest import free_port, host_class, run_cli
+
+from tvmnet.run import emulator
 
 pytestmark = pytest.mark.device
 
@@ -97,10 +96,11 @@ def test_silent_server_times_out(rpi4_artifact):
 
 
 def test_device_dies_mid_session(rpi4_artifact):
-    from tvmnet.artifact import load_artifact
-    from tvmnet.errors import DeviceError
-    from tvmnet.rpc import Endpoint, open_remote
-    from tvmnet.validate import seeded_inputs
+    from tvmnet.build.artifact import load_artifact
+    from tvmnet.core.endpoint import Endpoint
+    from tvmnet.core.errors import DeviceError
+    from tvmnet.run.rpc import open_remote
+    from tvmnet.run.validate import seeded_inputs
 
     port = free_port()
     emulator.start("rpi4", host="127.0.0.1", port=port)

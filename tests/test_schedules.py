@@ -5,14 +5,14 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import TINY_TUNE, host_class, run_cli
 
 
 def lowered_tasks(alpha=0.25, resolution=32):
-    from tvmnet.config import ModelConfig
-    from tvmnet.targets import load_target
-    from tvmnet.tuning import TuneOptions, prepare_tasks
+    from tvmnet.core.config import ModelConfig
+    from tvmnet.core.targets import load_target
+    from tvmnet.tune.options import TuneOptions
+    from tvmnet.tune.search import prepare_tasks
 
     spec = load_target("x86")
     return spec, prepare_tasks(TuneOptions(model=ModelConfig(alpha=alpha, resolution=resolution), target=spec))[1]
@@ -20,7 +20,7 @@ def lowered_tasks(alpha=0.25, resolution=32):
 
 @pytest.mark.unit
 def test_tile_grid_respects_shape_and_registers():
-    from tvmnet.schedules import ACC_REGS, LANES, PAD_WASTE, gemm_tiles
+    from tvmnet.tune.seeds import ACC_REGS, LANES, PAD_WASTE, gemm_tiles
 
     for isa in ("avx512", "avx2", "neon"):
         tiles = gemm_tiles(196, 256, 256, isa)
@@ -40,7 +40,7 @@ def test_seeds_cover_the_gemms_and_compute_what_the_kernel_computes():
     import tvm
 
     from tvmnet.passes.pipeline import kernel_kind
-    from tvmnet.schedules import gemm_shape, seed_schedules_for
+    from tvmnet.tune.seeds import gemm_shape, seed_schedules_for
 
     spec, tasks = lowered_tasks(0.25, 64)
     target, dev = spec.tvm_target(), tvm.cpu()
@@ -62,8 +62,8 @@ def test_seeds_cover_the_gemms_and_compute_what_the_kernel_computes():
         args = [tvm.runtime.tensor(rng.standard_normal(s).astype("float32"), dev) for s in shapes[:-1]]
 
         def run(m):
-            out = tvm.runtime.tensor(np.zeros(shapes[-1], "float32"), dev)
-            tvm.tirx.build(m, target=target)["main"](*args, out)
+            out = tvm.runtime.tensor(np.zeros(shapes[-1], "float32"), dev)  # noqa: B023 - called in this iteration
+            tvm.tirx.build(m, target=target)["main"](*args, out)  # noqa: B023
             return out.numpy()
 
         want = run(mod)
@@ -81,10 +81,11 @@ def test_seeds_cover_the_gemms_and_compute_what_the_kernel_computes():
 def test_seed_phase_measures_each_seed_once(tmp_path):
     from tvm.s_tir import meta_schedule as ms
 
-    from tvmnet.builder_fix import make_builder
-    from tvmnet.logs import open_database
-    from tvmnet.schedules import seed_schedules_for
-    from tvmnet.tuning import TuneOptions, _make_runner, seed_schedules
+    from tvmnet.tune.builder import make_builder
+    from tvmnet.tune.logs import open_database
+    from tvmnet.tune.measure import make_runner
+    from tvmnet.tune.options import TuneOptions
+    from tvmnet.tune.seeds import seed_schedules, seed_schedules_for
 
     spec, tasks = lowered_tasks()
     spec.use_threads()
@@ -92,7 +93,7 @@ def test_seed_phase_measures_each_seed_once(tmp_path):
                key=lambda t: len(seed_schedules_for(t.dispatched[0], spec.vector_isa())))
     contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts([task], str(tmp_path / "work"))
     db = open_database(tmp_path / "db", create=True)
-    builder, runner = make_builder(spec), _make_runner(TuneOptions(model=None, target=spec, repeats=1, number=2))
+    builder, runner = make_builder(spec), make_runner(TuneOptions(model=None, target=spec, repeats=1, number=2))
     args = ([task], contexts, db, builder, runner, spec.tvm_target(), spec.vector_isa())
     n_seeds = len(seed_schedules_for(task.dispatched[0], spec.vector_isa()))
     first = seed_schedules(*args)

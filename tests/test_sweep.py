@@ -8,11 +8,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
-from tvmnet import accuracy, sweep
-from tvmnet.errors import BudgetError, UsageError
-
 from conftest import ROOT, host_class, run_cli
+
+from tvmnet.core.errors import BudgetError, UsageError
+from tvmnet.study import accuracy, frontier, sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -54,15 +53,15 @@ def test_pareto_front_hand_made():
            (0.5, None),    # 5 no published figure: never on it
            (4.0, 70.0),    # 6 front
            (1.0, 45.0)]    # 7 dominated by 0 (same latency, less accurate)
-    assert sweep.pareto_front(pts) == [0, 1, 3, 6]
-    assert sweep.pareto_front([]) == []
-    assert sweep.pareto_front([(1.0, None)]) == []
+    assert frontier.pareto_front(pts) == [0, 1, 3, 6]
+    assert frontier.pareto_front([]) == []
+    assert frontier.pareto_front([(1.0, None)]) == []
 
 
 @pytest.mark.unit
 def test_front_of_table_leaves_out_unpublished_and_failed():
-    rows = [sweep.annotate(r) for r in table()]
-    front = [sweep.label(rows[i]["alpha"], rows[i]["resolution"]) for i in sweep.front_of(rows)]
+    rows = [frontier.annotate(r) for r in table()]
+    front = [frontier.label(rows[i]["alpha"], rows[i]["resolution"]) for i in frontier.front_of(rows)]
     # 1.0-128 (5 ms, 65.2) is dominated by 0.75-160 (4.5 ms, 65.3); 0.25-32 and 0.5-128 are not eligible
     assert front == ["0.25-128", "0.5-224", "0.75-160", "0.75-224", "1.0-224"]
 
@@ -108,9 +107,9 @@ def test_accuracy_tensorflow_table_all_16():
 def test_no_published_figure(alpha, res):
     assert accuracy.published(alpha, res) == {}
     assert accuracy.lookup(alpha, res) is None
-    r = sweep.annotate(row(alpha, res, 1.0))
+    r = frontier.annotate(row(alpha, res, 1.0))
     assert r["top1"] is None and r["top1_source"] == "no published figure"
-    assert "no published figure" in sweep.format_table([r], [], "t")
+    assert "no published figure" in frontier.format_table([r], [], "t")
 
 
 @pytest.mark.unit
@@ -125,52 +124,52 @@ def test_accuracy_file_is_package_data():
 
 @pytest.mark.unit
 def test_pick_most_accurate_within_budget_and_runner_up():
-    p = sweep.pick(table(), 5.0)       # 5.0 is inclusive: 1.0-128 at exactly 5.0 ms counts
+    p = frontier.pick(table(), 5.0)       # 5.0 is inclusive: 1.0-128 at exactly 5.0 ms counts
     assert (p.best["alpha"], p.best["resolution"]) == (0.75, 160)          # 65.3
     assert (p.runner_up["alpha"], p.runner_up["resolution"]) == (1.0, 128)  # 65.2
     assert p.within == 4 and p.considered == 6
     assert p.command == "tvmnet compile --target x86 --alpha 0.75 --resolution 160 -o build/mobilenet-0.75-160"
     text = "\n".join(p.lines())
     assert "65.3%" in text and "runner-up" in text and p.command in text
-    big = sweep.pick(table(), 1e9, target="rpi4")
+    big = frontier.pick(table(), 1e9, target="rpi4")
     assert (big.best["alpha"], big.best["resolution"], big.runner_up["alpha"]) == (1.0, 224, 0.75)
     assert big.command.startswith("tvmnet compile --target rpi4 --alpha 1.0 --resolution 224 ")
 
 
 @pytest.mark.unit
 def test_pick_never_takes_unpublished_or_failed_rows():
-    p = sweep.pick(table(), 1.0)       # 0.25-32 (0.2 ms) and 0.5-128 (0.9 ms, failed) are within, not eligible
+    p = frontier.pick(table(), 1.0)       # 0.25-32 (0.2 ms) and 0.5-128 (0.9 ms, failed) are within, not eligible
     assert (p.best["alpha"], p.best["resolution"]) == (0.25, 128) and p.runner_up is None
 
 
 @pytest.mark.unit
 def test_pick_tie_on_accuracy_takes_the_faster():
     rows = [row(0.5, 160, 3.0, target="a"), row(0.5, 160, 2.0, target="b"), row(0.25, 224, 1.0)]
-    p = sweep.pick(rows, 10)
+    p = frontier.pick(rows, 10)
     assert p.best["median_ms"] == 2.0 and p.runner_up["median_ms"] == 3.0
 
 
 @pytest.mark.unit
 def test_pick_budget_too_small_names_the_fastest_pair():
     with pytest.raises(BudgetError) as e:
-        sweep.pick(table(), 0.5)
+        frontier.pick(table(), 0.5)
     msg = str(e.value)
     assert "0.25-128" in msg and "1.000 ms" in msg and "0.5 ms" in msg     # not 0.25-32 (unpublished)
     assert "\n" not in msg and e.value.exit_code == 10
     with pytest.raises(UsageError, match="tvmnet sweep"):
-        sweep.pick([row(0.25, 32, 0.2)], 10)                # nothing published at all
+        frontier.pick([row(0.25, 32, 0.2)], 10)                # nothing published at all
     with pytest.raises(UsageError, match="positive"):
-        sweep.pick(table(), 0)
+        frontier.pick(table(), 0)
 
 
 # ------------------------------------------------------------------------------------------- (d) plot
 
 @pytest.mark.unit
 def test_plot_is_png_and_draws_the_table(tmp_path):
-    rows = [sweep.annotate(r) for r in table()]
-    front = sweep.front_of(rows)
+    rows = [frontier.annotate(r) for r in table()]
+    front = frontier.front_of(rows)
     out = tmp_path / "s.png"
-    drawn = sweep.plot_sweep(rows, front, out, "MobileNet v1 on x86\nmachine class test")
+    drawn = frontier.plot_sweep(rows, front, out, "MobileNet v1 on x86\nmachine class test")
     data = out.read_bytes()
     assert data[:8] == PNG_MAGIC and data[12:16] == b"IHDR"
     width, height = struct.unpack(">II", data[16:24])
@@ -183,9 +182,9 @@ def test_plot_is_png_and_draws_the_table(tmp_path):
         with Image.open(out) as im:
             im.verify()
             assert im.format == "PNG" and im.size == (width, height)
-    expect = [(r["median_ms"], r["top1"], sweep.label(r["alpha"], r["resolution"])) for r in rows if sweep.eligible(r)]
+    expect = [(r["median_ms"], r["top1"], frontier.label(r["alpha"], r["resolution"])) for r in rows if frontier.eligible(r)]
     assert drawn["points"] == expect
-    assert drawn["front"] == [(rows[i]["median_ms"], rows[i]["top1"], sweep.label(rows[i]["alpha"], rows[i]["resolution"]))
+    assert drawn["front"] == [(rows[i]["median_ms"], rows[i]["top1"], frontier.label(rows[i]["alpha"], rows[i]["resolution"]))
                               for i in front]
     assert [x for x, _, _ in drawn["front"]] == sorted(x for x, _, _ in drawn["front"])
     assert drawn["left_out"] == ["0.25-32 (no published figure)", "0.5-128 (numerics failed)"]
@@ -193,8 +192,8 @@ def test_plot_is_png_and_draws_the_table(tmp_path):
 
 @pytest.mark.unit
 def test_csv_matches_table():
-    rows = [sweep.annotate(r) for r in table()]
-    lines = sweep.to_csv(rows, sweep.front_of(rows)).splitlines()
+    rows = [frontier.annotate(r) for r in table()]
+    lines = frontier.to_csv(rows, frontier.front_of(rows)).splitlines()
     assert lines[0].split(",")[:5] == ["alpha", "resolution", "mult_adds_m", "params_m", "top1"]
     assert len(lines) == 1 + len(rows)
     assert lines[1].startswith("1.0,224,1.0,0.5,70.9,89.9,") and ",True," in lines[1]
@@ -204,8 +203,8 @@ def test_csv_matches_table():
 
 @pytest.mark.unit
 def test_options_validate():
-    from tvmnet.rpc import Endpoint
-    from tvmnet.targets import load_target
+    from tvmnet.core.endpoint import Endpoint
+    from tvmnet.core.targets import load_target
 
     x86 = load_target("x86")
     opts = sweep.SweepOptions(target=x86, alphas=("0.5", "0.50", "0.25"), resolutions=("128",), out=Path("o"))
@@ -246,13 +245,13 @@ def test_pick_without_sweep_names_the_command(tmp_path):
 def test_pick_cli_budget_error_and_build(tmp_path, monkeypatch, capsys):
     d = tmp_path / host_class()
     d.mkdir()
-    (d / "sweep.json").write_text(json.dumps({"format": sweep.FORMAT, "rows": table()}))
+    (d / "sweep.json").write_text(json.dumps({"format": frontier.FORMAT, "rows": table()}))
     res = run_cli("pick", "--budget-ms", "0.5", "--out", tmp_path)
     assert res.returncode == 10
     one_line_error(res, "0.25-128", "1.000 ms")
 
     # -o builds the pick directly (compile_model stubbed: the build itself is tested elsewhere)
-    import tvmnet.compiler
+    import tvmnet.build.compiler
     from tvmnet import cli
 
     built = {}
@@ -265,7 +264,7 @@ def test_pick_cli_budget_error_and_build(tmp_path, monkeypatch, capsys):
         built["opts"] = opts
         return FakeArtifact()
 
-    monkeypatch.setattr(tvmnet.compiler, "compile_model", fake_compile)
+    monkeypatch.setattr(tvmnet.build.compiler, "compile_model", fake_compile)
     assert cli.main(["pick", "--budget-ms", "5", "--out", str(tmp_path), "-o", str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
     assert "--alpha 0.75 --resolution 160" in out and "compiled stub" in out

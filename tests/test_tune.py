@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, TINY_TUNE, host_class, run_cli
 
 pytestmark = pytest.mark.tune
@@ -174,7 +173,7 @@ def test_replacing_a_kernels_records_keeps_the_rest_and_counts_the_dropped(tuned
 
     from tvm.s_tir import meta_schedule as ms
 
-    from tvmnet.logs import copy_record, open_database, pruned_counts, replace_kernel_records, wl_key
+    from tvmnet.tune.logs import copy_record, open_database, pruned_counts, replace_kernel_records, wl_key
 
     logs, _ = tuned
     db = tmp_path / host_class()
@@ -221,7 +220,7 @@ def test_merge_log_adds_records_once_and_refuses_another_class(tuned, tmp_path):
 
 @pytest.mark.unit
 def test_first_pass_only_when_the_main_batch_is_bigger_and_the_budget_covers_it():
-    from tvmnet.tuning import FIRST_PASS, first_pass_size
+    from tvmnet.tune.scheduler import FIRST_PASS, first_pass_size
 
     assert first_pass_size(64, FIRST_PASS * 13, 13) == FIRST_PASS
     assert first_pass_size(64, FIRST_PASS * 13 - 1, 13) == 0    # a tiny tune: the main search's round-robin
@@ -230,7 +229,7 @@ def test_first_pass_only_when_the_main_batch_is_bigger_and_the_budget_covers_it(
 
 @pytest.mark.unit
 def test_every_kernel_with_a_share_of_the_time_gets_one_search_batch_before_the_gradient_rule():
-    from tvmnet.tuning import COVER_SHARE, uncovered_task
+    from tvmnet.tune.scheduler import COVER_SHARE, uncovered_task
 
     # weighted times (us): two GEMMs, a depthwise conv timed only by the warm start (2.4%), a
     # trivial kernel (0.1%), one without a time (the first pass's business)
@@ -249,7 +248,7 @@ def test_every_kernel_with_a_share_of_the_time_gets_one_search_batch_before_the_
 @pytest.mark.tune
 @pytest.mark.slow   # extended run: ~60 s
 def test_first_pass_gives_an_untimed_kernel_a_small_random_batch_then_the_search_goes_on(tmp_path):
-    from tvmnet.tuning import FIRST_PASS
+    from tvmnet.tune.scheduler import FIRST_PASS
 
     res = run_cli("tune", *TINY_TUNE, "--kernels", "fused_conv2d8_", "--trials", str(2 * FIRST_PASS), "--batch",
                   "32", "--log-dir", tmp_path, "--no-warm-start")
@@ -264,10 +263,10 @@ def test_first_pass_gives_an_untimed_kernel_a_small_random_batch_then_the_search
 @pytest.mark.unit
 def test_estimate_options_refuse_a_board_link_and_a_gpu_and_keep_their_own_directory(tmp_path):
     from tvmnet import ModelConfig, load_target
-    from tvmnet.errors import UsageError
-    from tvmnet.proxy_tune import PROXY_RHO, RHO_BAR, TRUSTED_KINDS
-    from tvmnet.rpc import Endpoint
-    from tvmnet.tuning import TuneOptions
+    from tvmnet.core.endpoint import Endpoint
+    from tvmnet.core.errors import UsageError
+    from tvmnet.proxy.tuning import PROXY_RHO, RHO_BAR, TRUSTED_KINDS
+    from tvmnet.tune.options import TuneOptions
 
     model = ModelConfig(0.25, 32)
     with pytest.raises(UsageError, match="drop --rpc"):
@@ -288,8 +287,8 @@ import sys
 from tvm import te
 from tvm.s_tir import TensorIntrin
 from tvm.s_tir import meta_schedule as ms
-from tvmnet.targets import load_target
-from tvmnet.tuning import tune_contexts
+from tvmnet.core.targets import load_target
+from tvmnet.tune.measure import tune_contexts
 
 spec = load_target(sys.argv[1])
 a = te.placeholder((16, 16), name="a")

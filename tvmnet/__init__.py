@@ -5,28 +5,29 @@ The Python API mirrors the command line::
     from tvmnet import ModelConfig, load_target, CompileOptions, compile_model
     art = compile_model(CompileOptions(ModelConfig(alpha=0.5), load_target("x86"), Path("build/m")))
 """
-__version__ = "0.1.0"
+from tvmnet.core import __version__
+from tvmnet.core.config import ModelConfig
+from tvmnet.core.errors import TvmnetError
+from tvmnet.core.targets import load_target, preset_names
 
-from .config import ModelConfig  # noqa: E402
-from .errors import TvmnetError  # noqa: E402
-from .targets import load_target, preset_names  # noqa: E402
+# The Python API, by name -> the module that defines it. Heavy modules (TVM, torch) load lazily,
+# on first use, so that `tvmnet --help` stays fast.
+_API = {
+    "CompileOptions": "tvmnet.build.compiler", "compile_model": "tvmnet.build.compiler",
+    "load_artifact": "tvmnet.build.artifact",
+    "TuneOptions": "tvmnet.tune.options", "tune_model": "tvmnet.tune.search",
+    "layer_table": "tvmnet.models", "build_model": "tvmnet.models",
+    "SweepOptions": "tvmnet.study.sweep", "run_sweep": "tvmnet.study.sweep",
+    "pareto_front": "tvmnet.study.frontier", "pick": "tvmnet.study.frontier",
+}
 
 
 def __getattr__(name):
-    # Heavy modules (TVM, torch) load lazily so `tvmnet --help` stays fast.
-    lazy = {
-        "CompileOptions": ("compiler", "CompileOptions"), "compile_model": ("compiler", "compile_model"),
-        "load_artifact": ("artifact", "load_artifact"), "TuneOptions": ("tuning", "TuneOptions"),
-        "tune_model": ("tuning", "tune_model"), "layer_table": ("models", "layer_table"),
-        "build_model": ("models", "build_model"),
-    }
-    if name in lazy:
+    if name in _API:
         import importlib
 
-        mod, attr = lazy[name]
-        return getattr(importlib.import_module(f".{mod}", __name__), attr)
+        return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(name)
 
 
-__all__ = ["ModelConfig", "TvmnetError", "load_target", "preset_names", "CompileOptions", "compile_model",
-           "load_artifact", "TuneOptions", "tune_model", "layer_table", "build_model", "__version__"]
+__all__ = ["ModelConfig", "TvmnetError", "load_target", "preset_names", "__version__", *_API]

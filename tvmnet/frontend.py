@@ -4,13 +4,16 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from .artifact import sha256
-from .config import ModelConfig
-from .errors import WeightsError, err_line
+from tvmnet.core.config import ModelConfig
+from tvmnet.core.errors import WeightsError, err_line
+from tvmnet.core.paths import sha256
+
+if TYPE_CHECKING:
+    import tvm
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ def import_model(model: ModelConfig, onnx: Optional[Path] = None):
         info = {"source": "onnx", "onnx": str(Path(onnx).resolve()), "onnx_sha256": sha256(Path(onnx)),
                 "alpha": None, "resolution": shape[2], "num_classes": None, "seed": None}
         return mod, name, shape, info
-    from .models import build_model
+    from tvmnet.models import build_model
 
     torch_model = build_model(model)
     mod = from_torch(torch_model, model.input_shape)

@@ -16,8 +16,8 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from ..errors import WeightsError, err_line
+from tvmnet.core.config import ModelConfig
+from tvmnet.core.errors import WeightsError, err_line
 
 #: (stride, output channels) of the 13 depthwise-separable blocks, from Table 1.
 #: The paper lists the 13th depthwise conv as "s2", a known typo: the 7x7 map stays 7x7.

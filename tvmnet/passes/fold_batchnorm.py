@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax
-from ._common import rewrite_relax_functions
 from tvm.relax.dpl import is_op, is_tuple_get_item, rewrite_call, wildcard
+
+from tvmnet.passes._common import rewrite_relax_functions
 
 
 def _pattern():

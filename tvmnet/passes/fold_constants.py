@@ -20,7 +20,7 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
-from ._common import rewrite_relax_functions
+from tvmnet.passes._common import rewrite_relax_functions
 
 _BINARY = {"relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply,
            "relax.divide": np.divide}

@@ -21,11 +21,11 @@ import tvm
 from tvm import relax
 from tvm.relax import transform as T
 
-from .fold_batchnorm import FoldBatchNorm
-from .fold_constants import FoldWeightArithmetic
-from .pointwise_to_gemm import PointwiseToGemm
-from .stem_reads_nchw import StemReadsNCHW
-from .weight_prefetch import PrefetchWeights, prefetches_on
+from tvmnet.passes.fold_batchnorm import FoldBatchNorm
+from tvmnet.passes.fold_constants import FoldWeightArithmetic
+from tvmnet.passes.pointwise_to_gemm import PointwiseToGemm
+from tvmnet.passes.stem_reads_nchw import StemReadsNCHW
+from tvmnet.passes.weight_prefetch import PrefetchWeights, prefetches_on
 
 log = logging.getLogger(__name__)
 
@@ -165,3 +165,12 @@ def kernel_kind(name: str, mod=None) -> str:
     if name.startswith("mean"):
         return "mean"
     return "other"
+
+
+def extract_tasks(mod, spec):
+    """The tuning tasks (one per distinct fused kernel) of a lowered module, those already
+    scheduled (by a pass or dlight) left out."""
+    from tvm.s_tir import meta_schedule as ms
+
+    tasks = ms.relax_integration.extract_tasks(mod, spec.tvm_target())
+    return [t for t in tasks if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled", False)]

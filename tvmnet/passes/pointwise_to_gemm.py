@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax
-from ._common import ints, rewrite_relax_functions
 from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
+from tvmnet.passes._common import ints, rewrite_relax_functions
 
 _LAYOUTS = {("NCHW", "OIHW", "NCHW"): "NCHW", ("NHWC", "OHWI", "NHWC"): "NHWC"}
 

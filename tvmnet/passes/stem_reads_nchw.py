@@ -26,8 +26,7 @@ import tvm
 from tvm import relax, te, topi
 from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
-from ._common import ints
-
+from tvmnet.passes._common import ints
 
 
 def conv2d_nchw_in_nhwc_out(x: te.Tensor, w: te.Tensor, strides, padding, dilation) -> te.Tensor:
