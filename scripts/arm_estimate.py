@@ -18,6 +18,7 @@ of a proxy whose rank agreement with measured times on x86 is 0.84 for GEMMs and
 depthwise convs (scripts/proxy_rank.py): they say which is faster by a wide margin, not what a
 Pi would measure. Nothing here runs on a board.
 """
+
 import argparse
 import json
 import sys
@@ -27,7 +28,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
 
 
 def main():
@@ -58,9 +58,11 @@ def main():
     _install_light_tensor_intrin(intrin_families(spec))
     _, tasks = prepare_tasks(TuneOptions(model=ModelConfig(args.alpha, args.resolution), target=spec))
     choice = choose_logs(spec, "auto", tasks)
-    print(f"{spec.name} ({spec.machine_class()['key']}), MobileNet {args.alpha:g}-{args.resolution}: "
-          f"records applied {choice.kernels_tuned}/{len(tasks)} ({choice.match}: {dict(choice.by_source)})",
-          file=sys.stderr)
+    print(
+        f"{spec.name} ({spec.machine_class()['key']}), MobileNet {args.alpha:g}-{args.resolution}: "
+        f"records applied {choice.kernels_tuned}/{len(tasks)} ({choice.match}: {dict(choice.by_source)})",
+        file=sys.stderr,
+    )
     rows = []
     for task in tasks:
         mod = task.dispatched[0]
@@ -81,18 +83,23 @@ def main():
         row["applied"] = "record" if rec is not None else "naive"
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
-        print(f"  {task.task_name:32s} x{row['weight']}  naive {row['naive_cycles'] / ghz / 1e6:9.2f} ms  "
-              f"{row['applied']} {row['applied_cycles'] / ghz / 1e6:8.2f} ms  ({row['seconds']} s)", file=sys.stderr)
+        print(
+            f"  {task.task_name:32s} x{row['weight']}  naive {row['naive_cycles'] / ghz / 1e6:9.2f} ms  "
+            f"{row['applied']} {row['applied_cycles'] / ghz / 1e6:8.2f} ms  ({row['seconds']} s)",
+            file=sys.stderr,
+        )
 
-    ms = lambda cyc: cyc / ghz / 1e6   # noqa: E731
+    ms = lambda cyc: cyc / ghz / 1e6  # noqa: E731
     by_kind = defaultdict(lambda: [0.0, 0.0, 0])
     for r in rows:
         k = by_kind[r["kind"]]
         k[0] += r["weight"] * r["naive_cycles"]
         k[1] += r["weight"] * r["applied_cycles"]
         k[2] += r["weight"]
-    print(f"ESTIMATED by the proxy (llvm-mca -mcpu={spec.target.get('mcpu')}, {ghz} GHz), not measured; "
-          f"{spec.name}, MobileNet {args.alpha:g}-{args.resolution}, {spec.target.get('num-cores')} threads")
+    print(
+        f"ESTIMATED by the proxy (llvm-mca -mcpu={spec.target.get('mcpu')}, {ghz} GHz), not measured; "
+        f"{spec.name}, MobileNet {args.alpha:g}-{args.resolution}, {spec.target.get('num-cores')} threads"
+    )
     print("| kernel kind | kernels run | naive (before) ms | shipped now ms | speed-up |")
     print("|---|---|---|---|---|")
     total = [0.0, 0.0]
@@ -100,11 +107,25 @@ def main():
         total[0] += naive
         total[1] += applied
         print(f"| {kind} | {n} | {ms(naive):.2f} | {ms(applied):.2f} | {naive / applied:.1f}x |")
-    print(f"| **end to end** | {sum(v[2] for v in by_kind.values())} | {ms(total[0]):.2f} | {ms(total[1]):.2f} | "
-          f"{total[0] / total[1]:.1f}x |")
+    print(
+        f"| **end to end** | {sum(v[2] for v in by_kind.values())} | {ms(total[0]):.2f} | {ms(total[1]):.2f} | "
+        f"{total[0] / total[1]:.1f}x |"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"target": spec.name, "alpha": args.alpha, "resolution": args.resolution,
-                                         "clock_ghz": ghz, "match": choice.match, "rows": rows}, indent=1) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "target": spec.name,
+                    "alpha": args.alpha,
+                    "resolution": args.resolution,
+                    "clock_ghz": ghz,
+                    "match": choice.match,
+                    "rows": rows,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ without a record are timed as TVM's naive loop nest. ORT side: its per-node prof
 same model (same weights, exported through ONNX), mean over the profiled runs.
 Kinds: stem (the first conv), depthwise conv, pointwise GEMM (1x1 conv), fc (classifier).
 """
+
 import argparse
 import json
 import os
@@ -34,11 +35,13 @@ def tvm_profile(cfg, spec, tuning_log, flush: bool):
     mod, *_ = import_model(cfg)
     tasks = extract_tasks(pipeline.lower_to_tir(mod, spec), spec)
     choice = choose_logs(spec, tuning_log, tasks)
-    spec.use_threads()    # the runner's workers inherit TVM_NUM_THREADS (TVM's default is one thread here)
+    spec.use_threads()  # the runner's workers inherit TVM_NUM_THREADS (TVM's default is one thread here)
     target = spec.tvm_target()
     builder = make_builder(spec)
-    runner = ms.runner.LocalRunner(timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(
-        number=20, repeat=5, min_repeat_ms=0, enable_cpu_cache_flush=flush))
+    runner = ms.runner.LocalRunner(
+        timeout_sec=60,
+        evaluator_config=ms.runner.EvaluatorConfig(number=20, repeat=5, min_repeat_ms=0, enable_cpu_cache_flush=flush),
+    )
     rows = []
     for task in tasks:
         func = task.dispatched[0]
@@ -57,8 +60,17 @@ def tvm_profile(cfg, spec, tuning_log, flush: bool):
         us = 1e6 * secs[len(secs) // 2]
         flop = float(tvm.s_tir.analysis.estimate_tir_flops(func))
         w = int(task.weight)
-        rows.append({"kernel": task.task_name, "kind": pipeline.kernel_kind(task.task_name, func), "calls": w,
-                     "us_each": us, "us_total": us * w, "gflops": flop / us / 1e3, "tuned": rec is not None})
+        rows.append(
+            {
+                "kernel": task.task_name,
+                "kind": pipeline.kernel_kind(task.task_name, func),
+                "calls": w,
+                "us_each": us,
+                "us_total": us * w,
+                "gflops": flop / us / 1e3,
+                "tuned": rec is not None,
+            }
+        )
     return rows, choice
 
 
@@ -107,8 +119,13 @@ def ort_profile(cfg, threads: int, runs: int = 50):
         if node is not None and "Conv" in node.op_type:
             group = next((a.i for a in node.attribute if a.name == "group"), 1)
             wshape = init.get(node.input[1], ())
-            kind = ("depthwise conv" if group > 1 else
-                    "stem conv" if len(wshape) == 4 and wshape[1] == 3 else "pointwise GEMM")
+            kind = (
+                "depthwise conv"
+                if group > 1
+                else "stem conv"
+                if len(wshape) == 4 and wshape[1] == 3
+                else "pointwise GEMM"
+            )
         elif node is not None and node.op_type in ("Gemm", "MatMul", "FusedGemm"):
             kind = "fc"
         rows.append({"node": name, "op": node.op_type if node else "?", "kind": kind, "us_total": float(np.mean(durs))})
@@ -136,12 +153,16 @@ def main():
     cfg = ModelConfig(args.alpha, args.resolution)
     rows, choice = tvm_profile(cfg, spec, args.tuning_log or "auto", args.flush)
     total = sum(r["us_total"] for r in rows)
-    print(f"{cpu_model()} ({spec.machine_class()['key']}), {threads} threads; MobileNet v1 {args.alpha:g}-{args.resolution}; "
-          f"log {choice.path} ({choice.match})")
+    print(
+        f"{cpu_model()} ({spec.machine_class()['key']}), {threads} threads; MobileNet v1 {args.alpha:g}-{args.resolution}; "
+        f"log {choice.path} ({choice.match})"
+    )
     print(f"{'kernel':<34}{'kind':<16}{'calls':>6}{'us each':>10}{'us total':>10}{'share':>7}{'GFLOP/s':>9}")
     for r in sorted(rows, key=lambda r: -r["us_total"]):
-        print(f"{r['kernel'][:33]:<34}{r['kind']:<16}{r['calls']:>6}{r['us_each']:>10.1f}{r['us_total']:>10.1f}"
-              f"{100 * r['us_total'] / total:>6.1f}%{r['gflops']:>9.1f}" + ("" if r["tuned"] else "  (untuned)"))
+        print(
+            f"{r['kernel'][:33]:<34}{r['kind']:<16}{r['calls']:>6}{r['us_each']:>10.1f}{r['us_total']:>10.1f}"
+            f"{100 * r['us_total'] / total:>6.1f}%{r['gflops']:>9.1f}" + ("" if r["tuned"] else "  (untuned)")
+        )
     ort_rows = [] if args.no_ort else ort_profile(cfg, threads)
     kinds = ["stem conv", "depthwise conv", "pointwise GEMM", "fc", "other"]
     ours = defaultdict(float)

@@ -22,6 +22,7 @@ variant of the proxy:
 Measured times must come from this machine class (the database's class.json says where); the
 proxy's -mcpu is --target's. Nothing is run or timed here: building and analysing only.
 """
+
 import argparse
 import json
 import math
@@ -37,8 +38,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-L1_CYCLES = 2.0    # cycles per 64-byte line brought into L1 from L2 (a priori: ~32 B/cycle)
-L2_CYCLES = 16.0   # cycles per line from L3/DRAM for one core (a priori: ~4 B/cycle)
+L1_CYCLES = 2.0  # cycles per 64-byte line brought into L1 from L2 (a priori: ~32 B/cycle)
+L2_CYCLES = 16.0  # cycles per line from L3/DRAM for one core (a priori: ~4 B/cycle)
+
 
 def _mem(r):
     return L1_CYCLES * r["l1_lines"] + L2_CYCLES * r["l2_lines"]
@@ -67,11 +69,12 @@ def spearman(x, y) -> float:
 
         return float(spearmanr(x, y).statistic)
     except ImportError:
+
         def ranks(a):
             order = np.argsort(a, kind="mergesort")
             r = np.empty(len(a))
             r[order] = np.arange(len(a))
-            for v in np.unique(a):      # ties: mean rank
+            for v in np.unique(a):  # ties: mean rank
                 m = a == v
                 r[m] = r[m].mean()
             return r
@@ -108,8 +111,12 @@ def collect(args, out):
             recs = [recs[i] for i in sorted(rng.sample(range(len(recs)), args.per_kernel))]
         for i, rec in enumerate(recs):
             secs = [float(s) for s in rec.run_secs]
-            row = {"kernel": task.task_name, "kind": kernel_kind(task.task_name, mod), "record": i,
-                   "measured_s": sum(secs) / len(secs)}
+            row = {
+                "kernel": task.task_name,
+                "kind": kernel_kind(task.task_name, mod),
+                "record": i,
+                "measured_s": sum(secs) / len(secs),
+            }
             t0 = time.perf_counter()
             try:
                 sch = tvm.s_tir.Schedule(mod)
@@ -119,12 +126,19 @@ def collect(args, out):
                 row["error"] = str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__
                 print(f"{task.task_name} #{i}: {row['error']}", file=sys.stderr)
             else:
-                row.update(cycles=est.cycles, rthroughput_cycles=est.rthroughput_cycles, ordered_cycles=est.ordered_cycles,
-                           call_cycles=est.call_cycles,
-                           instructions=est.instructions, unknown_branches=est.unknown_branches,
-                           parallel_launches=est.parallel_launches, workspace_allocs=est.workspace_allocs,
-                           memset_bytes=est.memset_bytes,
-                           unmapped_blocks=est.unmapped_blocks, **est.memory)
+                row.update(
+                    cycles=est.cycles,
+                    rthroughput_cycles=est.rthroughput_cycles,
+                    ordered_cycles=est.ordered_cycles,
+                    call_cycles=est.call_cycles,
+                    instructions=est.instructions,
+                    unknown_branches=est.unknown_branches,
+                    parallel_launches=est.parallel_launches,
+                    workspace_allocs=est.workspace_allocs,
+                    memset_bytes=est.memset_bytes,
+                    unmapped_blocks=est.unmapped_blocks,
+                    **est.memory,
+                )
             row["seconds"] = time.perf_counter() - t0
             rows.append(row)
             out.write(json.dumps(row) + "\n")
@@ -142,8 +156,10 @@ def report(rows, cmdline: str):
     print(f"records analysed: {len(ok)} ({failed} failed); kernels: {len({r['kernel'] for r in ok})}")
     secs = [r["seconds"] for r in ok]
     if secs:
-        print(f"time per estimate: median {np.median(secs):.2f} s, mean {np.mean(secs):.2f} s, max {max(secs):.1f} s "
-              "(build + IR interpretation + llvm-mca + memory model; niced, machine shared)")
+        print(
+            f"time per estimate: median {np.median(secs):.2f} s, mean {np.mean(secs):.2f} s, max {max(secs):.1f} s "
+            "(build + IR interpretation + llvm-mca + memory model; niced, machine shared)"
+        )
     by_kernel = defaultdict(list)
     for r in ok:
         by_kernel[r["kernel"]].append(r)
@@ -186,10 +202,16 @@ def report(rows, cmdline: str):
         ks = [k for k in by_kernel if by_kernel[k][0]["kind"] == kind and len(by_kernel[k]) >= 3]
         if not ks:
             continue
-        med = np.mean([np.median([r["measured_s"] for r in by_kernel[k]]) / min(r["measured_s"] for r in by_kernel[k])
-                       for k in ks])
-        picks = [np.mean([min(by_kernel[k], key=f)["measured_s"] / min(r["measured_s"] for r in by_kernel[k])
-                          for k in ks]) for f in VARIANTS.values()]
+        med = np.mean(
+            [
+                np.median([r["measured_s"] for r in by_kernel[k]]) / min(r["measured_s"] for r in by_kernel[k])
+                for k in ks
+            ]
+        )
+        picks = [
+            np.mean([min(by_kernel[k], key=f)["measured_s"] / min(r["measured_s"] for r in by_kernel[k]) for k in ks])
+            for f in VARIANTS.values()
+        ]
         print(f"{kind:15s} {med:7.2f} " + " ".join(f"{p:12.2f}" for p in picks))
     unk = sum(r.get("unknown_branches", 0) for r in ok)
     unm = sum(r.get("unmapped_blocks", 0) for r in ok)

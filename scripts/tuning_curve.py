@@ -10,6 +10,7 @@ lines the record file had then). Needs the *full* database (before `tvmnet prune
 Prints one row per point: records used, kernels covered, median latency (time_evaluator,
 after warm-up).
 """
+
 import argparse
 import json
 import shutil
@@ -47,7 +48,7 @@ def main():
     mod, *_ = import_model(cfg)
     tasks = extract_tasks(pipeline.lower_to_tir(mod, spec), spec)
     full = open_database(args.db)
-    own = set()   # indices (in the workload file) of this model's workloads
+    own = set()  # indices (in the workload file) of this model's workloads
     lines = (args.db / "database_workload.json").read_text().splitlines()
     hashes = [json.loads(l)[0] for l in lines if l.strip()]
     for t in tasks:
@@ -66,9 +67,9 @@ def main():
     rows = []
     x = np.random.default_rng(0).standard_normal(cfg.input_shape).astype("float32")
     for label, n in points:
-        if args.minutes:   # the record file's first n lines, this model's among them
+        if args.minutes:  # the record file's first n lines, this model's among them
             records = [l for l in all_lines[:n] if json.loads(l)[0] in own]
-        else:              # this model's first n records
+        else:  # this model's first n records
             records = [l for l in all_lines if json.loads(l)[0] in own][:n]
         with tempfile.TemporaryDirectory() as tmp:
             db = Path(tmp) / "db"
@@ -80,12 +81,20 @@ def main():
             sess = open_local(load_artifact(art.path))
             sess.time(x, number=10, repeat=3)
             t = sess.time(x, number=20, repeat=15)
-            rows.append({"point": label, "records_used": len(records),
-                         "kernels_tuned": art.metadata["tuning"]["kernels_tuned"],
-                         "kernels_total": art.metadata["tuning"]["kernels_total"], "median_ms": t.median_ms})
-            print(f"{label:>12} ({rows[-1]['records_used']} records): "
-                  f"{rows[-1]['kernels_tuned']}/{rows[-1]['kernels_total']} kernels tuned, median {t.median_ms:.3f} ms",
-                  flush=True)
+            rows.append(
+                {
+                    "point": label,
+                    "records_used": len(records),
+                    "kernels_tuned": art.metadata["tuning"]["kernels_tuned"],
+                    "kernels_total": art.metadata["tuning"]["kernels_total"],
+                    "median_ms": t.median_ms,
+                }
+            )
+            print(
+                f"{label:>12} ({rows[-1]['records_used']} records): "
+                f"{rows[-1]['kernels_tuned']}/{rows[-1]['kernels_total']} kernels tuned, median {t.median_ms:.3f} ms",
+                flush=True,
+            )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -1,5 +1,6 @@
 """Shared fixtures. Tests are grouped by marker: unit (no build), e2e (local TVM build and
 run), tune (a real tiny MetaSchedule run), device (an RPC device: the emulated Pi), gpu."""
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,14 @@ def run_cli(*args, cwd=None, env=None, timeout=900):
     """Run the real `tvmnet` command line in a subprocess; returns CompletedProcess."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "tvmnet", *map(str, args)], cwd=cwd or ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tvmnet", *map(str, args)],
+        cwd=cwd or ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +59,18 @@ def tuned(tmp_path_factory):
     """A tiny real cold tune (no warm start) of the GEMM kernels of MobileNet 0.25-32 into
     <logs>/<this machine's class>; returns (logs root, the finished process)."""
     logs = tmp_path_factory.mktemp("logs")
-    res = run_cli("tune", *TINY_TUNE, "--kernels", "matmul", "--trials", "12", "--per-task", "2", "--log-dir", logs,
-                  "--no-warm-start")
+    res = run_cli(
+        "tune",
+        *TINY_TUNE,
+        "--kernels",
+        "matmul",
+        "--trials",
+        "12",
+        "--per-task",
+        "2",
+        "--log-dir",
+        logs,
+        "--no-warm-start",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return logs, res

@@ -1,4 +1,5 @@
 """`tvmnet bench`: every engine in its own process, same input, outputs agree, machine named."""
+
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -44,7 +45,7 @@ def test_per_round_ratio_pairs_the_engines_of_each_round():
     rounds whose engines ran under the same conditions."""
     r = bench.BenchResult("a", 2, (1, 3, 8, 8))
     r.round_ms = {"tvmnet": [1.0, 2.0, 2.1], "onnxruntime": [1.2, 2.5, 1.25]}
-    r.samples = {e: list(v) for e, v in r.round_ms.items()}     # one run per round
+    r.samples = {e: list(v) for e, v in r.round_ms.items()}  # one run per round
     assert r.median("tvmnet") / r.median("onnxruntime") == pytest.approx(1.6)
     assert r.per_round("onnxruntime") == pytest.approx(1.0 / 1.2)
     row = next(line for line in r.table().splitlines() if line.startswith("ONNX Runtime"))
@@ -64,10 +65,10 @@ def test_unknown_engine_is_a_usage_error(tmp_path):
 @pytest.mark.unit
 def test_executorch_missing(monkeypatch):
     monkeypatch.setattr(bench, "executorch_installed", lambda: False)
-    with pytest.raises(UsageError, match=r"pip install .*executorch"):      # asked for: an error
+    with pytest.raises(UsageError, match=r"pip install .*executorch"):  # asked for: an error
         bench.BenchOptions(Path("a"), engines=("tvmnet", "executorch"))
     art = SimpleNamespace(target={"device": "cpu"}, model={"source": "zoo"})
-    engines, notes = bench.select_engines(bench.BenchOptions(Path("a")), art)   # by default: a note
+    engines, notes = bench.select_engines(bench.BenchOptions(Path("a")), art)  # by default: a note
     assert engines == ["tvmnet", "pytorch", "onnxruntime"] and len(notes) == 1 and "ExecuTorch" in notes[0]
 
 

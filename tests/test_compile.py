@@ -1,4 +1,5 @@
 """compile -> validate, end to end, with real TVM builds and real PyTorch references."""
+
 import json
 
 import numpy as np
@@ -31,7 +32,7 @@ def test_x86_small_compile_validate(x86_small):
     validate_ok(x86_small, "--samples", "3")
 
 
-@pytest.mark.slow   # extended run (`pytest -m slow`, run by CI after the default one): ~40 s
+@pytest.mark.slow  # extended run (`pytest -m slow`, run by CI after the default one): ~40 s
 def test_x86_second_pair_with_weights(tmp_path):
     """alpha 0.5 at 128 from a real checkpoint (with live BN statistics)."""
     from tvmnet.core.config import ModelConfig
@@ -40,7 +41,9 @@ def test_x86_second_pair_with_weights(tmp_path):
     weights = tmp_path / "w.pt"
     torch.save(build_model(ModelConfig(0.5, 128, seed=7)).state_dict(), weights)
     out = tmp_path / "m"
-    res = run_cli("compile", "--alpha", "0.5", "--resolution", "128", "--weights", weights, "-o", out, "--no-tuning-log")
+    res = run_cli(
+        "compile", "--alpha", "0.5", "--resolution", "128", "--weights", weights, "-o", out, "--no-tuning-log"
+    )
     assert res.returncode == 0, res.stderr
     assert "naive and slow" not in res.stderr  # --no-tuning-log: the user asked for it
     validate_ok(out)
@@ -53,14 +56,14 @@ def test_validate_fails_on_wrong_numbers(x86_small, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(x86_small, bad)
     meta = json.loads((bad / "metadata.json").read_text())
-    meta["model"]["seed"] = 12345        # the reference is now a differently initialised model
+    meta["model"]["seed"] = 12345  # the reference is now a differently initialised model
     (bad / "metadata.json").write_text(json.dumps(meta))
     res = run_cli("validate", bad)
     assert res.returncode == 7
     assert "FAIL" in res.stdout and "validation failed" in res.stderr
 
 
-@pytest.mark.slow   # extended run (`pytest -m slow`, run by CI after the default one): ~60 s (the emulator tests cross-build too)
+@pytest.mark.slow  # extended run (`pytest -m slow`, run by CI after the default one): ~60 s (the emulator tests cross-build too)
 def test_arm_cross_build_is_aarch64_and_refused_locally(tmp_path):
     out = tmp_path / "arm"
     res = run_cli("compile", "--target", "arm_cpu", "--alpha", "0.25", "--resolution", "64", "-o", out)
@@ -74,16 +77,17 @@ def test_arm_cross_build_is_aarch64_and_refused_locally(tmp_path):
     assert res.returncode == 5 and "--rpc" in res.stderr and "aarch64" in res.stderr
 
 
-@pytest.mark.slow   # extended run (`pytest -m slow`, run by CI after the default one): ~55 s
+@pytest.mark.slow  # extended run (`pytest -m slow`, run by CI after the default one): ~55 s
 def test_onnx_path_gives_same_numbers(tmp_path):
     onnx_path = tmp_path / "m.onnx"
     res = run_cli("export-onnx", "--alpha", "0.25", "--resolution", "64", "-o", onnx_path)
     assert res.returncode == 0, res.stderr
     out_onnx, out_torch = tmp_path / "from-onnx", tmp_path / "from-torch"
     assert run_cli("compile", "--onnx", onnx_path, "-o", out_onnx, "--no-tuning-log").returncode == 0
-    assert run_cli("compile", "--alpha", "0.25", "--resolution", "64", "-o", out_torch,
-                   "--no-tuning-log").returncode == 0
-    validate_ok(out_onnx)       # against ONNX Runtime on the same file
+    assert (
+        run_cli("compile", "--alpha", "0.25", "--resolution", "64", "-o", out_torch, "--no-tuning-log").returncode == 0
+    )
+    validate_ok(out_onnx)  # against ONNX Runtime on the same file
 
     from tvmnet.core.config import ModelConfig
     from tvmnet.models import build_model
@@ -106,22 +110,37 @@ def test_recompile_replaces_artifact_and_failure_keeps_it(tmp_path, x86_small):
     import shutil
 
     out = tmp_path / "m"
-    shutil.copytree(x86_small, out)       # an earlier artifact (the session's 0.25-96 build)
+    shutil.copytree(x86_small, out)  # an earlier artifact (the session's 0.25-96 build)
     first = (out / "metadata.json").read_text()
-    res = run_cli("compile", "--alpha", "0.25", "--resolution", "32", "--target", "x86", "--tuning-log",
-                  tmp_path / "no-such-log", "-o", out)
+    res = run_cli(
+        "compile",
+        "--alpha",
+        "0.25",
+        "--resolution",
+        "32",
+        "--target",
+        "x86",
+        "--tuning-log",
+        tmp_path / "no-such-log",
+        "-o",
+        out,
+    )
     assert res.returncode != 0 and "tuning log" in res.stderr
     assert (out / "metadata.json").read_text() == first and (out / "model.so").is_file()
     assert run_cli("compile", "--alpha", "0.25", "--resolution", "64", "-o", out, "--no-tuning-log").returncode == 0
     assert load_artifact(out).input_shape == (1, 3, 64, 64)
-    assert sorted(p.name for p in out.parent.iterdir()) == ["m"]   # no staging leftovers
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m"]  # no staging leftovers
 
 
-@pytest.mark.slow   # extended run (`pytest -m slow`, run by CI after the default one): ~35 s
+@pytest.mark.slow  # extended run (`pytest -m slow`, run by CI after the default one): ~35 s
 def test_batch_compile(tmp_path):
     out = tmp_path / "b4"
-    assert run_cli("compile", "--alpha", "0.25", "--resolution", "32", "--batch", "4", "-o", out,
-                   "--no-tuning-log").returncode == 0
+    assert (
+        run_cli(
+            "compile", "--alpha", "0.25", "--resolution", "32", "--batch", "4", "-o", out, "--no-tuning-log"
+        ).returncode
+        == 0
+    )
     validate_ok(out, "--samples", "2")
 
 

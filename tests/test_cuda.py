@@ -1,4 +1,5 @@
 """CUDA: builds here (nvcc is in the image); running needs an NVIDIA GPU (tests marked gpu)."""
+
 import ctypes
 import json
 import shutil
@@ -38,13 +39,13 @@ def test_cuda_build_exports_a_loadable_library(cuda_artifact):
     assert meta["target"]["host"]["kind"] == "llvm"
     lib = cuda_artifact / "model.so"
     data = lib.read_bytes()
-    assert data[:4] == b"\x7fELF" and int.from_bytes(data[18:20], "little") == 62   # x86-64 host code
-    assert b"cuda" in data        # the embedded device module is tagged for TVM's CUDA loader
-    ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)   # the host library links and loads
+    assert data[:4] == b"\x7fELF" and int.from_bytes(data[18:20], "little") == 62  # x86-64 host code
+    assert b"cuda" in data  # the embedded device module is tagged for TVM's CUDA loader
+    ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)  # the host library links and loads
 
 
 @pytest.mark.e2e
-@pytest.mark.slow   # extended run (`pytest -m slow`, run by CI after the default one): ~45 s
+@pytest.mark.slow  # extended run (`pytest -m slow`, run by CI after the default one): ~45 s
 @needs_nvcc
 def test_sm90_preset_and_alias_build(tmp_path):
     res = run_cli("compile", "--target", "cuda", "--alpha", "0.25", "--resolution", "32", "-o", tmp_path / "c")
@@ -57,8 +58,11 @@ def test_sm90_preset_and_alias_build(tmp_path):
 @pytest.mark.skipif(gpu_available(), reason="checks the no-GPU errors")
 @needs_nvcc
 def test_without_gpu_run_bench_tune_say_so(cuda_artifact):
-    for cmd in (["validate", cuda_artifact], ["bench", cuda_artifact],
-                ["tune", "--target", "cuda-sm80", "--alpha", "0.25", "--resolution", "32", "--trials", "2"]):
+    for cmd in (
+        ["validate", cuda_artifact],
+        ["bench", cuda_artifact],
+        ["tune", "--target", "cuda-sm80", "--alpha", "0.25", "--resolution", "32", "--trials", "2"],
+    ):
         res = run_cli(*cmd)
         assert res.returncode == 8, res.stderr
         lines = [l for l in res.stderr.splitlines() if l.startswith("tvmnet: error:")]

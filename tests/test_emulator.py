@@ -1,4 +1,5 @@
 """The emulated Raspberry Pi (qemu-user + TVM's RPC server): it serves, runs aarch64 code, and is listed."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +34,9 @@ def _add_library(path):
         def main(x: R.Tensor((16,), "float32"), y: R.Tensor((16,), "float32")) -> R.Tensor((16,), "float32"):
             return R.add(x, y)
 
-    target = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72",
-                                "mattr": ["+neon"], "num-cores": 4})
+    target = tvm.target.Target(
+        {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"], "num-cores": 4}
+    )
     ex = tvm.compile(Add, target=target)
     ex.export_library(str(path), fcompile=tvm.support.cc.cross_compiler("aarch64-linux-gnu-g++"))
 

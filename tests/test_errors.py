@@ -1,4 +1,5 @@
 """Bad input: one line on stderr naming the fix, no traceback, non-zero exit, nothing lost."""
+
 import pytest
 import torch
 from conftest import run_cli

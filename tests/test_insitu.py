@@ -1,4 +1,5 @@
 """Kernels timed in place (tvmnet/insitu.py) and `tvmnet refine`'s picks applied by compile."""
+
 from __future__ import annotations
 
 import json
@@ -85,7 +86,9 @@ def test_compile_prefers_the_in_situ_pick_over_the_logs_best(tuned, tmp_path):
     task = next(t for t in tasks if wl_key(picks.commit_workload(t.dispatched[0])) == wl_key(slow.workload))
     chosen = choice.database.query_tuning_record(task.dispatched[0], spec.tvm_target(), task.task_name)
     assert str(chosen.trace) == str(slow.trace)
-    note = _describe_logs(choice, len(tasks), CompileOptions(model=model, target=spec, output=tmp_path, tuning_log=main))
+    note = _describe_logs(
+        choice, len(tasks), CompileOptions(model=model, target=spec, output=tmp_path, tuning_log=main)
+    )
     assert "1 of them picked in place by `tvmnet refine`" in note
 
 
@@ -94,16 +97,42 @@ def test_refine_times_candidates_in_place_and_compile_applies_its_picks(tuned, t
     logs, _ = tuned
     root = tmp_path / "logs"
     shutil.copytree(logs, root)
-    res = run_cli("refine", "--target", "x86", "--alpha", "0.25", "--resolution", "32", "--kernels", "fused_matmul",
-                  "--trials", "0", "--top", "4", "--log-dir", root)
+    res = run_cli(
+        "refine",
+        "--target",
+        "x86",
+        "--alpha",
+        "0.25",
+        "--resolution",
+        "32",
+        "--kernels",
+        "fused_matmul",
+        "--trials",
+        "0",
+        "--top",
+        "4",
+        "--log-dir",
+        root,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "refine done" in res.stdout and "kernels got a schedule picked in place" in res.stdout
     picked = int(res.stdout.split("refine done")[1].split(": ")[1].split(" of ")[0])
     if picked:
         assert (root / host_class() / "in_situ" / "database_tuning_record.json").stat().st_size > 0
     out = tmp_path / "art"
-    res = run_cli("compile", "--target", "x86", "--alpha", "0.25", "--resolution", "32", "-o", out,
-                  "--tuning-log", root / host_class())
+    res = run_cli(
+        "compile",
+        "--target",
+        "x86",
+        "--alpha",
+        "0.25",
+        "--resolution",
+        "32",
+        "-o",
+        out,
+        "--tuning-log",
+        root / host_class(),
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((out / "metadata.json").read_text())["tuning"]["kernels_in_situ"] == picked
     assert run_cli("validate", out).returncode == 0
@@ -137,11 +166,11 @@ def test_a_new_pick_replaces_the_kernels_older_picks(tuned, tmp_path):
     assert drop_kernel_records(picks_dir, group1[0].workload.mod) == n1
     left = open_database(picks_dir).get_all_tuning_records()
     assert [wl_key(r.workload) for r in left] == [k2]
-    assert drop_kernel_records(picks_dir, group1[0].workload.mod) == 0      # nothing left to drop
-    assert not list(tmp_path.glob(".in_situ.*"))                          # no staging left behind
+    assert drop_kernel_records(picks_dir, group1[0].workload.mod) == 0  # nothing left to drop
+    assert not list(tmp_path.glob(".in_situ.*"))  # no staging left behind
 
 
-@pytest.mark.slow   # ~100 s on 2 cores (a refine of one kernel, two compiles)
+@pytest.mark.slow  # ~100 s on 2 cores (a refine of one kernel, two compiles)
 def test_a_packed_gemm_seed_refine_can_pick_compiles_and_matches_pytorch(tuned, tmp_path):
     """refine's candidates include our register-blocked GEMM micro-kernels with the weights
     packed (``tuning.packed_seeds``); one committed as refine commits a pick (its trace only, in
@@ -161,20 +190,42 @@ def test_a_packed_gemm_seed_refine_can_pick_compiles_and_matches_pytorch(tuned, 
     spec = load_target("x86")
     mod, *_ = import_model(ModelConfig(0.25, 32))
     tasks = extract_tasks(pipeline.lower_to_tir(mod, spec), spec)
-    gemm, seeds = next((t, s) for t in tasks if "matmul" in t.task_name
-                       for s in [packed_seeds(t, tmp_path / "ctx", spec.vector_isa())] if s)
+    gemm, seeds = next(
+        (t, s)
+        for t in tasks
+        if "matmul" in t.task_name
+        for s in [packed_seeds(t, tmp_path / "ctx", spec.vector_isa())]
+        if s
+    )
     # the weights are packed: the candidate's weight argument has another shape than the kernel's
     fmod = gemm.dispatched[0]
     plain = [tuple(a.as_json()[2]) for a in ms.arg_info.ArgInfo.from_entry_func(fmod, remove_preproc=True)]
     packed = [tuple(a.as_json()[2]) for a in ms.arg_info.ArgInfo.from_entry_func(seeds[-1].mod, remove_preproc=True)]
     assert plain[1] != packed[1] and plain[0] == packed[0]
     picks = open_database(root / host_class() / "in_situ", create=True)
-    picks.commit_tuning_record(ms.database.TuningRecord(
-        seeds[-1].trace, picks.commit_workload(fmod), [1e-6], spec.tvm_target(),
-        ms.arg_info.ArgInfo.from_entry_func(seeds[-1].mod, remove_preproc=True)))
+    picks.commit_tuning_record(
+        ms.database.TuningRecord(
+            seeds[-1].trace,
+            picks.commit_workload(fmod),
+            [1e-6],
+            spec.tvm_target(),
+            ms.arg_info.ArgInfo.from_entry_func(seeds[-1].mod, remove_preproc=True),
+        )
+    )
     out = tmp_path / "art"
-    res = run_cli("compile", "--target", "x86", "--alpha", "0.25", "--resolution", "32", "-o", out,
-                  "--tuning-log", root / host_class())
+    res = run_cli(
+        "compile",
+        "--target",
+        "x86",
+        "--alpha",
+        "0.25",
+        "--resolution",
+        "32",
+        "-o",
+        out,
+        "--tuning-log",
+        root / host_class(),
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((out / "metadata.json").read_text())["tuning"]["kernels_in_situ"] == 1
     res = run_cli("validate", out)
@@ -200,14 +251,14 @@ def test_refine_builds_gemm_candidates_with_the_compiled_kernels_prefetches(tmp_
     spec = load_target("x86")
     _, tasks = prepare_tasks(TuneOptions(model=ModelConfig(0.25, 64), target=spec))
     gemms = [(t, gemm_shape(t.dispatched[0])) for t in tasks if prefetched_kernel(spec.arch, t.task_name)]
-    big = max((p for p in gemms if p[1]), key=lambda p: p[1][1] * p[1][2])          # 256 x 256 weights: 256 KB
+    big = max((p for p in gemms if p[1]), key=lambda p: p[1][1] * p[1][2])  # 256 x 256 weights: 256 KB
     small = min((p for p in gemms if p[1]), key=lambda p: p[1][1] * p[1][2])
     assert big[1][1] * big[1][2] * 4 >= MIN_BYTES > small[1][1] * small[1][2] * 4
     bare = packed_seeds(big[0], tmp_path / "big", spec.vector_isa())[0].mod
     pf = as_compiled(bare)
     assert "T.prefetch(" in pf.script() and "T.prefetch(" not in bare.script()
     small_mod = packed_seeds(small[0], tmp_path / "small", spec.vector_isa())[0].mod
-    assert as_compiled(small_mod) is small_mod                                    # too little to prefetch
+    assert as_compiled(small_mod) is small_mod  # too little to prefetch
 
     target = spec.tvm_target()
     built = make_builder(spec).build([ms.builder.BuilderInput(m, target) for m in (bare, pf)])
@@ -223,4 +274,4 @@ def test_refine_builds_gemm_candidates_with_the_compiled_kernels_prefetches(tmp_
         rt[rt.entry_name or "main"](*[tvm.runtime.tensor(x) for x in inputs], out)
         outs.append(out.numpy())
     assert np.abs(outs[0]).max() > 0
-    np.testing.assert_array_equal(outs[0], outs[1])                                # a prefetch changes no number
+    np.testing.assert_array_equal(outs[0], outs[1])  # a prefetch changes no number

@@ -1,6 +1,7 @@
 """Tuning logs keyed by machine class: the lookup compile does (exact, nearest, none) and the
 warm start of a tune on a class without logs (records of another class are re-measured here,
 never copied with their times)."""
+
 import json
 import re
 import shutil
@@ -23,8 +24,14 @@ def records(db):
 
 
 def write_arm_class(root):
-    write_class(root / "aarch64-cortex-a72-neon-4c", "aarch64-cortex-a72-neon-4c", arch="aarch64",
-                mcpu="cortex-a72", isa="neon", cores=4)
+    write_class(
+        root / "aarch64-cortex-a72-neon-4c",
+        "aarch64-cortex-a72-neon-4c",
+        arch="aarch64",
+        mcpu="cortex-a72",
+        isa="neon",
+        cores=4,
+    )
 
 
 def compile_with_logs(root, out):
@@ -48,18 +55,18 @@ def test_nearest_class_ranks_same_isa_then_mcpu_then_cores_and_never_crosses_arc
     from tvmnet.tune.classes import class_distance, nearest_class
     from tvmnet.tune.logs import list_classes
 
-    spec = load_target('{"kind": "llvm", "mcpu": "haswell", "num-cores": 2}')   # avx2
+    spec = load_target('{"kind": "llvm", "mcpu": "haswell", "num-cores": 2}')  # avx2
     assert nearest_class(spec, tmp_path) is None
     write_class(tmp_path / "a", "aarch64-cortex-a72-neon-4c", arch="aarch64", mcpu="cortex-a72", isa="neon", cores=4)
-    assert nearest_class(spec, tmp_path) is None                      # other architectures never apply
+    assert nearest_class(spec, tmp_path) is None  # other architectures never apply
     write_class(tmp_path / "b", "x86_64-znver4-avx512-2c", mcpu="znver4", isa="avx512")
     assert nearest_class(spec, tmp_path)[0]["key"] == "x86_64-znver4-avx512-2c"
     write_class(tmp_path / "c", "x86_64-znver3-avx2-16c", mcpu="znver3", isa="avx2", cores=16)
-    assert nearest_class(spec, tmp_path)[0]["key"] == "x86_64-znver3-avx2-16c"   # same ISA beats same cores
+    assert nearest_class(spec, tmp_path)[0]["key"] == "x86_64-znver3-avx2-16c"  # same ISA beats same cores
     write_class(tmp_path / "d", "x86_64-znver3-avx2-2c", mcpu="znver3", isa="avx2", cores=2)
     assert nearest_class(spec, tmp_path)[0]["key"] == "x86_64-znver3-avx2-2c"
     write_class(tmp_path / "e", "x86_64-haswell-avx2-2c", mcpu="haswell", isa="avx2", cores=2)
-    assert nearest_class(spec, tmp_path)[0]["key"] == "x86_64-znver3-avx2-2c"    # its own class is not "nearest"
+    assert nearest_class(spec, tmp_path)[0]["key"] == "x86_64-znver3-avx2-2c"  # its own class is not "nearest"
     assert {c["key"] for c, _ in list_classes(tmp_path)} >= {"x86_64-haswell-avx2-2c", "aarch64-cortex-a72-neon-4c"}
     assert class_distance(spec.machine_class(), spec.machine_class()) == 0
 
@@ -77,11 +84,13 @@ def test_other_mcpus_of_the_same_vendor_are_nearer_and_ties_are_all_warm_sources
     assert [c["key"] for c, _ in nearest_tied_classes(spec, tmp_path)] == ["x86_64-znver4-avx512-2c"]
     write_class(tmp_path / "b", "x86_64-emeraldrapids-avx512-2c", mcpu="emeraldrapids", isa="avx512")
     write_class(tmp_path / "c", "x86_64-cascadelake-avx512-2c", mcpu="cascadelake", isa="avx512")
-    write_class(tmp_path / "d", "x86_64-skylake-avx2-2c", mcpu="skylake", isa="avx2")           # ISA still first
+    write_class(tmp_path / "d", "x86_64-skylake-avx2-2c", mcpu="skylake", isa="avx2")  # ISA still first
     write_class(tmp_path / "e", "x86_64-icelake-server-avx512-16c", mcpu="icelake-server", isa="avx512", cores=16)
     assert nearest_class(spec, tmp_path)[0]["key"] == "x86_64-cascadelake-avx512-2c"
     assert [c["key"] for c, _ in nearest_tied_classes(spec, tmp_path)] == [
-        "x86_64-cascadelake-avx512-2c", "x86_64-emeraldrapids-avx512-2c"]
+        "x86_64-cascadelake-avx512-2c",
+        "x86_64-emeraldrapids-avx512-2c",
+    ]
     amd = {"arch": "x86_64", "mcpu": "znver4", "isa": "avx512", "cores": 2}
     assert class_distance(spec.machine_class(), amd) == class_distance(amd, spec.machine_class()) == 5
     assert cpu_vendor({"arch": "aarch64", "mcpu": "cortex-a72"}) == "aarch64"
@@ -95,19 +104,22 @@ def test_transfer_class_is_another_cpu_architecture_closest_in_vector_width_then
     from tvmnet.core.targets import load_target
     from tvmnet.tune.classes import transfer_class, transfer_classes
 
-    pi4 = load_target("rpi4")                  # aarch64, NEON (128-bit), 4 cores
+    pi4 = load_target("rpi4")  # aarch64, NEON (128-bit), 4 cores
     assert transfer_class(pi4, tmp_path) is None
     write_class(tmp_path / "z4", "x86_64-znver4-avx512-2c", mcpu="znver4", isa="avx512")
     assert transfer_class(pi4, tmp_path)[0]["key"] == "x86_64-znver4-avx512-2c"
     write_class(tmp_path / "z3", "x86_64-znver3-avx2-16c", mcpu="znver3", isa="avx2", cores=16)
-    assert transfer_class(pi4, tmp_path)[0]["key"] == "x86_64-znver3-avx2-16c"     # 256-bit is nearer 128 than 512
+    assert transfer_class(pi4, tmp_path)[0]["key"] == "x86_64-znver3-avx2-16c"  # 256-bit is nearer 128 than 512
     write_class(tmp_path / "hw", "x86_64-haswell-avx2-4c", mcpu="haswell", isa="avx2", cores=4)
-    assert transfer_class(pi4, tmp_path)[0]["key"] == "x86_64-haswell-avx2-4c"     # then the core count
+    assert transfer_class(pi4, tmp_path)[0]["key"] == "x86_64-haswell-avx2-4c"  # then the core count
     write_class(tmp_path / "gpu", "cuda-sm_90", arch="cuda", mcpu="sm_90", isa="sm_90", cores=None)
-    assert transfer_class(pi4, tmp_path)[0]["key"] == "x86_64-haswell-avx2-4c"     # never a GPU's
+    assert transfer_class(pi4, tmp_path)[0]["key"] == "x86_64-haswell-avx2-4c"  # never a GPU's
     assert transfer_class(load_target("cuda"), tmp_path) is None
     assert [c["key"] for c, _ in transfer_classes(pi4, tmp_path)] == [
-        "x86_64-haswell-avx2-4c", "x86_64-znver3-avx2-16c", "x86_64-znver4-avx512-2c"]   # the rest, in order
+        "x86_64-haswell-avx2-4c",
+        "x86_64-znver3-avx2-16c",
+        "x86_64-znver4-avx512-2c",
+    ]  # the rest, in order
 
 
 @pytest.mark.unit
@@ -137,7 +149,7 @@ def test_compile_applies_the_exact_class(host_log, tmp_path):
     tun, line = compile_with_logs(root, out)
     assert tun["match"] == "exact" and tun["class"] == tun["this_class"] == host_class()
     assert tun["kernels_by_source"] == {host_class(): tun["kernels_tuned"]} and tun["kernels_tuned"] >= 5
-    assert host_class() in line     # not every kernel is tuned: it says so
+    assert host_class() in line  # not every kernel is tuned: it says so
     assert run_cli("validate", out).returncode == 0
 
 
@@ -158,14 +170,14 @@ def test_compile_falls_back_to_the_nearest_class_and_names_the_fix(host_log, tmp
 def test_a_kernel_the_nearest_class_lacks_comes_from_the_next_class_that_has_it(host_log, tmp_path):
     """A new class's log holds a few models: the kernels it lacks stay with the classes tuned for them."""
     root = tmp_path / "logs"
-    isa = json.loads((host_log / "class.json").read_text())["isa"]     # near: this host's ISA; far: another one
+    isa = json.loads((host_log / "class.json").read_text())["isa"]  # near: this host's ISA; far: another one
     other = "avx2" if isa == "avx512" else "avx512"
     near_key, far_key = f"x86_64-othercpu-{isa}-2c", f"x86_64-farcpu-{other}-2c"
     near, far = root / near_key, root / far_key
     relabel(host_log, near, near_key, mcpu="othercpu", isa=isa)
     relabel(host_log, far, far_key, mcpu="farcpu", isa=other)
     lines = (host_log / "database_tuning_record.json").read_text().splitlines()
-    first = json.loads(lines[0])[0]          # the near class keeps one kernel's records, the far one the rest
+    first = json.loads(lines[0])[0]  # the near class keeps one kernel's records, the far one the rest
     (near / "database_tuning_record.json").write_text("\n".join(l for l in lines if json.loads(l)[0] == first) + "\n")
     (far / "database_tuning_record.json").write_text("\n".join(l for l in lines if json.loads(l)[0] != first) + "\n")
     out = tmp_path / "o"
@@ -173,29 +185,29 @@ def test_a_kernel_the_nearest_class_lacks_comes_from_the_next_class_that_has_it(
     by = tun["kernels_by_source"]
     assert tun["match"] == "nearest" and tun["class"] == near_key
     assert by[near_key] == 1 and by[far_key] >= 4, by
-    assert tun["kernels_tuned"] == len({json.loads(l)[0] for l in lines})     # every tuned kernel, none lost
+    assert tun["kernels_tuned"] == len({json.loads(l)[0] for l in lines})  # every tuned kernel, none lost
     assert far_key in line
     assert run_cli("validate", out).returncode == 0
 
 
 @pytest.mark.e2e
-@pytest.mark.slow   # extended run (`pytest -m slow`, run by CI after the default one): ~40 s
+@pytest.mark.slow  # extended run (`pytest -m slow`, run by CI after the default one): ~40 s
 def test_compile_without_a_usable_class_says_naive(tmp_path):
     root = tmp_path / "logs"
-    write_arm_class(root)                     # another architecture's class, with no records to transfer
+    write_arm_class(root)  # another architecture's class, with no records to transfer
     tun, line = compile_with_logs(root, tmp_path / "o")
     assert tun["match"] is None and tun["kernels_tuned"] == 0
     assert "naive" in line and "tvmnet tune --target x86" in line
 
 
 @pytest.mark.tune
-@pytest.mark.slow   # extended run (`pytest -m slow`, run by CI after the default one): ~125 s
+@pytest.mark.slow  # extended run (`pytest -m slow`, run by CI after the default one): ~125 s
 def test_warm_start_remeasures_another_class_records_never_copies_their_times(host_log, tmp_path):
     foreign_root, new_root = tmp_path / "shipped", tmp_path / "mine"
     other = foreign_root / "x86_64-othercpu-avx512-2c"
     relabel(host_log, other, "x86_64-othercpu-avx512-2c", mcpu="othercpu", isa="avx512")
     recs = records(other)
-    fake = 123.0                                                    # seconds: no kernel here takes that long
+    fake = 123.0  # seconds: no kernel here takes that long
     with open(other / "database_tuning_record.json", "w") as f:
         for wl, rec in recs:
             rec[1] = [fake] * len(rec[1])
@@ -203,31 +215,53 @@ def test_warm_start_remeasures_another_class_records_never_copies_their_times(ho
     before = (other / "database_tuning_record.json").read_text()
     # a second class at the same distance with the same schedules: both are warm sources, and a
     # schedule the first one gave is not measured twice
-    relabel(other, foreign_root / "x86_64-thirdcpu-avx512-2c", "x86_64-thirdcpu-avx512-2c", mcpu="thirdcpu",
-            isa="avx512")
-    kernels = len({wl for wl, _ in recs})                           # --warm-top-k 1: one schedule per kernel
-    res = run_cli("tune", "--target", "x86", *SMALL, "--population", "16", "--no-progress", "--kernels", "matmul",
-                  "--trials", str(kernels), "--per-task", "4", "--warm-top-k", "1", "--log-dir", new_root,
-                  env={"TVMNET_TUNING_LOGS": str(foreign_root)})
+    relabel(
+        other, foreign_root / "x86_64-thirdcpu-avx512-2c", "x86_64-thirdcpu-avx512-2c", mcpu="thirdcpu", isa="avx512"
+    )
+    kernels = len({wl for wl, _ in recs})  # --warm-top-k 1: one schedule per kernel
+    res = run_cli(
+        "tune",
+        "--target",
+        "x86",
+        *SMALL,
+        "--population",
+        "16",
+        "--no-progress",
+        "--kernels",
+        "matmul",
+        "--trials",
+        str(kernels),
+        "--per-task",
+        "4",
+        "--warm-top-k",
+        "1",
+        "--log-dir",
+        new_root,
+        env={"TVMNET_TUNING_LOGS": str(foreign_root)},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert (f"{kernels} of them schedules of classes x86_64-othercpu-avx512-2c, x86_64-thirdcpu-avx512-2c "
-            "re-measured here") in res.stdout
+    assert (
+        f"{kernels} of them schedules of classes x86_64-othercpu-avx512-2c, x86_64-thirdcpu-avx512-2c re-measured here"
+    ) in res.stdout
     mine = records(new_root / host_class())
     assert len(mine) == kernels
-    assert all(0 < float(s) < 1.0 for _, rec in mine for s in rec[1])          # measured here
+    assert all(0 < float(s) < 1.0 for _, rec in mine for s in rec[1])  # measured here
     theirs = {json.dumps(r[0]) for _, r in recs}
-    assert all(json.dumps(r[0]) in theirs for _, r in mine)                   # their schedules, our times
-    assert (other / "database_tuning_record.json").read_text() == before     # the source is only read
+    assert all(json.dumps(r[0]) in theirs for _, r in mine)  # their schedules, our times
+    assert (other / "database_tuning_record.json").read_text() == before  # the source is only read
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("nhwc,nchw,requested,expected,calls", [
-    ({"own": 1.0}, {"own": 1.0}, None, "NHWC", 1),         # the default layout fully tuned here: no second look
-    ({"near": 1.0}, {"own": 1.0}, None, "NCHW", 2),        # this class tuned NCHW (before NHWC existed): keep it
-    ({"own": 0.5}, {"near": 1.0}, None, "NHWC", 2),        # own records beat another class's
-    ({}, {}, None, "NHWC", 2),                              # nothing anywhere: the default
-    ({}, {"own": 1.0}, "NHWC", "NHWC", 1),                  # --layout is obeyed
-])
+@pytest.mark.parametrize(
+    "nhwc,nchw,requested,expected,calls",
+    [
+        ({"own": 1.0}, {"own": 1.0}, None, "NHWC", 1),  # the default layout fully tuned here: no second look
+        ({"near": 1.0}, {"own": 1.0}, None, "NCHW", 2),  # this class tuned NCHW (before NHWC existed): keep it
+        ({"own": 0.5}, {"near": 1.0}, None, "NHWC", 2),  # own records beat another class's
+        ({}, {}, None, "NHWC", 2),  # nothing anywhere: the default
+        ({}, {"own": 1.0}, "NHWC", "NHWC", 1),  # --layout is obeyed
+    ],
+)
 def test_compile_picks_the_layout_the_logs_cover(monkeypatch, nhwc, nchw, requested, expected, calls):
     """Records are per layout: with no --layout, compile lowers in the target's default (NHWC on
     CPUs) and looks at the other layout only when the logs cover the default's kernels less
@@ -268,7 +302,7 @@ def test_compile_picks_the_layout_the_logs_cover(monkeypatch, nhwc, nchw, reques
 
 
 @pytest.mark.tune
-@pytest.mark.slow   # extended run: ~90 s
+@pytest.mark.slow  # extended run: ~90 s
 def test_warm_start_replays_the_same_layers_of_another_model_tuned_on_this_class(host_log, tmp_path):
     """A model the class has no record of (0.25-64) starts from the schedules of the model it
     has (0.25-32): the same kind of kernel, nearest shapes, replayed and measured here."""
@@ -285,14 +319,33 @@ def test_warm_start_replays_the_same_layers_of_another_model_tuned_on_this_class
     _, tasks = prepare_tasks(TuneOptions(model=ModelConfig(alpha=0.25, resolution=64), target=load_target("x86")))
     gemms = [t for t in tasks if "matmul" in t.task_name]
     kinds = {kernel_signature(t.dispatched[0]) for t in tasks}
-    assert len(kinds) >= 4       # GEMM, fc, depthwise, stem, mean...: kinds are told apart
-    res = run_cli("tune", "--target", "x86", "--alpha", "0.25", "--resolution", "64", "--population", "16",
-                  "--no-progress", "--kernels", "matmul", "--trials", str(len(gemms)), "--warm-top-k", "1",
-                  "--no-seeds", "--log-dir", root, env={"TVMNET_TUNING_LOGS": str(tmp_path / "none")})
+    assert len(kinds) >= 4  # GEMM, fc, depthwise, stem, mean...: kinds are told apart
+    res = run_cli(
+        "tune",
+        "--target",
+        "x86",
+        "--alpha",
+        "0.25",
+        "--resolution",
+        "64",
+        "--population",
+        "16",
+        "--no-progress",
+        "--kernels",
+        "matmul",
+        "--trials",
+        str(len(gemms)),
+        "--warm-top-k",
+        "1",
+        "--no-seeds",
+        "--log-dir",
+        root,
+        env={"TVMNET_TUNING_LOGS": str(tmp_path / "none")},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "warm start from this class's own log" in res.stderr
     n = int(re.search(r"\((\d+) of them other models' schedules from this class's log", res.stdout).group(1))
-    assert len(gemms) // 2 <= n <= len(gemms)        # a schedule replays unless a tile does not fit the shape
-    replayed = [r for _, r in records(root / host_class())[len(before):] if json.dumps(r[0]) in theirs]
-    assert len(replayed) == n                                          # their schedules ...
-    assert all(0 < float(s) < 1.0 for r in replayed for s in r[1])    # ... timed here on the new shapes
+    assert len(gemms) // 2 <= n <= len(gemms)  # a schedule replays unless a tile does not fit the shape
+    replayed = [r for _, r in records(root / host_class())[len(before) :] if json.dumps(r[0]) in theirs]
+    assert len(replayed) == n  # their schedules ...
+    assert all(0 < float(s) < 1.0 for r in replayed for s in r[1])  # ... timed here on the new shapes

@@ -1,4 +1,5 @@
 """Model zoo and `info`: the paper's Table 1 structure and its published counts."""
+
 import json
 
 import pytest
@@ -14,8 +15,13 @@ pytestmark = pytest.mark.unit
 # MobileNets paper, Tables 6 and 7 (1.0-224 in Table 8 too): (alpha, resolution) -> (million
 # mult-adds, million parameters), as published (rounded there to these digits).
 PAPER = {
-    (1.0, 224): (569, 4.2), (0.75, 224): (325, 2.6), (0.5, 224): (149, 1.3), (0.25, 224): (41, 0.5),
-    (1.0, 192): (418, 4.2), (1.0, 160): (290, 4.2), (1.0, 128): (186, 4.2),
+    (1.0, 224): (569, 4.2),
+    (0.75, 224): (325, 2.6),
+    (0.5, 224): (149, 1.3),
+    (0.25, 224): (41, 0.5),
+    (1.0, 192): (418, 4.2),
+    (1.0, 160): (290, 4.2),
+    (1.0, 128): (186, 4.2),
 }
 
 
@@ -36,7 +42,7 @@ def test_table_matches_pytorch_model():
     # 1 full conv + 13 x (dw + pw) + pool + fc, shapes as in Table 1
     assert [r.kind for r in rows[:3]] == ["conv 3x3", "conv dw 3x3", "conv 1x1"]
     assert len([r for r in rows if r.kind == "conv dw 3x3"]) == 13
-    assert rows[-3].out_shape == (512, 5, 5)   # 1024 * 0.5 channels, 160 / 32
+    assert rows[-3].out_shape == (512, 5, 5)  # 1024 * 0.5 channels, 160 / 32
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 27 and sum(1 for c in convs if c.groups > 1) == 13
     with torch.no_grad():

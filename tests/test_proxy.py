@@ -5,6 +5,7 @@ runtime alias checks), the asm segmenter, llvm-mca's latency chains, the missing
 e2e: a real kernel of MobileNet 0.25-32, naive vs a hand schedule (vectorised, parallel), on
 x86 and cross-compiled for a Raspberry Pi 4 (cortex-a72; no board, no cross compiler needed).
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,10 @@ from tvmnet.proxy.codegen import MARK, asm_segments
 from tvmnet.proxy.counts import block_counts
 from tvmnet.proxy.ir import parse_ir
 
-needs_mca = pytest.mark.skipif(not any(shutil.which(n) for n in ("llvm-mca", "llvm-mca-14", "llvm-mca-15")),
-                               reason="llvm-mca not installed (apt-get install llvm)")
+needs_mca = pytest.mark.skipif(
+    not any(shutil.which(n) for n in ("llvm-mca", "llvm-mca-14", "llvm-mca-15")),
+    reason="llvm-mca not installed (apt-get install llvm)",
+)
 
 NESTED = """
 define internal fastcc i32 @k_compute_(ptr noalias %a, i32 %n) {
@@ -97,8 +100,8 @@ def test_interpreter_counts_nested_and_triangular_loops():
     assert unknown == 0
     assert counts["%entry"] == 1 and counts["%exit"] == 1
     assert counts["%outer"] == 10 and counts["%outer.latch"] == 10
-    assert counts["%inner"] == 160                     # 10 x 16: summarised after the first entry
-    assert counts["%tri"] == sum(i + 1 for i in range(10))   # bound depends on the outer loop
+    assert counts["%inner"] == 160  # 10 x 16: summarised after the first entry
+    assert counts["%tri"] == sum(i + 1 for i in range(10))  # bound depends on the outer loop
 
 
 @pytest.mark.unit
@@ -106,17 +109,33 @@ def test_interpreter_counts_nested_and_triangular_loops():
 def test_interpreter_runs_worker_zero_of_the_parallel_loop(threads, share):
     funcs, _ = parse_ir(NESTED)
     counts, unknown = block_counts(funcs["__tvm_parallel_lambda"], threads=threads)
-    assert counts["%body"] == share                    # ceil(10 / threads): the largest share
-    assert counts["%vector"] == share and counts["%scalar"] == 0   # separate buffers: alias check passes
+    assert counts["%body"] == share  # ceil(10 / threads): the largest share
+    assert counts["%vector"] == share and counts["%scalar"] == 0  # separate buffers: alias check passes
     assert unknown == 0
 
 
 @pytest.mark.unit
 def test_asm_segments_split_code_at_markers():
-    asm = "\n".join([
-        "main_compute_:", "\tpushq %rbp", "#APP", f"# {MARK} 0", "#NO_APP", "\tmovl $1, %eax",
-        ".LBB0_2:", "\tvfmadd231ps %zmm1, %zmm2, %zmm0  # comment", "\t.p2align 4", "#APP",
-        f"# {MARK} 1", "#NO_APP", "\taddq $1, %rcx", "\tjne .LBB0_2", ".Lfunc_end0:", "\tret"])
+    asm = "\n".join(
+        [
+            "main_compute_:",
+            "\tpushq %rbp",
+            "#APP",
+            f"# {MARK} 0",
+            "#NO_APP",
+            "\tmovl $1, %eax",
+            ".LBB0_2:",
+            "\tvfmadd231ps %zmm1, %zmm2, %zmm0  # comment",
+            "\t.p2align 4",
+            "#APP",
+            f"# {MARK} 1",
+            "#NO_APP",
+            "\taddq $1, %rcx",
+            "\tjne .LBB0_2",
+            ".Lfunc_end0:",
+            "\tret",
+        ]
+    )
     segs = asm_segments(asm)
     assert segs[0] == [["movl $1, %eax", "vfmadd231ps %zmm1, %zmm2, %zmm0"]]
     assert segs[1] == [["addq $1, %rcx", "jne .LBB0_2"]]
@@ -126,12 +145,12 @@ def test_asm_segments_split_code_at_markers():
 @needs_mca
 def test_llvm_mca_sees_the_accumulator_latency_chain():
     spec = SimpleNamespace(target={"mcpu": "cascadelake"}, arch="x86_64")
-    chain = ["vfmadd231ps %zmm1, %zmm2, %zmm0"]                       # one accumulator: latency bound
+    chain = ["vfmadd231ps %zmm1, %zmm2, %zmm0"]  # one accumulator: latency bound
     wide = [f"vfmadd231ps %zmm1, %zmm2, %zmm{r}" for r in range(3, 11)]  # eight: throughput bound
     res = mca.run_mca({0: chain, 1: wide}, spec)
-    assert res[0].cycles_per_iter >= 3.5            # FMA latency 4 per iteration
+    assert res[0].cycles_per_iter >= 3.5  # FMA latency 4 per iteration
     assert res[0].rthroughput <= 1.0
-    assert res[1].cycles_per_iter / 8 < res[0].cycles_per_iter / 2   # 8 chains overlap
+    assert res[1].cycles_per_iter / 8 < res[0].cycles_per_iter / 2  # 8 chains overlap
 
 
 @pytest.mark.unit
@@ -145,6 +164,7 @@ def test_missing_llvm_mca_is_a_one_line_toolchain_error(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------- e2e
+
 
 @pytest.fixture(scope="module")
 def gemm_kernel():
@@ -187,7 +207,7 @@ FIXED_X86 = '{"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}'
 
 
 @pytest.mark.e2e
-@pytest.mark.slow   # experimental proxy (issue 9): run with -m slow
+@pytest.mark.slow  # experimental proxy (issue 9): run with -m slow
 @needs_mca
 def test_x86_estimate_ranks_naive_above_scheduled(gemm_kernel):
     from tvmnet.core.targets import load_target
@@ -228,8 +248,9 @@ def test_aarch64_kernel_goes_through(gemm_kernel):
     """Cross-compiled for a Raspberry Pi 4 and analysed with -mtriple=aarch64 -mcpu=cortex-a72."""
     from tvmnet.core.targets import load_target
 
-    spec = load_target('{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", '
-                       '"mattr": ["+neon"], "num-cores": 4}')
+    spec = load_target(
+        '{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"], "num-cores": 4}'
+    )
     assert mca.mca_args(spec)[:2] == ["-mtriple=aarch64-linux-gnu", "-mcpu=cortex-a72"]
     naive = kernel.estimate(gemm_kernel, spec)
     tuned = kernel.estimate(hand_schedule(gemm_kernel, 4), spec)
@@ -242,14 +263,22 @@ def test_published_pi_figures_carry_sources_and_an_estimate_is_labelled_as_one()
     from tvmnet.proxy.estimate import PUBLISHED, board_of, format_estimate, published_for
 
     assert all(p.url.startswith("https://") and p.source and p.ms > 0 for p in PUBLISHED)
-    assert [p.ms for p in published_for("rpi4")] == [75.0]                # XNNPACK README, Pi 4
-    assert 122.2 in [p.ms for p in published_for("rpi3b")]                # TVM blog 2018, Pi 3B
+    assert [p.ms for p in published_for("rpi4")] == [75.0]  # XNNPACK README, Pi 4
+    assert 122.2 in [p.ms for p in published_for("rpi3b")]  # TVM blog 2018, Pi 3B
     assert board_of({"name": "arm_cpu", "target": {"mcpu": "cortex-a72"}}) == "rpi4"
     assert board_of({"name": "rpi5", "target": {"mcpu": "cortex-a76"}}) == "rpi5"
     assert board_of({"name": "custom", "target": {"mcpu": "cortex-a55"}}) is None
-    est = {"model": "1.0-224", "board": "rpi4", "mcpu": "cortex-a72", "threads": 4, "clock_ghz": 1.5,
-           "total_ms": 50.0, "records_applied": 22, "kernels": 22,
-           "by_kind": {"pointwise GEMM": 40.0, "depthwise conv": 10.0}}
+    est = {
+        "model": "1.0-224",
+        "board": "rpi4",
+        "mcpu": "cortex-a72",
+        "threads": 4,
+        "clock_ghz": 1.5,
+        "total_ms": 50.0,
+        "records_applied": 22,
+        "kernels": 22,
+        "by_kind": {"pointwise GEMM": 40.0, "depthwise conv": 10.0},
+    }
     text = format_estimate(est, "build/arm")
     first = text.splitlines()[1]
     assert "ESTIMATED" in first and "NOT a measurement" in first and "50.0 ms" in first
@@ -267,4 +296,4 @@ def test_a_cpu_llvm_mca_does_not_know_is_analysed_as_a_known_one_of_its_isa():
     res = mca.run_mca({0: [f"vfmadd231ps %zmm1, %zmm2, %zmm{r}" for r in range(3, 11)]}, spec)
     assert 0 < res[0].rthroughput <= 8
     known = SimpleNamespace(target={"mcpu": "znver3"}, arch="x86_64", vector_isa=lambda: 1 / 0)
-    assert "-mcpu=znver3" in mca.mca_args(known)          # a known CPU is kept (ISA not even asked)
+    assert "-mcpu=znver3" in mca.mca_args(known)  # a known CPU is kept (ISA not even asked)

@@ -1,4 +1,5 @@
 """Deploy, validate and tune over TVM RPC against emulated Raspberry Pi 4 boards."""
+
 import json
 import socket
 import subprocess
@@ -45,11 +46,25 @@ def test_another_architectures_schedules_apply_and_validate_on_the_board(board, 
     root = tmp_path / "logs"
     shutil.copytree(tuned[0] / host_class(), root / host_class())
     out = tmp_path / "rpi4-transfer"
-    res = run_cli("compile", "--target", "rpi4", "--alpha", "0.25", "--resolution", "32", "-o", out,
-                  env={"TVMNET_TUNING_LOGS": str(root)})
+    res = run_cli(
+        "compile",
+        "--target",
+        "rpi4",
+        "--alpha",
+        "0.25",
+        "--resolution",
+        "32",
+        "-o",
+        out,
+        env={"TVMNET_TUNING_LOGS": str(root)},
+    )
     assert res.returncode == 0, res.stderr
     tun = json.loads((out / "metadata.json").read_text())["tuning"]
-    assert tun["match"] == "transfer" and tun["class"] == host_class() and tun["this_class"] == "aarch64-cortex-a72-neon-4c"
+    assert (
+        tun["match"] == "transfer"
+        and tun["class"] == host_class()
+        and tun["this_class"] == "aarch64-cortex-a72-neon-4c"
+    )
     assert tun["kernels_tuned"] >= 5 and "another architecture" in tun["note"]
     res = run_cli("deploy", out, "--rpc", board, "--samples", "2", "--runs", "2")
     assert res.returncode == 0 and "PASS" in res.stdout, res.stdout + res.stderr
@@ -70,14 +85,14 @@ def test_wrong_architecture_refused_before_upload(board, x86_small):
 
 
 def test_unreachable_server_fails_fast(rpi4_artifact):
-    port = free_port()   # nothing listens there
+    port = free_port()  # nothing listens there
     t0 = time.time()
     res = run_cli("deploy", rpi4_artifact, "--rpc", f"127.0.0.1:{port}")
     assert res.returncode == 8 and f"127.0.0.1:{port}" in res.stderr
     t0 = time.time()
     res = run_cli("validate", rpi4_artifact, "--rpc", "10.255.255.1:9090", "--connect-timeout", "3")
     assert res.returncode == 8 and "10.255.255.1:9090" in res.stderr
-    assert time.time() - t0 < 60   # bounded: import time + 3 s, never a hang
+    assert time.time() - t0 < 60  # bounded: import time + 3 s, never a hang
 
 
 def test_silent_server_times_out(rpi4_artifact):
@@ -119,8 +134,21 @@ def test_device_dies_mid_session(rpi4_artifact):
 @pytest.fixture(scope="module")
 def tracker_with_two_boards():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
-                             "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tvm.exec.rpc_tracker",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--port-end",
+            str(port + 1),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -139,22 +167,54 @@ def tracker_with_two_boards():
     proc.wait(10)
 
 
-RPI4_CLASS = "aarch64-cortex-a72-neon-4c"   # the database directory of tunes for the rpi4 preset
+RPI4_CLASS = "aarch64-cortex-a72-neon-4c"  # the database directory of tunes for the rpi4 preset
 
 
-@pytest.mark.slow   # extended run (`pytest -m slow`, run by CI after the default one): ~200 s
+@pytest.mark.slow  # extended run (`pytest -m slow`, run by CI after the default one): ~200 s
 def test_rpc_tuning_through_tracker_then_compile_applies(tracker_with_two_boards, tmp_path):
     logs = tmp_path / "logs"
-    res = run_cli("tune", "--target", "rpi4", "--alpha", "0.25", "--resolution", "32", "--kernels", "matmul",
-                  "--trials", "6", "--per-task", "2", "--population", "16", "--no-progress", "--log-dir", logs,
-                  "--tracker", tracker_with_two_boards, "--key", "rpi4-ci")
+    res = run_cli(
+        "tune",
+        "--target",
+        "rpi4",
+        "--alpha",
+        "0.25",
+        "--resolution",
+        "32",
+        "--kernels",
+        "matmul",
+        "--trials",
+        "6",
+        "--per-task",
+        "2",
+        "--population",
+        "16",
+        "--no-progress",
+        "--log-dir",
+        logs,
+        "--tracker",
+        tracker_with_two_boards,
+        "--key",
+        "rpi4-ci",
+    )
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
     assert " 0 failed" in res.stdout
     recs = [l for l in (logs / RPI4_CLASS / "database_tuning_record.json").read_text().splitlines() if l.strip()]
     assert len(recs) >= 3
     out = tmp_path / "tuned-rpi4"
-    res = run_cli("compile", "--target", "rpi4", "--alpha", "0.25", "--resolution", "32", "--tuning-log",
-                  logs / RPI4_CLASS, "-o", out)
+    res = run_cli(
+        "compile",
+        "--target",
+        "rpi4",
+        "--alpha",
+        "0.25",
+        "--resolution",
+        "32",
+        "--tuning-log",
+        logs / RPI4_CLASS,
+        "-o",
+        out,
+    )
     assert res.returncode == 0, res.stderr
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["tuning"]["kernels_tuned"] >= 3
@@ -169,22 +229,23 @@ def test_tune_for_arm_without_board_is_refused():
 
 
 def test_bench_and_deploy_without_a_board_print_the_proxy_estimate_labelled_beside_published_figures(
-        rpi4_artifact, tmp_path):
+    rpi4_artifact, tmp_path
+):
     out = tmp_path / "est.json"
     res = run_cli("bench", rpi4_artifact, "--json", out)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "ESTIMATED latency on rpi4" in res.stdout and "NOT a measurement" in res.stdout
-    assert "XNNPACK" in res.stdout and "github.com/google/XNNPACK" in res.stdout     # the published Pi 4 figure
+    assert "XNNPACK" in res.stdout and "github.com/google/XNNPACK" in res.stdout  # the published Pi 4 figure
     est = json.loads(out.read_text())
     assert est["board"] == "rpi4" and est["kernels"] == len(est["rows"]) >= 10 and est["total_ms"] > 0
     assert abs(sum(est["by_kind"].values()) - est["total_ms"]) < 1e-6
     assert (rpi4_artifact / "estimate.json").is_file()
-    res = run_cli("deploy", rpi4_artifact)        # no board: the estimate again (cached), and nothing deployed
+    res = run_cli("deploy", rpi4_artifact)  # no board: the estimate again (cached), and nothing deployed
     assert res.returncode == 2 and "nothing deployed" in res.stderr and "--rpc HOST:PORT" in res.stderr
     assert "ESTIMATED latency on rpi4" in res.stdout and "[1/" not in res.stderr
 
 
-@pytest.mark.slow   # extended run (`pytest -m slow`, run by CI after the default one): ~150 s
+@pytest.mark.slow  # extended run (`pytest -m slow`, run by CI after the default one): ~150 s
 def test_estimate_tune_without_a_board_is_applied_before_transfer_and_validates_on_the_board(board, tuned, tmp_path):
     """`tune --estimate`: the GEMM kernels tuned for the Pi 4 by the cost proxy (nothing run),
     into tuning_logs/estimated/<class>/; compile applies them first, the x86 class's records for
@@ -195,28 +256,46 @@ def test_estimate_tune_without_a_board_is_applied_before_transfer_and_validates_
     root = tmp_path / "logs"
     shutil.copytree(tuned[0] / host_class(), root / host_class())
     env = {"TVMNET_TUNING_LOGS": str(root)}
-    res = run_cli("tune", "--target", "rpi4", "--alpha", "0.25", "--resolution", "32", "--estimate", "--trials", "8",
-                  "--per-task", "2", "--population", "16", "--warm-top-k", "1", "--no-progress", env=env)
+    res = run_cli(
+        "tune",
+        "--target",
+        "rpi4",
+        "--alpha",
+        "0.25",
+        "--resolution",
+        "32",
+        "--estimate",
+        "--trials",
+        "8",
+        "--per-task",
+        "2",
+        "--population",
+        "16",
+        "--warm-top-k",
+        "1",
+        "--no-progress",
+        env=env,
+    )
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
     assert " 0 failed" in res.stdout and "scored by the cost proxy" in res.stderr
-    assert "pointwise GEMM 0.86" in res.stderr          # why these kinds: the proxy's measured rank agreement
+    assert "pointwise GEMM 0.86" in res.stderr  # why these kinds: the proxy's measured rank agreement
     est_dir = root / "estimated" / RPI4_CLASS
     info = json.loads((est_dir / "class.json").read_text())
     assert info["estimated"] is True and "cost proxy" in info["measured_on"] and info["key"] == RPI4_CLASS
     recs = [json.loads(l) for l in (est_dir / "database_tuning_record.json").read_text().splitlines() if l.strip()]
-    assert len(recs) >= 5 and all(0 < float(s) < 1 for r in recs for s in r[1][1])   # estimated seconds
-    assert not (root / RPI4_CLASS).exists()                                          # never mixed with measured logs
+    assert len(recs) >= 5 and all(0 < float(s) < 1 for r in recs for s in r[1][1])  # estimated seconds
+    assert not (root / RPI4_CLASS).exists()  # never mixed with measured logs
 
     out = tmp_path / "rpi4-estimated"
     res = run_cli("compile", "--target", "rpi4", "--alpha", "0.25", "--resolution", "32", "-o", out, env=env)
     assert res.returncode == 0, res.stderr
     tun = json.loads((out / "metadata.json").read_text())["tuning"]
-    assert tun["match"].startswith("estimated"), tun       # then "+transfer" for the kernels it lacks
+    assert tun["match"].startswith("estimated"), tun  # then "+transfer" for the kernels it lacks
     assert tun["kernels_by_source"][f"{RPI4_CLASS} (estimated)"] >= 5 and "cost proxy" in tun["note"]
     res = run_cli("deploy", out, "--rpc", board, "--samples", "2", "--runs", "2")
     assert res.returncode == 0 and "PASS" in res.stdout, res.stdout + res.stderr
 
-    shutil.copytree(est_dir, root / RPI4_CLASS)       # as if measured on a board: it wins
+    shutil.copytree(est_dir, root / RPI4_CLASS)  # as if measured on a board: it wins
     (root / RPI4_CLASS / "class.json").write_text(json.dumps(dict(info, estimated=False, measured_on="a Pi 4")))
     res = run_cli("compile", "--target", "rpi4", "--alpha", "0.25", "--resolution", "32", "-o", tmp_path / "m", env=env)
     assert res.returncode == 0, res.stderr

@@ -1,6 +1,7 @@
 """Our register-blocked GEMM micro-kernels (tvmnet/schedules.py): they apply to exactly the
 pointwise GEMM kernels, compute what the kernel computes, and the tune's seed phase
 measures them into the database once."""
+
 import json
 
 import numpy as np
@@ -29,7 +30,7 @@ def test_tile_grid_respects_shape_and_registers():
             assert -196 % mi <= PAD_WASTE * 196 and 256 % nj == 0 and 256 % kk == 0
             assert nj % LANES[isa] == 0
             assert mi * nj // LANES[isa] <= ACC_REGS[isa]
-    assert gemm_tiles(1, 1000, 512, "avx512") == []     # the classifier (one row) is left to the search
+    assert gemm_tiles(1, 1000, 512, "avx512") == []  # the classifier (one row) is left to the search
     # M = 49 (the 7x7 layers): the only dividing tile is 7 rows x 1 vector; the full 5 x 2-vector
     # block pads M to 50, and no tile pads by more than PAD_WASTE (6 rows: 54)
     assert {(mi, nj) for mi, nj, _ in gemm_tiles(49, 1024, 1024, "avx2")} == {(7, 8), (5, 16)}
@@ -47,7 +48,7 @@ def test_seeds_cover_the_gemms_and_compute_what_the_kernel_computes():
     kinds = {t.task_name: kernel_kind(t.task_name, t.dispatched[0]) for t in tasks}
     covered = {t.task_name: gemm_shape(t.dispatched[0]) is not None for t in tasks}
     for name, kind in kinds.items():
-        if kind == "fc":          # one row: nothing to block in registers (either answer is fine)
+        if kind == "fc":  # one row: nothing to block in registers (either answer is fine)
             continue
         want = kind == "pointwise GEMM"
         assert covered[name] == want, (name, kind, covered[name])
@@ -67,8 +68,8 @@ def test_seeds_cover_the_gemms_and_compute_what_the_kernel_computes():
             return out.numpy()
 
         want = run(mod)
-        assert (want == 0).any() and (want > 0).any()     # the ReLU epilogue is exercised
-        padded = [s for s in seeds if "pad_einsum" in str(s.trace)][:1]   # M padded to the row tile
+        assert (want == 0).any() and (want > 0).any()  # the ReLU epilogue is exercised
+        padded = [s for s in seeds if "pad_einsum" in str(s.trace)][:1]  # M padded to the row tile
         for sch in seeds[:3] + padded:
             np.testing.assert_allclose(run(sch.mod), want, rtol=1e-5, atol=1e-5)
             checked += 1
@@ -89,18 +90,20 @@ def test_seed_phase_measures_each_seed_once(tmp_path):
 
     spec, tasks = lowered_tasks()
     spec.use_threads()
-    task = min((t for t in tasks if seed_schedules_for(t.dispatched[0], spec.vector_isa())),
-               key=lambda t: len(seed_schedules_for(t.dispatched[0], spec.vector_isa())))
+    task = min(
+        (t for t in tasks if seed_schedules_for(t.dispatched[0], spec.vector_isa())),
+        key=lambda t: len(seed_schedules_for(t.dispatched[0], spec.vector_isa())),
+    )
     contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts([task], str(tmp_path / "work"))
     db = open_database(tmp_path / "db", create=True)
     builder, runner = make_builder(spec), make_runner(TuneOptions(model=None, target=spec, repeats=1, number=2))
     args = ([task], contexts, db, builder, runner, spec.tvm_target(), spec.vector_isa())
     n_seeds = len(seed_schedules_for(task.dispatched[0], spec.vector_isa()))
     first = seed_schedules(*args)
-    assert n_seeds <= first <= 2 * n_seeds     # each seed as written, and packed where the postprocs apply
+    assert n_seeds <= first <= 2 * n_seeds  # each seed as written, and packed where the postprocs apply
     recs = db.get_top_k(db.commit_workload(task.dispatched[0]), 1 << 30)
     assert len(recs) == first and all(r.run_secs and float(r.run_secs[0]) > 0 for r in recs)
-    assert seed_schedules(*args) == 0           # a rerun measures nothing again
+    assert seed_schedules(*args) == 0  # a rerun measures nothing again
     assert seed_schedules(*args[:-1], spec.vector_isa(), limit=0) == 0
 
 

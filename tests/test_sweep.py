@@ -1,6 +1,7 @@
 """`tvmnet sweep` / `tvmnet pick`: Pareto front, published accuracy, pick, plot, and one small
 real sweep end to end (two published pairs at resolution 128, untuned kernels where the logs
 have none)."""
+
 import json
 import struct
 import time
@@ -28,31 +29,53 @@ def one_line_error(res, *needles):
 
 def row(alpha, res, ms, validated=True, target="x86"):
     """A hand-made sweep row (accuracy comes from the data file, as in a real sweep)."""
-    return {"alpha": alpha, "resolution": res, "target": target, "median_ms": ms, "p90_ms": round(ms * 1.1, 4),
-            "validated": validated, "mult_adds_m": 1.0, "params_m": 0.5, "kernels_tuned": 0, "kernels_total": 21,
-            "kernels_by_source": {}, "seed": 0, "device": "local: test", "measured_at": "2026-01-01T00:00:00+00:00",
-            "validation": {"max_abs": 1e-5, "failures": [] if validated else ["outputs differ"]}}
+    return {
+        "alpha": alpha,
+        "resolution": res,
+        "target": target,
+        "median_ms": ms,
+        "p90_ms": round(ms * 1.1, 4),
+        "validated": validated,
+        "mult_adds_m": 1.0,
+        "params_m": 0.5,
+        "kernels_tuned": 0,
+        "kernels_total": 21,
+        "kernels_by_source": {},
+        "seed": 0,
+        "device": "local: test",
+        "measured_at": "2026-01-01T00:00:00+00:00",
+        "validation": {"max_abs": 1e-5, "failures": [] if validated else ["outputs differ"]},
+    }
 
 
 def table():
-    return [row(1.0, 224, 10.0), row(0.75, 224, 6.0), row(1.0, 128, 5.0), row(0.75, 160, 4.5), row(0.5, 224, 3.0),
-            row(0.25, 128, 1.0),
-            row(0.25, 32, 0.2),                      # fastest of all, but no published figure
-            row(0.5, 128, 0.9, validated=False)]     # numerics failed
+    return [
+        row(1.0, 224, 10.0),
+        row(0.75, 224, 6.0),
+        row(1.0, 128, 5.0),
+        row(0.75, 160, 4.5),
+        row(0.5, 224, 3.0),
+        row(0.25, 128, 1.0),
+        row(0.25, 32, 0.2),  # fastest of all, but no published figure
+        row(0.5, 128, 0.9, validated=False),
+    ]  # numerics failed
 
 
 # ------------------------------------------------------------------------------------------- (a) Pareto
 
+
 @pytest.mark.unit
 def test_pareto_front_hand_made():
-    pts = [(1.0, 50.0),    # 0 front
-           (2.0, 60.0),    # 1 front
-           (2.5, 55.0),    # 2 dominated by 1 (slower, less accurate)
-           (2.0, 60.0),    # 3 identical to 1: both on the front
-           (3.0, 60.0),    # 4 dominated by 1 (same accuracy, slower)
-           (0.5, None),    # 5 no published figure: never on it
-           (4.0, 70.0),    # 6 front
-           (1.0, 45.0)]    # 7 dominated by 0 (same latency, less accurate)
+    pts = [
+        (1.0, 50.0),  # 0 front
+        (2.0, 60.0),  # 1 front
+        (2.5, 55.0),  # 2 dominated by 1 (slower, less accurate)
+        (2.0, 60.0),  # 3 identical to 1: both on the front
+        (3.0, 60.0),  # 4 dominated by 1 (same accuracy, slower)
+        (0.5, None),  # 5 no published figure: never on it
+        (4.0, 70.0),  # 6 front
+        (1.0, 45.0),
+    ]  # 7 dominated by 0 (same latency, less accurate)
     assert frontier.pareto_front(pts) == [0, 1, 3, 6]
     assert frontier.pareto_front([]) == []
     assert frontier.pareto_front([(1.0, None)]) == []
@@ -68,14 +91,30 @@ def test_front_of_table_leaves_out_unpublished_and_failed():
 
 # ------------------------------------------------------------------------------------------- (b) accuracy
 
-PAPER = {(1.0, 224): 70.6, (0.75, 224): 68.4, (0.5, 224): 63.7, (0.25, 224): 50.6,     # Table 6
-         (1.0, 192): 69.1, (1.0, 160): 67.2, (1.0, 128): 64.4}                          # Table 7
-PAPER_MACS_PARAMS = {(1.0, 224): (569, 4.2), (0.75, 224): (325, 2.6), (0.5, 224): (149, 1.3), (0.25, 224): (41, 0.5),
-                     (1.0, 192): (418, 4.2), (1.0, 160): (290, 4.2), (1.0, 128): (186, 4.2)}
-TF = {1.0: {224: (70.9, 89.9), 192: (70.0, 89.2), 160: (68.0, 87.7), 128: (65.2, 85.8)},
-      0.75: {224: (68.4, 88.2), 192: (67.2, 87.3), 160: (65.3, 86.0), 128: (62.1, 83.9)},
-      0.5: {224: (63.3, 84.9), 192: (61.7, 83.6), 160: (59.1, 81.9), 128: (56.3, 79.4)},
-      0.25: {224: (49.8, 74.2), 192: (47.7, 72.3), 160: (45.5, 70.3), 128: (41.5, 66.3)}}
+PAPER = {
+    (1.0, 224): 70.6,
+    (0.75, 224): 68.4,
+    (0.5, 224): 63.7,
+    (0.25, 224): 50.6,  # Table 6
+    (1.0, 192): 69.1,
+    (1.0, 160): 67.2,
+    (1.0, 128): 64.4,
+}  # Table 7
+PAPER_MACS_PARAMS = {
+    (1.0, 224): (569, 4.2),
+    (0.75, 224): (325, 2.6),
+    (0.5, 224): (149, 1.3),
+    (0.25, 224): (41, 0.5),
+    (1.0, 192): (418, 4.2),
+    (1.0, 160): (290, 4.2),
+    (1.0, 128): (186, 4.2),
+}
+TF = {
+    1.0: {224: (70.9, 89.9), 192: (70.0, 89.2), 160: (68.0, 87.7), 128: (65.2, 85.8)},
+    0.75: {224: (68.4, 88.2), 192: (67.2, 87.3), 160: (65.3, 86.0), 128: (62.1, 83.9)},
+    0.5: {224: (63.3, 84.9), 192: (61.7, 83.6), 160: (59.1, 81.9), 128: (56.3, 79.4)},
+    0.25: {224: (49.8, 74.2), 192: (47.7, 72.3), 160: (45.5, 70.3), 128: (41.5, 66.3)},
+}
 
 
 @pytest.mark.unit
@@ -83,7 +122,7 @@ def test_accuracy_paper_tables_6_and_7():
     paper = accuracy.table(accuracy.PAPER)
     assert {(p.alpha, p.resolution): p.top1 for p in paper} == PAPER
     assert {(p.alpha, p.resolution): (p.mult_adds_m, p.params_m) for p in paper} == PAPER_MACS_PARAMS
-    assert all(p.top5 is None for p in paper)                      # the paper gives top-1 only
+    assert all(p.top5 is None for p in paper)  # the paper gives top-1 only
     assert accuracy.lookup(0.5, 224, accuracy.PAPER).where == "Table 6"
     assert accuracy.lookup(1.0, 160, accuracy.PAPER).where == "Table 7"
     assert "arXiv:1704.04861" in accuracy.citation(accuracy.PAPER)
@@ -99,7 +138,7 @@ def test_accuracy_tensorflow_table_all_16():
     assert "mobilenet_v1.md" in accuracy.citation() and "2018_02_22" in accuracy.citation()
     both = accuracy.published(0.75, 224)
     assert set(both) == {"tf-slim", "paper"} and both["paper"].top1 == 68.4 and both["tf-slim"].top1 == 68.4
-    assert accuracy.published(1.00, 128)["tf-slim"].top1 == 65.2   # float keys: 1.00 == 1.0
+    assert accuracy.published(1.00, 128)["tf-slim"].top1 == 65.2  # float keys: 1.00 == 1.0
 
 
 @pytest.mark.unit
@@ -122,10 +161,11 @@ def test_accuracy_file_is_package_data():
 
 # ------------------------------------------------------------------------------------------- (c) pick
 
+
 @pytest.mark.unit
 def test_pick_most_accurate_within_budget_and_runner_up():
-    p = frontier.pick(table(), 5.0)       # 5.0 is inclusive: 1.0-128 at exactly 5.0 ms counts
-    assert (p.best["alpha"], p.best["resolution"]) == (0.75, 160)          # 65.3
+    p = frontier.pick(table(), 5.0)  # 5.0 is inclusive: 1.0-128 at exactly 5.0 ms counts
+    assert (p.best["alpha"], p.best["resolution"]) == (0.75, 160)  # 65.3
     assert (p.runner_up["alpha"], p.runner_up["resolution"]) == (1.0, 128)  # 65.2
     assert p.within == 4 and p.considered == 6
     assert p.command == "tvmnet compile --target x86 --alpha 0.75 --resolution 160 -o build/mobilenet-0.75-160"
@@ -138,7 +178,7 @@ def test_pick_most_accurate_within_budget_and_runner_up():
 
 @pytest.mark.unit
 def test_pick_never_takes_unpublished_or_failed_rows():
-    p = frontier.pick(table(), 1.0)       # 0.25-32 (0.2 ms) and 0.5-128 (0.9 ms, failed) are within, not eligible
+    p = frontier.pick(table(), 1.0)  # 0.25-32 (0.2 ms) and 0.5-128 (0.9 ms, failed) are within, not eligible
     assert (p.best["alpha"], p.best["resolution"]) == (0.25, 128) and p.runner_up is None
 
 
@@ -154,15 +194,16 @@ def test_pick_budget_too_small_names_the_fastest_pair():
     with pytest.raises(BudgetError) as e:
         frontier.pick(table(), 0.5)
     msg = str(e.value)
-    assert "0.25-128" in msg and "1.000 ms" in msg and "0.5 ms" in msg     # not 0.25-32 (unpublished)
+    assert "0.25-128" in msg and "1.000 ms" in msg and "0.5 ms" in msg  # not 0.25-32 (unpublished)
     assert "\n" not in msg and e.value.exit_code == 10
     with pytest.raises(UsageError, match="tvmnet sweep"):
-        frontier.pick([row(0.25, 32, 0.2)], 10)                # nothing published at all
+        frontier.pick([row(0.25, 32, 0.2)], 10)  # nothing published at all
     with pytest.raises(UsageError, match="positive"):
         frontier.pick(table(), 0)
 
 
 # ------------------------------------------------------------------------------------------- (d) plot
+
 
 @pytest.mark.unit
 def test_plot_is_png_and_draws_the_table(tmp_path):
@@ -182,10 +223,13 @@ def test_plot_is_png_and_draws_the_table(tmp_path):
         with Image.open(out) as im:
             im.verify()
             assert im.format == "PNG" and im.size == (width, height)
-    expect = [(r["median_ms"], r["top1"], frontier.label(r["alpha"], r["resolution"])) for r in rows if frontier.eligible(r)]
+    expect = [
+        (r["median_ms"], r["top1"], frontier.label(r["alpha"], r["resolution"])) for r in rows if frontier.eligible(r)
+    ]
     assert drawn["points"] == expect
-    assert drawn["front"] == [(rows[i]["median_ms"], rows[i]["top1"], frontier.label(rows[i]["alpha"], rows[i]["resolution"]))
-                              for i in front]
+    assert drawn["front"] == [
+        (rows[i]["median_ms"], rows[i]["top1"], frontier.label(rows[i]["alpha"], rows[i]["resolution"])) for i in front
+    ]
     assert [x for x, _, _ in drawn["front"]] == sorted(x for x, _, _ in drawn["front"])
     assert drawn["left_out"] == ["0.25-32 (no published figure)", "0.5-128 (numerics failed)"]
 
@@ -200,6 +244,7 @@ def test_csv_matches_table():
 
 
 # ------------------------------------------------------------------------------------------- options, CLI errors
+
 
 @pytest.mark.unit
 def test_options_validate():
@@ -219,21 +264,24 @@ def test_options_validate():
         sweep.SweepOptions(target=load_target("rpi4"))
     with pytest.raises(UsageError, match="--tracker"):
         sweep.SweepOptions(target=load_target("rpi4"), rpc=Endpoint(rpc="127.0.0.1:9090"), tune_minutes=1)
-    sweep.SweepOptions(target=load_target("rpi4"), rpc=Endpoint(rpc="127.0.0.1:9090"))   # a board: fine
+    sweep.SweepOptions(target=load_target("rpi4"), rpc=Endpoint(rpc="127.0.0.1:9090"))  # a board: fine
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("args,code,needles", [
-    (["sweep", "--alphas", "0.5,1.5"], 2, ["(0, 1]"]),
-    (["sweep", "--resolutions", "128,100"], 2, ["multiple of 32"]),
-    (["sweep", "--target", "pdp11"], 3, ["unknown target", "x86"]),
-    (["sweep", "--target", "rpi4", "--alphas", "0.25"], 2, ["--rpc", "--tracker"]),
-])
+@pytest.mark.parametrize(
+    "args,code,needles",
+    [
+        (["sweep", "--alphas", "0.5,1.5"], 2, ["(0, 1]"]),
+        (["sweep", "--resolutions", "128,100"], 2, ["multiple of 32"]),
+        (["sweep", "--target", "pdp11"], 3, ["unknown target", "x86"]),
+        (["sweep", "--target", "rpi4", "--alphas", "0.25"], 2, ["--rpc", "--tracker"]),
+    ],
+)
 def test_sweep_bad_input_is_one_line(tmp_path, args, code, needles):
     res = run_cli(*args, "--out", tmp_path)
     assert res.returncode == code
     one_line_error(res, *needles)
-    assert not any(tmp_path.iterdir())          # nothing written
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 @pytest.mark.unit
@@ -269,17 +317,36 @@ def test_pick_cli_budget_error_and_build(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "--alpha 0.75 --resolution 160" in out and "compiled stub" in out
     opts = built["opts"]
-    assert (opts.model.alpha, opts.model.resolution, opts.output, opts.tuning_log) == (0.75, 160, tmp_path / "b", "auto")
+    assert (opts.model.alpha, opts.model.resolution, opts.output, opts.tuning_log) == (
+        0.75,
+        160,
+        tmp_path / "b",
+        "auto",
+    )
 
 
 # ------------------------------------------------------------------------------------------- (e) e2e
 
+
 @pytest.mark.e2e
-@pytest.mark.slow   # ~100 s on 2 cores: run with -m slow
+@pytest.mark.slow  # ~100 s on 2 cores: run with -m slow
 def test_sweep_end_to_end(tmp_path):
     t0 = time.perf_counter()
-    args = ["sweep", "--target", "x86", "--alphas", "0.5,0.25", "--resolutions", "128", "--out", tmp_path,
-            "--repeat", "5", "--min-repeat-ms", "20"]
+    args = [
+        "sweep",
+        "--target",
+        "x86",
+        "--alphas",
+        "0.5,0.25",
+        "--resolutions",
+        "128",
+        "--out",
+        tmp_path,
+        "--repeat",
+        "5",
+        "--min-repeat-ms",
+        "20",
+    ]
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr[-3000:]
     d = tmp_path / host_class()
@@ -291,7 +358,7 @@ def test_sweep_end_to_end(tmp_path):
         assert r["validation"]["max_abs"] < 1e-3 and r["kernels_total"] > 0
         assert 0 <= r["kernels_tuned"] <= r["kernels_total"]
     assert (rows[0.5, 128]["top1"], rows[0.25, 128]["top1"]) == (56.3, 41.5)
-    assert rows[0.5, 128]["pareto"] is True            # the most accurate point is always on the front
+    assert rows[0.5, 128]["pareto"] is True  # the most accurate point is always on the front
     assert doc["machine_class"]["key"] == host_class() and doc["accuracy_source"] == "tf-slim"
     csv_lines = (d / "sweep.csv").read_text().splitlines()
     assert len(csv_lines) == 3 and csv_lines[0].startswith("alpha,resolution")
@@ -300,7 +367,7 @@ def test_sweep_end_to_end(tmp_path):
     assert "TensorFlow model garden" in res.stdout and "2 pair(s) measured" in res.stdout
     first = time.perf_counter() - t0
 
-    again = run_cli(*args)                             # resumable: nothing rebuilt
+    again = run_cli(*args)  # resumable: nothing rebuilt
     assert again.returncode == 0, again.stderr[-2000:]
     assert "0 pair(s) measured, 2 measured before and skipped" in again.stdout
     assert again.stderr.count("skipped") == 2

@@ -1,4 +1,5 @@
 """Frontends: PyTorch (torch.export) and ONNX -> Relax IRModule with weights as constants."""
+
 from __future__ import annotations
 
 import logging
@@ -41,12 +42,16 @@ def load_onnx(path: Path):
 
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"ONNX model {path} does not exist; export one with `tvmnet export-onnx` or torch.onnx.export")
+        raise WeightsError(
+            f"ONNX model {path} does not exist; export one with `tvmnet export-onnx` or torch.onnx.export"
+        )
     try:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
     except Exception as err:
-        raise WeightsError(f"cannot read ONNX model {path}: {err_line(err, last=False)}; pass a valid .onnx file") from err
+        raise WeightsError(
+            f"cannot read ONNX model {path}: {err_line(err, last=False)}; pass a valid .onnx file"
+        ) from err
     return model
 
 
@@ -75,7 +80,9 @@ def from_onnx(path: Path) -> tuple:
     if dtype != "float32":
         raise WeightsError(f"ONNX model input {name} is {dtype}; tvmnet compiles float32 models")
     if len(shape) != 4 or shape[1] != 3:
-        raise WeightsError(f"ONNX model input {name} has shape {shape}; tvmnet expects an NCHW image batch (N, 3, H, W)")
+        raise WeightsError(
+            f"ONNX model input {name} has shape {shape}; tvmnet expects an NCHW image batch (N, 3, H, W)"
+        )
     try:
         mod = _from_onnx(model, shape_dict={name: shape}, dtype_dict={name: dtype}, keep_params_in_input=False)
     except Exception as err:
@@ -92,8 +99,15 @@ def export_onnx(model, input_shape, path: Path) -> Path:
     example = torch.zeros(input_shape, dtype=torch.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (example,), str(path), input_names=[INPUT_NAME], output_names=["logits"],
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(
+            model.eval(),
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=["logits"],
+            opset_version=17,
+            dynamo=False,
+        )
     return path
 
 
@@ -101,14 +115,27 @@ def import_model(model: ModelConfig, onnx: Optional[Path] = None):
     """Returns (Relax IRModule, input name, input shape, model metadata dict)."""
     if onnx is not None:
         mod, shape, name = from_onnx(onnx)
-        info = {"source": "onnx", "onnx": str(Path(onnx).resolve()), "onnx_sha256": sha256(Path(onnx)),
-                "alpha": None, "resolution": shape[2], "num_classes": None, "seed": None}
+        info = {
+            "source": "onnx",
+            "onnx": str(Path(onnx).resolve()),
+            "onnx_sha256": sha256(Path(onnx)),
+            "alpha": None,
+            "resolution": shape[2],
+            "num_classes": None,
+            "seed": None,
+        }
         return mod, name, shape, info
     from tvmnet.models import build_model
 
     torch_model = build_model(model)
     mod = from_torch(torch_model, model.input_shape)
-    info = {"source": "zoo", "alpha": model.alpha, "resolution": model.resolution, "num_classes": model.num_classes,
-            "seed": model.seed, "weights": str(model.weights.resolve()) if model.weights else None,
-            "weights_sha256": sha256(model.weights) if model.weights else None}
+    info = {
+        "source": "zoo",
+        "alpha": model.alpha,
+        "resolution": model.resolution,
+        "num_classes": model.num_classes,
+        "seed": model.seed,
+        "weights": str(model.weights.resolve()) if model.weights else None,
+        "weights_sha256": sha256(model.weights) if model.weights else None,
+    }
     return mod, str(mod["main"].params[0].name), model.input_shape, info

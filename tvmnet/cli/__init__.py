@@ -6,6 +6,7 @@ function that never sees an argparse Namespace.
 ``parser`` builds the argument parser, ``commands`` holds one function per verb; ``main``
 maps errors to exit codes in one place.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,9 @@ def main(argv=None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args) or 0)
     except TvmnetError as err:

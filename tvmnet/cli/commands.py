@@ -1,5 +1,6 @@
 """The commands: each ``cmd_*`` builds a typed options object from the parsed arguments and
 calls a library function that never sees an argparse Namespace."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,14 @@ def say(msg: str) -> None:
 def _model_config(args, batch: int = 1):
     from tvmnet.core.config import ModelConfig
 
-    return ModelConfig(alpha=args.alpha, resolution=args.resolution, num_classes=args.num_classes, batch=batch,
-                       weights=args.weights, seed=args.seed)
+    return ModelConfig(
+        alpha=args.alpha,
+        resolution=args.resolution,
+        num_classes=args.num_classes,
+        batch=batch,
+        weights=args.weights,
+        seed=args.seed,
+    )
 
 
 def cmd_info(args) -> int:
@@ -39,7 +46,11 @@ def cmd_targets(args) -> int:
 
     for name in preset_names():
         spec = load_target(name)
-        needs = f"; needs {spec.cross_compiler}" if spec.cross_compiler else ("; needs nvcc" if spec.device == "cuda" else "")
+        needs = (
+            f"; needs {spec.cross_compiler}"
+            if spec.cross_compiler
+            else ("; needs nvcc" if spec.device == "cuda" else "")
+        )
         print(f"{name:<12} {spec.arch:<8} {spec.device:<5} {spec.description}{needs}")
         if args.verbose_targets:
             print(f"{'':<12} {json.dumps(spec.target)}")
@@ -55,8 +66,15 @@ def cmd_compile(args) -> int:
     spec = load_target(args.target)
     model = _model_config(args, batch=args.batch)
     tuning_log = None if args.no_tuning_log else (args.tuning_log or "auto")
-    opts = CompileOptions(model=model, target=spec, output=args.output, onnx=args.onnx, tuning_log=tuning_log,
-                          gemm=not args.no_gemm, layout=args.layout)
+    opts = CompileOptions(
+        model=model,
+        target=spec,
+        output=args.output,
+        onnx=args.onnx,
+        tuning_log=tuning_log,
+        gemm=not args.no_gemm,
+        layout=args.layout,
+    )
     for line in opts.display().splitlines():
         say(line)
     t0 = time.perf_counter()
@@ -86,14 +104,16 @@ def cmd_validate(args) -> int:
         from tvmnet.run import rpc
 
         with rpc.open_remote(art, endpoint_from_args(args), say=say) as session:
-            report = compare(session.run, Reference(art), art, args.samples, args.rtol, args.atol, args.seed,
-                             where=session.where)
+            report = compare(
+                session.run, Reference(art), art, args.samples, args.rtol, args.atol, args.seed, where=session.where
+            )
         return _report(report, args.json)
     from tvmnet.run.runner import open_local
 
     session = open_local(art)
-    report = compare(session.run, Reference(art), art, args.samples, args.rtol, args.atol, args.seed,
-                     where=str(session.device))
+    report = compare(
+        session.run, Reference(art), art, args.samples, args.rtol, args.atol, args.seed, where=str(session.device)
+    )
     return _report(report, args.json)
 
 
@@ -104,24 +124,46 @@ def cmd_tune(args) -> int:
 
     spec = load_target(args.target)
     rpc_cfg = endpoint_from_args(args) if (args.tracker or args.rpc) else None
-    opts = TuneOptions(model=_model_config(args), target=spec, trials=args.trials, per_task=args.per_task,
-                       log_dir=args.log_dir, repeats=args.repeats, number=args.number, timeout=args.timeout,
-                       seed=args.seed, rpc=rpc_cfg, progress=not args.no_progress, kernels=args.kernels,
-                       population=args.population, warm_start=not args.no_warm_start,
-                       warm_top_k=args.warm_top_k, minutes=args.minutes, only_untuned=args.only_untuned,
-                       seeds=not args.no_seeds, estimate=args.estimate, retime=not args.no_retime,
-                       trials_per_iter=args.batch, layout=args.layout)
+    opts = TuneOptions(
+        model=_model_config(args),
+        target=spec,
+        trials=args.trials,
+        per_task=args.per_task,
+        log_dir=args.log_dir,
+        repeats=args.repeats,
+        number=args.number,
+        timeout=args.timeout,
+        seed=args.seed,
+        rpc=rpc_cfg,
+        progress=not args.no_progress,
+        kernels=args.kernels,
+        population=args.population,
+        warm_start=not args.no_warm_start,
+        warm_top_k=args.warm_top_k,
+        minutes=args.minutes,
+        only_untuned=args.only_untuned,
+        seeds=not args.no_seeds,
+        estimate=args.estimate,
+        retime=not args.no_retime,
+        trials_per_iter=args.batch,
+        layout=args.layout,
+    )
     for line in opts.display().splitlines():
         say(line)
-    if opts.estimate:   # candidates scored by the cost proxy, nothing run
+    if opts.estimate:  # candidates scored by the cost proxy, nothing run
         from tvmnet.proxy.tuning import tune_by_proxy
 
         res = tune_by_proxy(opts, say=say)
     else:
         res = tune_model(opts, say=say)
     est = f"{res.estimate_ms:.3f} ms" if res.estimate_ms is not None else "n/a (some tasks untuned)"
-    status = ("interrupted; records kept, rerun the same command to resume" if res.interrupted else
-              f"stopped after --minutes {opts.minutes:g}; rerun to go on" if res.out_of_time else "done")
+    status = (
+        "interrupted; records kept, rerun the same command to resume"
+        if res.interrupted
+        else f"stopped after --minutes {opts.minutes:g}; rerun to go on"
+        if res.out_of_time
+        else "done"
+    )
     other = res.warm_measured - res.warm_nearest
     again = "re-scored by the cost proxy" if opts.estimate else "re-measured here"
     classes = "classes" if "," in (res.warm_from or "") else "class"
@@ -132,9 +174,11 @@ def cmd_tune(args) -> int:
         warm += f" ({res.seeds_measured} of them our micro-kernels, tvmnet/schedules.py)"
     if res.retimed:
         warm += f" after {res.retimed} earlier schedules re-timed"
-    print(f"tuning {status}: {res.trials_run} new trials{warm} in {res.seconds:.0f} s ({res.trials_per_minute:.1f}/min), "
-          f"{res.failed} failed; {res.trials_before} measured before; estimated latency {est}; database {res.database}"
-          + (f"; journal {res.journal}" if res.journal and res.journal.exists() else ""))
+    print(
+        f"tuning {status}: {res.trials_run} new trials{warm} in {res.seconds:.0f} s ({res.trials_per_minute:.1f}/min), "
+        f"{res.failed} failed; {res.trials_before} measured before; estimated latency {est}; database {res.database}"
+        + (f"; journal {res.journal}" if res.journal and res.journal.exists() else "")
+    )
     return 130 if res.interrupted else 0
 
 
@@ -144,17 +188,32 @@ def cmd_refine(args) -> int:
 
     spec = load_target(args.target)
     model = _model_config(args)
-    res = refine_model(model, spec, trials=args.trials, top=args.top, kernels=args.kernels,
-                       log_dir=args.log_dir, scratch=args.scratch, say=say)
+    res = refine_model(
+        model,
+        spec,
+        trials=args.trials,
+        top=args.top,
+        kernels=args.kernels,
+        log_dir=args.log_dir,
+        scratch=args.scratch,
+        say=say,
+    )
     print(f"{'kernel':<40}{'calls':>6}{'alone us':>10}{'in place':>10}{'after':>9}{'tried':>7}")
     for k in res.kernels:
-        print(f"{k.name[:39]:<40}{k.calls:>6}{k.alone_us:>10.1f}{k.before_us:>10.1f}{k.after_us:>9.1f}{k.candidates:>7}"
-              + ("  picked" if k.picked else ""))
+        print(
+            f"{k.name[:39]:<40}{k.calls:>6}{k.alone_us:>10.1f}{k.before_us:>10.1f}{k.after_us:>9.1f}{k.candidates:>7}"
+            + ("  picked" if k.picked else "")
+        )
     picked = sum(k.picked for k in res.kernels)
-    e2e = (f"end to end {res.e2e_before_ms:.3f} -> {res.e2e_after_ms:.3f} ms (timed in turn, this process)"
-           if res.e2e_after_ms is not None else f"end to end {res.e2e_before_ms:.3f} ms, unchanged")
-    print(f"refine done in {res.seconds:.0f} s: {picked} of {len(res.kernels)} kernels got a schedule picked in place "
-          f"({res.database}); {e2e}; machine class {spec.machine_class()['key']}")
+    e2e = (
+        f"end to end {res.e2e_before_ms:.3f} -> {res.e2e_after_ms:.3f} ms (timed in turn, this process)"
+        if res.e2e_after_ms is not None
+        else f"end to end {res.e2e_before_ms:.3f} ms, unchanged"
+    )
+    print(
+        f"refine done in {res.seconds:.0f} s: {picked} of {len(res.kernels)} kernels got a schedule picked in place "
+        f"({res.database}); {e2e}; machine class {spec.machine_class()['key']}"
+    )
     return 0
 
 
@@ -170,7 +229,9 @@ def cmd_merge_log(args) -> int:
     from tvmnet.tune.logs import merge_databases
 
     added = merge_databases(args.src, args.dest, say=say)
-    print(f"{args.dest}: {added} records added from {args.src}; `tvmnet prune-log {args.dest}` keeps the best per kernel")
+    print(
+        f"{args.dest}: {added} records added from {args.src}; `tvmnet prune-log {args.dest}` keeps the best per kernel"
+    )
     return 0
 
 
@@ -198,8 +259,14 @@ def cmd_bench(args) -> int:
     from tvmnet.run.bench import BenchOptions, run_bench
 
     engines = tuple(e.strip() for e in args.engines.split(",") if e.strip()) if args.engines else None
-    opts = BenchOptions(artifact=args.artifact, threads=args.threads, rounds=args.rounds, runs=args.runs,
-                        warmup=args.warmup, engines=engines)
+    opts = BenchOptions(
+        artifact=args.artifact,
+        threads=args.threads,
+        rounds=args.rounds,
+        runs=args.runs,
+        warmup=args.warmup,
+        engines=engines,
+    )
     if _estimate_instead(args.artifact, args, "printing the cost proxy's estimate instead of timing it"):
         return 0
     res = run_bench(opts, say=say)
@@ -227,11 +294,21 @@ def cmd_deploy(args) -> int:
     art = load_artifact(args.artifact)
     if not (args.rpc or args.tracker):
         if _estimate_instead(args.artifact, args, "no board given (--rpc or --tracker): the cost proxy's estimate"):
-            err("nothing deployed: give the board with --rpc HOST:PORT or --tracker HOST:PORT --key KEY "
-                 "(`tvmnet emulator start` for an emulated one)")
+            err(
+                "nothing deployed: give the board with --rpc HOST:PORT or --tracker HOST:PORT --key KEY "
+                "(`tvmnet emulator start` for an emulated one)"
+            )
             return 2
-    report, timing, where, seconds = rpc.deploy(art, endpoint_from_args(args), samples=args.samples, rtol=args.rtol,
-                                                atol=args.atol, seed=args.seed, runs=args.runs, say=say)
+    report, timing, where, seconds = rpc.deploy(
+        art,
+        endpoint_from_args(args),
+        samples=args.samples,
+        rtol=args.rtol,
+        atol=args.atol,
+        seed=args.seed,
+        runs=args.runs,
+        say=say,
+    )
     print("\n".join(report.lines()))
     print(f"device timing on {where}: {timing}")
     print(f"deploy round trip (upload, load, validate, time): {seconds:.1f} s")
@@ -247,8 +324,9 @@ def cmd_emulator(args) -> int:
     if args.action == "prepare":
         print(f"emulator userland ready in {emulator.prepare(board=args.board, say=say)}")
     elif args.action == "start":
-        info = emulator.start(board=args.board, host=args.host, port=args.port, tracker=args.tracker, key=args.key,
-                              say=say)
+        info = emulator.start(
+            board=args.board, host=args.host, port=args.port, tracker=args.tracker, key=args.key, say=say
+        )
         print(info)
     elif args.action == "stop":
         print(emulator.stop(board=args.board, port=args.port))
@@ -266,21 +344,35 @@ def cmd_sweep(args) -> int:
     from tvmnet.study.sweep import SweepOptions, run_sweep
 
     spec = load_target(args.target)
-    opts = SweepOptions(target=spec, alphas=_list_arg(args.alphas), resolutions=_list_arg(args.resolutions),
-                        out=args.out, force=args.force, tune_minutes=args.tune_minutes,
-                        rpc=endpoint_from_args(args) if (args.rpc or args.tracker) else None, samples=args.samples,
-                        repeat=args.repeat, min_repeat_ms=args.min_repeat_ms, seed=args.seed, target_arg=args.target,
-                        progress=not args.no_progress)
+    opts = SweepOptions(
+        target=spec,
+        alphas=_list_arg(args.alphas),
+        resolutions=_list_arg(args.resolutions),
+        out=args.out,
+        force=args.force,
+        tune_minutes=args.tune_minutes,
+        rpc=endpoint_from_args(args) if (args.rpc or args.tracker) else None,
+        samples=args.samples,
+        repeat=args.repeat,
+        min_repeat_ms=args.min_repeat_ms,
+        seed=args.seed,
+        target_arg=args.target,
+        progress=not args.no_progress,
+    )
     for line in opts.display().splitlines():
         say(line)
     res = run_sweep(opts, say=say)
     print(res.table())
     print(f"wrote {res.path}, {res.csv.name} and {res.plot.name} beside it")
-    print(f"sweep {'interrupted' if res.interrupted else 'done'}: {res.measured} pair(s) measured, {res.skipped} "
-          f"measured before and skipped, in {res.seconds:.1f} s")
+    print(
+        f"sweep {'interrupted' if res.interrupted else 'done'}: {res.measured} pair(s) measured, {res.skipped} "
+        f"measured before and skipped, in {res.seconds:.1f} s"
+    )
     if res.failed:
-        err(f"numerics failed for {', '.join(res.failed)} (kept off the front and out of `tvmnet pick`); "
-             "see the table and `tvmnet validate`")
+        err(
+            f"numerics failed for {', '.join(res.failed)} (kept off the front and out of `tvmnet pick`); "
+            "see the table and `tvmnet validate`"
+        )
         return 7
     return 130 if res.interrupted else 0
 
@@ -298,9 +390,14 @@ def cmd_pick(args) -> int:
         from tvmnet.build.compiler import CompileOptions, compile_model
         from tvmnet.core.config import ModelConfig
 
-        opts = CompileOptions(model=ModelConfig(alpha=choice.best["alpha"], resolution=choice.best["resolution"],
-                                                seed=int(choice.best.get("seed") or 0)),
-                              target=spec, output=args.output, tuning_log="auto")
+        opts = CompileOptions(
+            model=ModelConfig(
+                alpha=choice.best["alpha"], resolution=choice.best["resolution"], seed=int(choice.best.get("seed") or 0)
+            ),
+            target=spec,
+            output=args.output,
+            tuning_log="auto",
+        )
         t0 = time.perf_counter()
         art = compile_model(opts, progress=say)
         print(f"compiled {art.summary()} in {time.perf_counter() - t0:.1f} s")

@@ -1,4 +1,5 @@
 """The argument parser of ``tvmnet``: one sub-command per verb, validated by ``type=`` functions."""
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,11 @@ def _add_tolerances(p):
 
 
 def _add_layout(s) -> None:
-    s.add_argument("--layout", choices=("NCHW", "NHWC"),
-                   help="activation layout (default: NHWC on CPUs, NCHW on GPUs); tuning records are per layout")
+    s.add_argument(
+        "--layout",
+        choices=("NCHW", "NHWC"),
+        help="activation layout (default: NHWC on CPUs, NCHW on GPUs); tuning records are per layout",
+    )
 
 
 def _add_remote(p, required=False):
@@ -49,14 +53,17 @@ def _add_remote(p, required=False):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tvmnet", description="MobileNet v1 from PyTorch to tuned machine code via Apache TVM")
+    p = argparse.ArgumentParser(
+        prog="tvmnet", description="MobileNet v1 from PyTorch to tuned machine code via Apache TVM"
+    )
     p.add_argument("--version", action="version", version=f"tvmnet {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and debug logs")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    common = argparse.ArgumentParser(add_help=False)   # --verbose after the command works too
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="show tracebacks and debug logs")
+    common = argparse.ArgumentParser(add_help=False)  # --verbose after the command works too
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logs"
+    )
 
     def add(name, **kw):
         return sub.add_parser(name, parents=[common], **kw)
@@ -72,11 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("compile", help="build a deployable artifact directory")
     _add_model_args(s)
-    s.add_argument("--target", default="x86", help="preset name, JSON file or inline JSON dict (default x86: this host)")
+    s.add_argument(
+        "--target", default="x86", help="preset name, JSON file or inline JSON dict (default x86: this host)"
+    )
     s.add_argument("-o", "--output", type=Path, default=Path("build"), help="artifact directory (default build/)")
     s.add_argument("--onnx", type=Path, help="compile this ONNX model instead of the zoo model")
     s.add_argument("--batch", type=_positive_int, default=1, help="batch size (default 1)")
-    s.add_argument("--tuning-log", type=Path, help="MetaSchedule database directory (default: this machine class's in tuning_logs/, else the nearest class's)")
+    s.add_argument(
+        "--tuning-log",
+        type=Path,
+        help="MetaSchedule database directory (default: this machine class's in tuning_logs/, else the nearest class's)",
+    )
     s.add_argument("--no-tuning-log", action="store_true", help="ignore tuning logs (untuned build)")
     s.add_argument("--no-gemm", action="store_true", help="keep 1x1 convolutions as conv2d (no GEMM lowering)")
     _add_layout(s)
@@ -92,35 +105,58 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("tune", help="tune the kernels with MetaSchedule (resumable)")
     _add_model_args(s)
     s.add_argument("--target", default="x86", help="preset name, JSON file or inline JSON dict (default x86)")
-    s.add_argument("--trials", type=_positive_int, default=2000, help="total measured trials for this model (default 2000)")
+    s.add_argument(
+        "--trials", type=_positive_int, default=2000, help="total measured trials for this model (default 2000)"
+    )
     s.add_argument("--per-task", type=_positive_int, help="cap per kernel (default 3x trials / kernels, at least 8)")
-    s.add_argument("--log-dir", type=Path, help="root of the databases (default tuning_logs/); uses <log-dir>/<machine class>/")
+    s.add_argument(
+        "--log-dir", type=Path, help="root of the databases (default tuning_logs/); uses <log-dir>/<machine class>/"
+    )
     s.add_argument("--repeats", type=_positive_int, default=3, help="measurement repeats per candidate (default 3)")
     s.add_argument("--number", type=_positive_int, default=10, help="runs per repeat (default 10)")
     s.add_argument("--timeout", type=float, default=30.0, help="seconds per candidate run (default 30)")
     s.add_argument("--kernels", metavar="SUBSTRING", help="only tune kernels whose name contains this (e.g. matmul)")
-    s.add_argument("--population", type=_positive_int, default=512,
-                   help="evolutionary search population (default 512; smaller is faster and worse)")
+    s.add_argument(
+        "--population",
+        type=_positive_int,
+        default=512,
+        help="evolutionary search population (default 512; smaller is faster and worse)",
+    )
     s.add_argument("--minutes", type=float, help="stop after this many minutes (records kept; rerun to resume)")
-    s.add_argument("--batch", type=_positive_int, default=64,
-                   help="candidates searched, built and measured per batch (default 64)")
-    s.add_argument("--only-untuned", action="store_true",
-                   help="tune only the kernels without a record in this machine class's log")
-    s.add_argument("--no-seeds", action="store_true",
-                   help="skip the seed phase: by default a real tune first measures a grid of register-blocked "
-                        "GEMM micro-kernels per pointwise kernel (tvmnet/schedules.py) for the search to start from")
-    s.add_argument("--no-warm-start", action="store_true",
-                   help="do not seed kernels without records from the nearest machine class's log")
-    s.add_argument("--no-retime", action="store_true",
-                   help="resume without re-measuring first: by default the best records of each kernel that earlier runs "
-                        "measured are measured again now and replace that kernel's earlier records, so new candidates "
-                        "compete with times taken under the same conditions")
-    s.add_argument("--warm-top-k", type=_positive_int, default=4,
-                   help="schedules per kernel re-measured from that log (default 4)")
-    s.add_argument("--estimate", action="store_true",
-                   help="no board: score candidates with the cost proxy (llvm-mca, the target's -mcpu) instead of "
-                        "running them, for the kernel kinds it ranks as measurements do (pointwise GEMMs, the stem conv); writes "
-                        "<log-dir>/estimated/<class>/, which compile applies after any measured log of the class")
+    s.add_argument(
+        "--batch", type=_positive_int, default=64, help="candidates searched, built and measured per batch (default 64)"
+    )
+    s.add_argument(
+        "--only-untuned", action="store_true", help="tune only the kernels without a record in this machine class's log"
+    )
+    s.add_argument(
+        "--no-seeds",
+        action="store_true",
+        help="skip the seed phase: by default a real tune first measures a grid of register-blocked "
+        "GEMM micro-kernels per pointwise kernel (tvmnet/schedules.py) for the search to start from",
+    )
+    s.add_argument(
+        "--no-warm-start",
+        action="store_true",
+        help="do not seed kernels without records from the nearest machine class's log",
+    )
+    s.add_argument(
+        "--no-retime",
+        action="store_true",
+        help="resume without re-measuring first: by default the best records of each kernel that earlier runs "
+        "measured are measured again now and replace that kernel's earlier records, so new candidates "
+        "compete with times taken under the same conditions",
+    )
+    s.add_argument(
+        "--warm-top-k", type=_positive_int, default=4, help="schedules per kernel re-measured from that log (default 4)"
+    )
+    s.add_argument(
+        "--estimate",
+        action="store_true",
+        help="no board: score candidates with the cost proxy (llvm-mca, the target's -mcpu) instead of "
+        "running them, for the kernel kinds it ranks as measurements do (pointwise GEMMs, the stem conv); writes "
+        "<log-dir>/estimated/<class>/, which compile applies after any measured log of the class",
+    )
     _add_layout(s)
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_remote(s)
@@ -129,36 +165,56 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("refine", help="time kernels inside the model and pick their schedules by that time (after tune)")
     _add_model_args(s)
     s.add_argument("--target", default="x86", help="preset name, JSON file or inline JSON dict (default x86)")
-    s.add_argument("--kernels", metavar="SUBSTRING",
-                   help="refine kernels whose name contains this (default: those 1.25x slower in place than alone)")
-    s.add_argument("--trials", type=int, default=32,
-                   help="schedules searched per kernel (MetaSchedule, scratch database; default 32; 0: only the "
-                        "current schedule and the same layer's schedules from the other models in the log)")
-    s.add_argument("--top", type=_positive_int, default=16,
-                   help="of those, the fastest alone that are timed in place (default 16)")
-    s.add_argument("--log-dir", type=Path, help="root of the databases (default tuning_logs/); picks go to "
-                                                "<log-dir>/<machine class>/in_situ/")
-    s.add_argument("--scratch", type=Path, help="where the searches keep their records (default: a temporary "
-                                                "directory; give one to resume)")
+    s.add_argument(
+        "--kernels",
+        metavar="SUBSTRING",
+        help="refine kernels whose name contains this (default: those 1.25x slower in place than alone)",
+    )
+    s.add_argument(
+        "--trials",
+        type=int,
+        default=32,
+        help="schedules searched per kernel (MetaSchedule, scratch database; default 32; 0: only the "
+        "current schedule and the same layer's schedules from the other models in the log)",
+    )
+    s.add_argument(
+        "--top", type=_positive_int, default=16, help="of those, the fastest alone that are timed in place (default 16)"
+    )
+    s.add_argument(
+        "--log-dir",
+        type=Path,
+        help="root of the databases (default tuning_logs/); picks go to <log-dir>/<machine class>/in_situ/",
+    )
+    s.add_argument(
+        "--scratch",
+        type=Path,
+        help="where the searches keep their records (default: a temporary directory; give one to resume)",
+    )
     s.set_defaults(func=c.cmd_refine)
 
     s = add("prune-log", help="keep only the best record per kernel in a tuning database (for shipping)")
     s.add_argument("log", type=Path, help="database directory, e.g. tuning_logs/x86")
     s.set_defaults(func=c.cmd_prune_log)
 
-    s = add("merge-log", help="add a tuning database's records to another of the same machine class (grow shipped logs)")
+    s = add(
+        "merge-log", help="add a tuning database's records to another of the same machine class (grow shipped logs)"
+    )
     s.add_argument("src", type=Path, help="database directory to read, e.g. /tmp/run2/x86_64-...-2c")
     s.add_argument("dest", type=Path, help="database directory to add to, e.g. tuning_logs/x86_64-...-2c")
     s.set_defaults(func=c.cmd_merge_log)
 
-    s = add("bench", help="latency of the artifact vs PyTorch eager, ONNX Runtime and ExecuTorch, each in its own process")
+    s = add(
+        "bench", help="latency of the artifact vs PyTorch eager, ONNX Runtime and ExecuTorch, each in its own process"
+    )
     s.add_argument("artifact", type=Path)
     s.add_argument("--threads", type=_positive_int, help="threads for every engine (default: the target's cores)")
     s.add_argument("--rounds", type=_positive_int, default=15, help="rounds, engine order rotating (default 15)")
     s.add_argument("--runs", type=_positive_int, default=10, help="timed runs per engine per round (default 10)")
     s.add_argument("--warmup", type=_positive_int, default=10, help="warm-up runs per engine (default 10)")
-    s.add_argument("--engines", help="comma-separated, from tvmnet,pytorch,onnxruntime,executorch "
-                                     "(default: all of them installed here)")
+    s.add_argument(
+        "--engines",
+        help="comma-separated, from tvmnet,pytorch,onnxruntime,executorch (default: all of them installed here)",
+    )
     s.add_argument("--json", metavar="FILE", help="write the figures to FILE")
     s.set_defaults(func=c.cmd_bench)
 
@@ -175,21 +231,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runs", type=_positive_int, default=10, help="timed repeats on the device (default 10)")
     s.set_defaults(func=c.cmd_deploy)
 
-    s = add("sweep", help="the accuracy/latency trade-off on this hardware: build, validate and time alpha x resolution")
-    s.add_argument("--target", default="x86", help="preset name, JSON file or inline JSON dict (default x86: this host)")
-    s.add_argument("--alphas", default="1.0,0.75,0.5,0.25", help="width multipliers, comma-separated (default 1.0,0.75,0.5,0.25)")
-    s.add_argument("--resolutions", default="224,192,160,128",
-                   help="input sizes, multiples of 32, comma-separated (default 224,192,160,128)")
-    s.add_argument("--out", type=Path, default=Path("sweeps"),
-                   help="results root (default sweeps/); writes <out>/<machine class>/sweep.json, .csv, .png")
+    s = add(
+        "sweep", help="the accuracy/latency trade-off on this hardware: build, validate and time alpha x resolution"
+    )
+    s.add_argument(
+        "--target", default="x86", help="preset name, JSON file or inline JSON dict (default x86: this host)"
+    )
+    s.add_argument(
+        "--alphas", default="1.0,0.75,0.5,0.25", help="width multipliers, comma-separated (default 1.0,0.75,0.5,0.25)"
+    )
+    s.add_argument(
+        "--resolutions",
+        default="224,192,160,128",
+        help="input sizes, multiples of 32, comma-separated (default 224,192,160,128)",
+    )
+    s.add_argument(
+        "--out",
+        type=Path,
+        default=Path("sweeps"),
+        help="results root (default sweeps/); writes <out>/<machine class>/sweep.json, .csv, .png",
+    )
     s.add_argument("--force", action="store_true", help="measure pairs measured before again")
-    s.add_argument("--tune-minutes", type=float, default=0.0,
-                   help="tune each model first, at most M minutes, where this class's log lacks kernels of it "
-                        "(default 0: no tuning, the logs as they are)")
+    s.add_argument(
+        "--tune-minutes",
+        type=float,
+        default=0.0,
+        help="tune each model first, at most M minutes, where this class's log lacks kernels of it "
+        "(default 0: no tuning, the logs as they are)",
+    )
     s.add_argument("--samples", type=_positive_int, default=2, help="seeded inputs for the numerics check (default 2)")
     s.add_argument("--repeat", type=_positive_int, default=20, help="timed repeats per pair (default 20)")
-    s.add_argument("--min-repeat-ms", type=int, default=50,
-                   help="each repeat runs the model at least this long (default 50)")
+    s.add_argument(
+        "--min-repeat-ms", type=int, default=50, help="each repeat runs the model at least this long (default 50)"
+    )
     s.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the inputs (default 0)")
     s.add_argument("--no-progress", action="store_true", help="no tuning progress bar")
     _add_remote(s)

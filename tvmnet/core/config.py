@@ -1,4 +1,5 @@
 """Resolved, validated configuration objects (frozen dataclasses)."""
+
 from __future__ import annotations
 
 import math
@@ -16,7 +17,9 @@ def check_alpha(alpha: float) -> float:
     try:
         value = float(alpha)
     except (TypeError, ValueError) as err:
-        raise UsageError(f"alpha {alpha!r} is not a number; use a width multiplier in (0, 1], e.g. --alpha 0.5") from err
+        raise UsageError(
+            f"alpha {alpha!r} is not a number; use a width multiplier in (0, 1], e.g. --alpha 0.5"
+        ) from err
     if not math.isfinite(value) or not 0.0 < value <= 1.0:
         raise UsageError(f"alpha {alpha} is outside (0, 1]; use a width multiplier such as 1.0, 0.75, 0.5 or 0.25")
     return value
@@ -28,7 +31,9 @@ def check_resolution(resolution: int) -> int:
         if value != float(resolution):
             raise ValueError
     except (TypeError, ValueError) as err:
-        raise UsageError(f"resolution {resolution!r} is not an integer; use a multiple of 32 such as 224, 192, 160 or 128") from err
+        raise UsageError(
+            f"resolution {resolution!r} is not an integer; use a multiple of 32 such as 224, 192, 160 or 128"
+        ) from err
     if value < MIN_RESOLUTION or value % 32:
         raise UsageError(
             f"resolution {value} is not a positive multiple of 32 (at least {MIN_RESOLUTION}, "
@@ -68,5 +73,7 @@ class ModelConfig:
 
     def display(self) -> str:
         src = str(self.weights) if self.weights else f"seeded init (seed {self.seed})"
-        return (f"model: MobileNet v1 alpha={self.alpha:g} resolution={self.resolution} "
-                f"classes={self.num_classes} batch={self.batch} weights={src}")
+        return (
+            f"model: MobileNet v1 alpha={self.alpha:g} resolution={self.resolution} "
+            f"classes={self.num_classes} batch={self.batch} weights={src}"
+        )

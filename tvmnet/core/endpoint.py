@@ -1,6 +1,7 @@
 """Where a board is: an RPC server, or a tracker and a device key (``--rpc``, ``--tracker``,
 ``--key``), and the two guards every connection to one goes through: a TCP probe that fails
 fast with the fix, and a deadline on blocking TVM calls."""
+
 from __future__ import annotations
 
 import socket
@@ -41,8 +42,12 @@ class Endpoint:
 
 
 def endpoint_from_args(args) -> Endpoint:
-    return Endpoint(rpc=getattr(args, "rpc", None), tracker=getattr(args, "tracker", None),
-                    key=getattr(args, "key", None), timeout=getattr(args, "connect_timeout", 30.0))
+    return Endpoint(
+        rpc=getattr(args, "rpc", None),
+        tracker=getattr(args, "tracker", None),
+        key=getattr(args, "key", None),
+        timeout=getattr(args, "connect_timeout", 30.0),
+    )
 
 
 def probe(host: str, port: int, timeout: float, what: str) -> None:
@@ -50,8 +55,10 @@ def probe(host: str, port: int, timeout: float, what: str) -> None:
         with socket.create_connection((host, port), timeout=min(timeout, 10.0)):
             pass
     except OSError as err:
-        raise DeviceError(f"cannot reach {what} {host}:{port} ({err.strerror or err}); check the address and that "
-                          f"the server runs there (`tvmnet emulator start` for an emulated board)") from err
+        raise DeviceError(
+            f"cannot reach {what} {host}:{port} ({err.strerror or err}); check the address and that "
+            f"the server runs there (`tvmnet emulator start` for an emulated board)"
+        ) from err
 
 
 def with_deadline(fn, timeout: float, what: str):
@@ -68,8 +75,10 @@ def with_deadline(fn, timeout: float, what: str):
     t.start()
     t.join(timeout)
     if t.is_alive():
-        raise DeviceError(f"{what} did not answer within {timeout:g} s (busy with another session, or hung); "
-                          "retry later or raise --connect-timeout")
+        raise DeviceError(
+            f"{what} did not answer within {timeout:g} s (busy with another session, or hung); "
+            "retry later or raise --connect-timeout"
+        )
     if "error" in box:
         err = box["error"]
         raise DeviceError(f"{what} failed: {err_line(err)}") from err

@@ -2,6 +2,7 @@
 
 Every message says what was given, what is allowed, and how to fix it, on one line.
 """
+
 from __future__ import annotations
 
 

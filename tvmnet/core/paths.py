@@ -1,4 +1,5 @@
 """Where tvmnet's data folders live (the repository root: targets/, tuning_logs/), and file digests."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(os.environ.get("TVMNET_HOME", Path(__file__).resolve().parents[2]))
 TARGETS_DIR = ROOT / "targets"
-TUNING_LOGS_DIR = Path(os.environ.get("TVMNET_TUNING_LOGS", ROOT / "tuning_logs"))   # the shipped logs
+TUNING_LOGS_DIR = Path(os.environ.get("TVMNET_TUNING_LOGS", ROOT / "tuning_logs"))  # the shipped logs
 CACHE_DIR = Path(os.environ.get("TVMNET_CACHE", Path.home() / ".cache" / "tvmnet"))
 
 

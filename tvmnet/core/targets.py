@@ -5,6 +5,7 @@ tvmnet needs to build and run for it: ``arch`` (ELF machine of the library), ``d
 (``cpu`` or ``cuda``), the ``cross_compiler`` for ARM, the x86 ``cpu_flags`` the code needs.
 The value ``"@host"`` for ``mcpu`` or ``num-cores`` is replaced by this machine's.
 """
+
 from __future__ import annotations
 
 import copy
@@ -63,7 +64,7 @@ def cpu_model() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    try:   # aarch64 /proc/cpuinfo has no model name; lscpu knows the core's name
+    try:  # aarch64 /proc/cpuinfo has no model name; lscpu knows the core's name
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
         for line in out.splitlines():
             if line.startswith("Model name:"):
@@ -108,8 +109,10 @@ class TargetSpec:
                 return tvm.target.Target(self.target, host=self.host)
             return tvm.target.Target(self.target)
         except Exception as err:
-            raise TargetError(f"TVM rejects target {self.name} ({json.dumps(self.target)}): "
-                              f"{err_line(err, last=False)}; fix the target dict") from err
+            raise TargetError(
+                f"TVM rejects target {self.name} ({json.dumps(self.target)}): "
+                f"{err_line(err, last=False)}; fix the target dict"
+            ) from err
 
     @property
     def is_cpu(self) -> bool:
@@ -127,16 +130,32 @@ class TargetSpec:
         return self.arch != platform.machine()
 
     def to_json(self) -> dict:
-        return {"name": self.name, "description": self.description, "target": self.target, "host": self.host,
-                "arch": self.arch, "device": self.device, "cross_compiler": self.cross_compiler,
-                "cpu_flags": list(self.cpu_flags), "qemu_cpu": self.qemu_cpu}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "target": self.target,
+            "host": self.host,
+            "arch": self.arch,
+            "device": self.device,
+            "cross_compiler": self.cross_compiler,
+            "cpu_flags": list(self.cpu_flags),
+            "qemu_cpu": self.qemu_cpu,
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> "TargetSpec":
         """The spec recorded by ``to_json`` (e.g. in an artifact's metadata)."""
-        return cls(name=d["name"], description=d.get("description", ""), target=d["target"], host=d.get("host"),
-                   arch=d["arch"], device=d["device"], cross_compiler=d.get("cross_compiler"),
-                   cpu_flags=tuple(d.get("cpu_flags", ())), qemu_cpu=d.get("qemu_cpu"))
+        return cls(
+            name=d["name"],
+            description=d.get("description", ""),
+            target=d["target"],
+            host=d.get("host"),
+            arch=d["arch"],
+            device=d["device"],
+            cross_compiler=d.get("cross_compiler"),
+            cpu_flags=tuple(d.get("cpu_flags", ())),
+            qemu_cpu=d.get("qemu_cpu"),
+        )
 
     def vector_isa(self) -> str:
         """The vector ISA the target's code may use: avx512 / avx2 / sse (x86), neon or
@@ -163,7 +182,13 @@ class TargetSpec:
         mcpu = str(self.target.get("mcpu") or "generic")
         isa = self.vector_isa()
         cores = int(self.target.get("num-cores") or 1)
-        return {"key": f"{self.arch}-{mcpu}-{isa}-{cores}c", "arch": self.arch, "mcpu": mcpu, "isa": isa, "cores": cores}
+        return {
+            "key": f"{self.arch}-{mcpu}-{isa}-{cores}c",
+            "arch": self.arch,
+            "mcpu": mcpu,
+            "isa": isa,
+            "cores": cores,
+        }
 
     def use_threads(self) -> None:
         """Make TVM's CPU thread pool (here and in processes started from here) use the
@@ -175,10 +200,14 @@ class TargetSpec:
         """Fail early, with the install command, if the target's compiler is missing."""
         if self.cross_compiler and shutil.which(self.cross_compiler) is None:
             pkg = self.toolchain_package or self.cross_compiler
-            raise ToolchainError(f"target {self.name} needs the cross compiler {self.cross_compiler}, which is not on PATH; "
-                                 f"install it with `apt-get install {pkg}` (the README's setup does)")
+            raise ToolchainError(
+                f"target {self.name} needs the cross compiler {self.cross_compiler}, which is not on PATH; "
+                f"install it with `apt-get install {pkg}` (the README's setup does)"
+            )
         if self.device == "cuda" and shutil.which("nvcc") is None:
-            raise ToolchainError(f"target {self.name} needs nvcc (CUDA toolkit) on PATH to build; install the CUDA toolkit")
+            raise ToolchainError(
+                f"target {self.name} needs nvcc (CUDA toolkit) on PATH to build; install the CUDA toolkit"
+            )
 
     def host_mismatch(self) -> Optional[str]:
         """Why this machine cannot run code built for the target, or None if it can."""
@@ -204,8 +233,10 @@ def _from_dict(name: str, data: dict, seen=()) -> TargetSpec:
         data = {"target": data}
     tgt = data.get("target")
     if not isinstance(tgt, dict) or "kind" not in tgt:
-        raise TargetError(f"target {name} has no TVM target dict with a \"kind\"; write e.g. "
-                          '{"kind": "llvm", "mcpu": "znver4", "num-cores": 2}')
+        raise TargetError(
+            f'target {name} has no TVM target dict with a "kind"; write e.g. '
+            '{"kind": "llvm", "mcpu": "znver4", "num-cores": 2}'
+        )
     kind = tgt["kind"]
     device = data.get("device", "cuda" if kind == "cuda" else "cpu")
     if kind not in ("llvm", "cuda"):
@@ -219,9 +250,18 @@ def _from_dict(name: str, data: dict, seen=()) -> TargetSpec:
     triple = target.get("mtriple", "")
     arch = data.get("arch") or ("aarch64" if triple.startswith("aarch64") else platform.machine())
     return TargetSpec(
-        name=name, description=data.get("description", "custom target"), target=target, host=host, arch=arch,
-        device=device, cross_compiler=data.get("cross_compiler"), toolchain_package=data.get("toolchain_package"),
-        cpu_flags=tuple(data.get("cpu_flags", ())), qemu_cpu=data.get("qemu_cpu"), raw=data)
+        name=name,
+        description=data.get("description", "custom target"),
+        target=target,
+        host=host,
+        arch=arch,
+        device=device,
+        cross_compiler=data.get("cross_compiler"),
+        toolchain_package=data.get("toolchain_package"),
+        cpu_flags=tuple(data.get("cpu_flags", ())),
+        qemu_cpu=data.get("qemu_cpu"),
+        raw=data,
+    )
 
 
 def load_target(spec: str, _seen=()) -> TargetSpec:
@@ -238,18 +278,24 @@ def load_target(spec: str, _seen=()) -> TargetSpec:
         try:
             data = json.loads(spec)
         except ValueError as err:
-            raise TargetError(f"inline target is not valid JSON ({err}); write e.g. "
-                              '\'{"kind": "llvm", "mcpu": "znver4", "num-cores": 2}\'') from err
+            raise TargetError(
+                f"inline target is not valid JSON ({err}); write e.g. "
+                '\'{"kind": "llvm", "mcpu": "znver4", "num-cores": 2}\''
+            ) from err
         digest = hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
         return _from_dict(f"custom-{digest}", data, _seen)
     path = Path(spec)
     if path.suffix == ".json" or path.is_file():
         if not path.is_file():
-            raise TargetError(f"target file {path} does not exist; give a preset ({', '.join(names)}), "
-                              "a JSON file or an inline JSON dict")
+            raise TargetError(
+                f"target file {path} does not exist; give a preset ({', '.join(names)}), "
+                "a JSON file or an inline JSON dict"
+            )
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise TargetError(f"target file {path} is not valid JSON: {err}") from err
         return _from_dict(path.stem, data, _seen)
-    raise TargetError(f"unknown target {spec!r}; choose a preset ({', '.join(names)}), a JSON file or an inline JSON dict")
+    raise TargetError(
+        f"unknown target {spec!r}; choose a preset ({', '.join(names)}), a JSON file or an inline JSON dict"
+    )

@@ -24,6 +24,7 @@ each), and the fastest there, if it beats the
 current schedule by more than the noise, goes into the class's ``in_situ/`` database, which
 ``compile`` consults before the main log. Its records' times are in-place times.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,18 +41,19 @@ from tvmnet.insitu.replay import Replay, candidate_args, vm_name
 
 log = logging.getLogger(__name__)
 
-GAIN = 0.03               # a candidate must beat the current kernel in place by this much
-CONFIRM = 5               # rounds of the current vs the best, in turn, before a pick
-ROUNDS = 3                # candidates timed in this many interleaved rounds ...
-RUNS_PER_ROUND = 20       # ... of this many model replays each
-NEAREST = 8               # candidates from this class's log: the same layer of the 8 nearest models
-OWN_TOP = 4               # ... and the kernel's own 4 best records there
+GAIN = 0.03  # a candidate must beat the current kernel in place by this much
+CONFIRM = 5  # rounds of the current vs the best, in turn, before a pick
+ROUNDS = 3  # candidates timed in this many interleaved rounds ...
+RUNS_PER_ROUND = 20  # ... of this many model replays each
+NEAREST = 8  # candidates from this class's log: the same layer of the 8 nearest models
+OWN_TOP = 4  # ... and the kernel's own 4 best records there
 
 
 @dataclass
 class Seed:
     """A candidate that is no record yet (one of our GEMM micro-kernels): its trace is all a
     pick commits."""
+
     trace: object
 
 
@@ -75,9 +77,17 @@ class RefineResult:
     seconds: float = 0.0
 
 
-def refine_model(model, spec, trials: int = 32, top: int = 16, kernels: Optional[str] = None,
-                 min_ratio: float = 1.25, log_dir: Optional[Path] = None, scratch: Optional[Path] = None,
-                 say=print) -> RefineResult:
+def refine_model(
+    model,
+    spec,
+    trials: int = 32,
+    top: int = 16,
+    kernels: Optional[str] = None,
+    min_ratio: float = 1.25,
+    log_dir: Optional[Path] = None,
+    scratch: Optional[Path] = None,
+    say=print,
+) -> RefineResult:
     """See the module docstring. ``kernels``: only kernels whose name contains it (default:
     those ``min_ratio`` x slower in place than alone)."""
     from tvmnet.tune.classes import IN_SITU_DIR
@@ -87,12 +97,16 @@ def refine_model(model, spec, trials: int = 32, top: int = 16, kernels: Optional
         raise UsageError("--trials must be at least 0 and --top at least 1")
     why = spec.host_mismatch()
     if why or not spec.is_cpu:
-        raise UsageError(f"refine times kernels inside the model on this machine's CPU; target {spec.name} "
-                         f"{'cannot run here (' + why + ')' if why else 'is not a CPU target'}")
+        raise UsageError(
+            f"refine times kernels inside the model on this machine's CPU; target {spec.name} "
+            f"{'cannot run here (' + why + ')' if why else 'is not a CPU target'}"
+        )
     started = time.perf_counter()
     db_path = database_dir(spec, log_dir)
     if not (db_path / RECORD_FILE).is_file():
-        raise UsageError(f"no tuning log for this machine class in {db_path}; run `tvmnet tune --target {spec.name}` first")
+        raise UsageError(
+            f"no tuning log for this machine class in {db_path}; run `tvmnet tune --target {spec.name}` first"
+        )
     res = RefineResult(database=db_path / IN_SITU_DIR)
     work = Path(tempfile.mkdtemp(prefix="tvmnet-refine-"))
     try:
@@ -127,19 +141,24 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
     scratch = Path(scratch) if scratch else work / "scratch"
     logs = db_path if log_dir else "auto"
     say(f"compiling {model.display()} with the current logs")
-    art = compile_model(CompileOptions(model=model, target=spec, output=work / "before", tuning_log=logs),
-                        progress=lambda m: log.info(m))
+    art = compile_model(
+        CompileOptions(model=model, target=spec, output=work / "before", tuning_log=logs),
+        progress=lambda m: log.info(m),
+    )
     rp = Replay(art)
     names = rp.names()
     alone = rp.alone_us()
     before = rp.in_place_us()
     res.e2e_before_ms = rp.vm_ms()
-    say(f"end to end {res.e2e_before_ms:.3f} ms; kernels {sum(alone.values()) / 1e3:.3f} ms alone, "
-        f"{sum(before.values()) / 1e3:.3f} ms in place")
+    say(
+        f"end to end {res.e2e_before_ms:.3f} ms; kernels {sum(alone.values()) / 1e3:.3f} ms alone, "
+        f"{sum(before.values()) / 1e3:.3f} ms in place"
+    )
 
     mod, *_ = import_model(model)
-    layout, lowered, choice = _lower_and_choose_logs(mod, CompileOptions(model=model, target=spec, output=work / "x",
-                                                                         tuning_log=logs))
+    layout, lowered, choice = _lower_and_choose_logs(
+        mod, CompileOptions(model=model, target=spec, output=work / "x", tuning_log=logs)
+    )
     tasks = {t.task_name: t for t in extract_tasks(lowered, spec)}
     todo = []
     for tname in tasks:
@@ -152,39 +171,61 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
         elif before[vname] >= min_ratio * alone[vname] and before[vname] - alone[vname] >= 2.0:
             todo.append((tname, vname))
     if not todo:
-        raise UsageError(f"no kernel {'named like ' + repr(kernels) if kernels else f'runs {min_ratio:g}x slower in place than alone'}"
-                         "; nothing to refine")
+        raise UsageError(
+            f"no kernel {'named like ' + repr(kernels) if kernels else f'runs {min_ratio:g}x slower in place than alone'}"
+            "; nothing to refine"
+        )
     todo.sort(key=lambda p: -(before[p[1]] - alone[p[1]]))
-    say(f"{len(todo)} kernel(s) to refine: " + ", ".join(f"{v} ({before[v]:.0f} us in place, {alone[v]:.0f} alone)"
-                                                         for _, v in todo))
+    say(
+        f"{len(todo)} kernel(s) to refine: "
+        + ", ".join(f"{v} ({before[v]:.0f} us in place, {alone[v]:.0f} alone)" for _, v in todo)
+    )
     target = spec.tvm_target()
     isa = spec.vector_isa()
     builder = make_builder(spec)
     main_db = open_database(db_path)
-    pool = kernel_pool(main_db)   # other models' kernels of this class: their schedules are candidates too
+    pool = kernel_pool(main_db)  # other models' kernels of this class: their schedules are candidates too
     out_db = open_database(res.database, create=True)
     for k, (tname, vname) in enumerate(todo, 1):
         task = tasks[tname]
         fmod = task.dispatched[0]
         recs = nearest_kernel_records(main_db, fmod, NEAREST, pool)
-        say(f"[{k}/{len(todo)}] {vname}" + (f": searching {trials} schedules (MetaSchedule, scratch database)"
-                                             if trials else ""))
+        say(
+            f"[{k}/{len(todo)}] {vname}"
+            + (f": searching {trials} schedules (MetaSchedule, scratch database)" if trials else "")
+        )
         if trials:
-            tune_model(TuneOptions(model=model, target=spec, trials=trials, log_dir=scratch, kernels=tname,
-                                   layout=layout, progress=False, warm_start=False), say=lambda m: log.info(m))
+            tune_model(
+                TuneOptions(
+                    model=model,
+                    target=spec,
+                    trials=trials,
+                    log_dir=scratch,
+                    kernels=tname,
+                    layout=layout,
+                    progress=False,
+                    warm_start=False,
+                ),
+                say=lambda m: log.info(m),
+            )
             sdb = open_database(database_dir(spec, scratch))
             if sdb.has_workload(fmod):
                 recs += list(sdb.get_top_k(sdb.commit_workload(fmod), top))
         cur = best_record(choice.database, task, target) if choice.database is not None else None
-        recs += [r for r in (best_record(main_db, task, target), cur) if r is not None]   # the log's best, the pick
-        if main_db.has_workload(fmod):   # and its runners-up: alone, they were within the tuner's noise of it
+        recs += [r for r in (best_record(main_db, task, target), cur) if r is not None]  # the log's best, the pick
+        if main_db.has_workload(fmod):  # and its runners-up: alone, they were within the tuner's noise of it
             recs += list(main_db.get_top_k(main_db.commit_workload(fmod), OWN_TOP))
         pairs = replay_on(fmod, recs, tname)
         known = {str(r.trace) for _, r in pairs}
-        pairs += [(sch, Seed(sch.trace)) for sch in packed_seeds(task, work / "seed-contexts", isa)
-                  if str(sch.trace) not in known]   # GEMMs: our micro-kernel grid, weights packed
+        pairs += [
+            (sch, Seed(sch.trace))
+            for sch in packed_seeds(task, work / "seed-contexts", isa)
+            if str(sch.trace) not in known
+        ]  # GEMMs: our micro-kernel grid, weights packed
         mods, recs = [sch.mod for sch, _ in pairs], [r for _, r in pairs]
-        if prefetched_kernel(spec.arch, tname):   # built as compile builds it (packed weights, PrefetchWeights), else it loses to it
+        if prefetched_kernel(
+            spec.arch, tname
+        ):  # built as compile builds it (packed weights, PrefetchWeights), else it loses to it
             mods = [as_compiled(m) for m in mods]
         built = builder.build([ms.builder.BuilderInput(m, target) for m in mods])
         runnable = []
@@ -196,11 +237,11 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
             args_for = candidate_args(m, rp.device)
             try:
                 rp.candidate_us(vname, func, args_for, runs=2)
-            except Exception as err:   # noqa: BLE001 - a candidate that cannot run in place is skipped
+            except Exception as err:  # noqa: BLE001 - a candidate that cannot run in place is skipped
                 log.info("candidate skipped: %s", err)
                 continue
             runnable.append((r, func, args_for, m))
-        cur_func = next(c.func for c in rp.calls if c.name == vname)   # as compiled
+        cur_func = next(c.func for c in rp.calls if c.name == vname)  # as compiled
         # every candidate and the current kernel timed in ROUNDS interleaved rounds, the median
         # of each: the VM's speed drifts by 10-30% within minutes, one block per candidate
         # compared candidates timed at different speeds
@@ -218,9 +259,10 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
         # the bar: the current schedule built the same way as the candidates (else as compiled)
         bar = min(now, baseline) if baseline is not None else now
         best = min(times, key=lambda t: t[0]) if times else None
-        picked = (best is not None and (cur is None or str(best[1].trace) != str(cur.trace))
-                  and best[0] < bar * (1 - GAIN))
-        if picked:   # confirm against drift: the current and the best timed in turn, 5 times each
+        picked = (
+            best is not None and (cur is None or str(best[1].trace) != str(cur.trace)) and best[0] < bar * (1 - GAIN)
+        )
+        if picked:  # confirm against drift: the current and the best timed in turn, 5 times each
             a, b = [], []
             for _ in range(CONFIRM):
                 a.append(rp.candidate_us(vname, cur_func, lambda x: x, runs=30))
@@ -231,23 +273,37 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
         if picked:
             us, rec, func, args_for, smod = best
             n_calls = sum(c.name == vname for c in rp.calls)
-            if drop_kernel_records(res.database, fmod):   # the newest pick replaces an older one
+            if drop_kernel_records(res.database, fmod):  # the newest pick replaces an older one
                 out_db = open_database(res.database, create=True)
-            out_db.commit_tuning_record(ms.database.TuningRecord(
-                rec.trace, out_db.commit_workload(fmod), [us / n_calls * 1e-6], target,
-                ms.arg_info.ArgInfo.from_entry_func(smod, remove_preproc=True)))
+            out_db.commit_tuning_record(
+                ms.database.TuningRecord(
+                    rec.trace,
+                    out_db.commit_workload(fmod),
+                    [us / n_calls * 1e-6],
+                    target,
+                    ms.arg_info.ArgInfo.from_entry_func(smod, remove_preproc=True),
+                )
+            )
             rp.replace(vname, func, args_for)
         after = best[0] if picked else now
-        res.kernels.append(KernelResult(vname, sum(c.name == vname for c in rp.calls), alone[vname], now, after,
-                                        len(times), picked))
-        rebuilt = (f" (its schedule rebuilt as a candidate: {baseline:.1f} us)"
-                   if baseline is not None and not picked else "")
-        say(f"    in place: {now:.1f} us now{rebuilt}, best of {len(times)} candidates {best[0]:.1f} us"
-            f" -> {'picked' if picked else 'kept the current schedule'}" if best else "    no candidate ran")
+        res.kernels.append(
+            KernelResult(vname, sum(c.name == vname for c in rp.calls), alone[vname], now, after, len(times), picked)
+        )
+        rebuilt = (
+            f" (its schedule rebuilt as a candidate: {baseline:.1f} us)" if baseline is not None and not picked else ""
+        )
+        say(
+            f"    in place: {now:.1f} us now{rebuilt}, best of {len(times)} candidates {best[0]:.1f} us"
+            f" -> {'picked' if picked else 'kept the current schedule'}"
+            if best
+            else "    no candidate ran"
+        )
     if any(k.picked for k in res.kernels):
         say("compiling again with the picks, timing before and after in turn")
-        art2 = compile_model(CompileOptions(model=model, target=spec, output=work / "after",
-                                            tuning_log=logs), progress=lambda m: log.info(m))
+        art2 = compile_model(
+            CompileOptions(model=model, target=spec, output=work / "after", tuning_log=logs),
+            progress=lambda m: log.info(m),
+        )
         rp2 = Replay(load_artifact(art2.path))
         b, a = [], []
         for _ in range(8):

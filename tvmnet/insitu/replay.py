@@ -3,6 +3,7 @@ and the very tensors they get), then calls them again in order from Python: the 
 the same buffers, so each kernel is timed in place (the replay takes as long as the VM run,
 within 3%). A candidate for one kernel replaces it in the sequence and only its calls are timed.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -40,8 +41,10 @@ class Replay:
         spec = TargetSpec.from_json(artifact.target)
         why = spec.host_mismatch()
         if why or spec.device != "cpu":
-            raise UsageError(f"in-place timing runs the model on this machine's CPU, and {artifact.path} "
-                             f"{'cannot run here: ' + why if why else 'is not a CPU build'}")
+            raise UsageError(
+                f"in-place timing runs the model on this machine's CPU, and {artifact.path} "
+                f"{'cannot run here: ' + why if why else 'is not a CPU build'}"
+            )
         spec.use_threads()
         self.device = tvm.cpu(0)
         self.artifact = artifact
@@ -146,8 +149,10 @@ def candidate_args(mod, device):
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    shapes = [tuple(int(s) for s in info.as_json()[2]) for info in
-              ms.arg_info.ArgInfo.from_entry_func(mod, remove_preproc=True)]
+    shapes = [
+        tuple(int(s) for s in info.as_json()[2])
+        for info in ms.arg_info.ArgInfo.from_entry_func(mod, remove_preproc=True)
+    ]
     fresh: dict = {}
 
     def args_for(old):
@@ -159,8 +164,9 @@ def candidate_args(mod, device):
                 out.append(arg)
             else:
                 if k not in fresh:
-                    fresh[k] = tvm.runtime.tensor(0.05 * np.random.default_rng(k).standard_normal(shape, dtype=np.float32),
-                                                  device)
+                    fresh[k] = tvm.runtime.tensor(
+                        0.05 * np.random.default_rng(k).standard_normal(shape, dtype=np.float32), device
+                    )
                 out.append(fresh[k])
         return out
 

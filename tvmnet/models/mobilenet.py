@@ -7,6 +7,7 @@ The model returns logits (the paper's final softmax is left to the user).
 The width multiplier ``alpha`` scales every layer's channel count (the first conv included);
 the resolution multiplier is given as the input size.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,8 +22,21 @@ from tvmnet.core.errors import WeightsError, err_line
 
 #: (stride, output channels) of the 13 depthwise-separable blocks, from Table 1.
 #: The paper lists the 13th depthwise conv as "s2", a known typo: the 7x7 map stays 7x7.
-BLOCKS = [(1, 64), (2, 128), (1, 128), (2, 256), (1, 256), (2, 512),
-          (1, 512), (1, 512), (1, 512), (1, 512), (1, 512), (2, 1024), (1, 1024)]
+BLOCKS = [
+    (1, 64),
+    (2, 128),
+    (1, 128),
+    (2, 256),
+    (1, 256),
+    (2, 512),
+    (1, 512),
+    (1, 512),
+    (1, 512),
+    (1, 512),
+    (1, 512),
+    (2, 1024),
+    (1, 1024),
+]
 STEM_CHANNELS = 32
 
 
@@ -89,7 +103,7 @@ def _live_init(model: MobileNetV1, resolution: int, seed: int) -> None:
                 module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.2)
                 module.momentum = 1.0
             elif isinstance(module, nn.Linear):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) / module.in_features ** 0.5)
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) / module.in_features**0.5)
                 module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
         model.train()
         model(torch.randn((16, 3, resolution, resolution), generator=gen))
@@ -103,22 +117,29 @@ def load_weights(model: nn.Module, path: Path, config: Optional[ModelConfig] = N
     """Load a PyTorch state_dict checkpoint (``weights_only=True``) into ``model``."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist; pass a state_dict saved with torch.save(model.state_dict(), PATH)")
+        raise WeightsError(
+            f"weights file {path} does not exist; pass a state_dict saved with torch.save(model.state_dict(), PATH)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt files
-        raise WeightsError(f"cannot read weights {path}: {err_line(err, last=False)}; pass a state_dict saved with torch.save") from err
+        raise WeightsError(
+            f"cannot read weights {path}: {err_line(err, last=False)}; pass a state_dict saved with torch.save"
+        ) from err
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"weights {path} is not a state_dict of tensors; save it with torch.save(model.state_dict(), PATH)")
+        raise WeightsError(
+            f"weights {path} is not a state_dict of tensors; save it with torch.save(model.state_dict(), PATH)"
+        )
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         raise WeightsError(
             f"weights {path} do not fit tvmnet's MobileNet v1: {len(missing)} missing key(s) (e.g. {missing[:1]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:1]}); export them from tvmnet.models.MobileNetV1")
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:1]}); export them from tvmnet.models.MobileNetV1"
+        )
     for key, tensor in own.items():
         if tuple(state[key].shape) != tuple(tensor.shape):
             hint = ""
@@ -126,7 +147,8 @@ def load_weights(model: nn.Module, path: Path, config: Optional[ModelConfig] = N
                 hint = f" (built for alpha={config.alpha:g}, classes={config.num_classes})"
             raise WeightsError(
                 f"weights {path}: {key} has shape {tuple(state[key].shape)} but the model{hint} expects "
-                f"{tuple(tensor.shape)}; pass the --alpha/--num-classes the checkpoint was trained with")
+                f"{tuple(tensor.shape)}; pass the --alpha/--num-classes the checkpoint was trained with"
+            )
     model.load_state_dict(state)
 
 
@@ -178,6 +200,15 @@ def layer_table(config: ModelConfig) -> List[Layer]:
         conv(f"block{i}.pw", "conv 1x1", c, cout, 1, 1, 1)
         c = cout
     rows.append(Layer("pool", "avg pool", 1, (c, h, h), (c, 1, 1), 0, 0))
-    rows.append(Layer("fc", "fully connected", 1, (c,), (config.num_classes,), c * config.num_classes,
-                      c * config.num_classes + config.num_classes))
+    rows.append(
+        Layer(
+            "fc",
+            "fully connected",
+            1,
+            (c,),
+            (config.num_classes,),
+            c * config.num_classes,
+            c * config.num_classes + config.num_classes,
+        )
+    )
     return rows

@@ -1,4 +1,5 @@
 """Shared plumbing of tvmnet's module passes."""
+
 from __future__ import annotations
 
 from typing import Callable

@@ -16,6 +16,7 @@ The rewrite is symbolic, so it works whether the weights are constants or functi
 parameters; with constant weights a following ``FoldConstant`` turns the scale arithmetic
 into new constant weights and a constant bias, leaving ``conv2d -> add -> relu``.
 """
+
 from __future__ import annotations
 
 import tvm
@@ -37,8 +38,13 @@ def _rewrite_function(func: relax.Function) -> relax.Function:
     def rewriter(expr, matches):
         conv, bn = matches[conv_pat], matches[bn_pat]
         cattrs, battrs = conv.attrs, bn.attrs
-        if (cattrs.data_layout != "NCHW" or cattrs.kernel_layout != "OIHW" or cattrs.out_layout != "NCHW"
-                or int(battrs.axis) not in (1, -3) or bool(battrs.training)):
+        if (
+            cattrs.data_layout != "NCHW"
+            or cattrs.kernel_layout != "OIHW"
+            or cattrs.out_layout != "NCHW"
+            or int(battrs.axis) not in (1, -3)
+            or bool(battrs.training)
+        ):
             return expr
         x, weight = conv.args
         _, gamma, beta, mean, var = bn.args
@@ -46,9 +52,17 @@ def _rewrite_function(func: relax.Function) -> relax.Function:
         scale = relax.op.divide(gamma, relax.op.sqrt(relax.op.add(var, relax.const(float(battrs.epsilon), "float32"))))
         new_weight = relax.op.multiply(weight, relax.op.reshape(scale, (out_channels, 1, 1, 1)))
         new_conv = relax.op.nn.conv2d(
-            x, new_weight, strides=cattrs.strides, padding=cattrs.padding, dilation=cattrs.dilation,
-            groups=cattrs.groups, data_layout="NCHW", kernel_layout="OIHW", out_layout="NCHW",
-            out_dtype=cattrs.out_dtype)
+            x,
+            new_weight,
+            strides=cattrs.strides,
+            padding=cattrs.padding,
+            dilation=cattrs.dilation,
+            groups=cattrs.groups,
+            data_layout="NCHW",
+            kernel_layout="OIHW",
+            out_layout="NCHW",
+            out_dtype=cattrs.out_dtype,
+        )
         bias = relax.op.subtract(beta, relax.op.multiply(mean, scale))
         return relax.op.add(new_conv, relax.op.reshape(bias, (1, out_channels, 1, 1)))
 

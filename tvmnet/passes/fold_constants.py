@@ -13,6 +13,7 @@ permute_dims, reshape on float constants) with NumPy in the calls' own dtype, so
 divide and sqrt are correctly rounded in both, so the folded weights are the same bits
 ``FoldConstant`` would produce. Any other call on constants is left to ``FoldConstant``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,8 +23,7 @@ from tvm.ir.expr import Constant
 
 from tvmnet.passes._common import rewrite_relax_functions
 
-_BINARY = {"relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply,
-           "relax.divide": np.divide}
+_BINARY = {"relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply, "relax.divide": np.divide}
 _UNARY = {"relax.sqrt": np.sqrt}
 _OPS = {*_BINARY, *_UNARY, "relax.permute_dims", "relax.reshape"}
 

@@ -11,6 +11,7 @@ Phase 3 ``schedule``: apply tuned records from the database; default GPU schedul
 
 A pass that does not apply to a target is an empty ``Sequential([])``, not an ``if``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,43 +40,52 @@ def to_nhwc() -> tvm.transform.Pass:
     """NCHW/OIHW convolutions -> NHWC/OHWI. Relax inserts one transpose after the input, which
     ``StemReadsNCHW`` folds into the first conv, and one before the pooled features (1x1
     spatially: a copy); the weight transposes are constants and fold away."""
-    return tvm.transform.Sequential([
-        T.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}),
-        T.CanonicalizeBindings(),
-        FoldWeightArithmetic(),
-        T.FoldConstant(),
-        StemReadsNCHW(),
-        T.DeadCodeElimination(),
-    ], name="tvmnet.nhwc")
+    return tvm.transform.Sequential(
+        [
+            T.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}),
+            T.CanonicalizeBindings(),
+            FoldWeightArithmetic(),
+            T.FoldConstant(),
+            StemReadsNCHW(),
+            T.DeadCodeElimination(),
+        ],
+        name="tvmnet.nhwc",
+    )
 
 
 def graph_passes(gemm: bool = True, layout: str = "NCHW") -> tvm.transform.Pass:
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
-    return tvm.transform.Sequential([
-        FoldBatchNorm(),
-        FoldWeightArithmetic(),         # the weight arithmetic in NumPy: FoldConstant builds a kernel per call
-        T.FoldConstant(),
-        to_nhwc() if layout == "NHWC" else _EMPTY,
-        PointwiseToGemm() if gemm else _EMPTY,
-        T.DecomposeOpsForInference(),   # any batch_norm not after a conv
-        T.CanonicalizeBindings(),
-        FoldWeightArithmetic(),
-        T.FoldConstant(),
-    ], name="tvmnet.graph")
+    return tvm.transform.Sequential(
+        [
+            FoldBatchNorm(),
+            FoldWeightArithmetic(),  # the weight arithmetic in NumPy: FoldConstant builds a kernel per call
+            T.FoldConstant(),
+            to_nhwc() if layout == "NHWC" else _EMPTY,
+            PointwiseToGemm() if gemm else _EMPTY,
+            T.DecomposeOpsForInference(),  # any batch_norm not after a conv
+            T.CanonicalizeBindings(),
+            FoldWeightArithmetic(),
+            T.FoldConstant(),
+        ],
+        name="tvmnet.graph",
+    )
 
 
 def lower_passes(is_cpu: bool) -> tvm.transform.Pass:
-    return tvm.transform.Sequential([
-        T.LegalizeOps(),
-        T.AnnotateTIROpPattern(),
-        T.FoldConstant(),
-        T.FuseOps(),
-        T.FuseTIR(),
-        T.RewriteDataflowReshape(),     # reshape kernels -> free views, so they are not tuned
-        T.DeadCodeElimination(),
-        T.AttachAttrLayoutFreeBuffers() if is_cpu else _EMPTY,
-    ], name="tvmnet.lower")
+    return tvm.transform.Sequential(
+        [
+            T.LegalizeOps(),
+            T.AnnotateTIROpPattern(),
+            T.FoldConstant(),
+            T.FuseOps(),
+            T.FuseTIR(),
+            T.RewriteDataflowReshape(),  # reshape kernels -> free views, so they are not tuned
+            T.DeadCodeElimination(),
+            T.AttachAttrLayoutFreeBuffers() if is_cpu else _EMPTY,
+        ],
+        name="tvmnet.lower",
+    )
 
 
 def lower_to_tir(mod: tvm.IRModule, spec, gemm: bool = True, layout: Optional[str] = None) -> tvm.IRModule:
@@ -114,14 +124,25 @@ def finalize(mod: tvm.IRModule, spec, database=None) -> tvm.IRModule:
     """Phase 3: apply tuned records (if any), default GPU schedules, CPU weight pre-packing,
     then (x86) the GEMMs' strip-ahead weight prefetches."""
     with spec.tvm_target():
-        seq = tvm.transform.Sequential([
-            T.MetaScheduleApplyDatabase(enable_warning=False) if database is not None else _EMPTY,
-            _gpu_default_schedule() if not spec.is_cpu else _EMPTY,
-            tvm.transform.Sequential([T.SplitLayoutRewritePreproc(), T.LiftTransformParams(), T.FoldConstant(),
-                                     T.CanonicalizeBindings(), T.DeadCodeElimination()])
-            if spec.is_cpu and database is not None else _EMPTY,
-            PrefetchWeights if prefetches_on(spec.arch) and database is not None else _EMPTY,
-        ], name="tvmnet.schedule")
+        seq = tvm.transform.Sequential(
+            [
+                T.MetaScheduleApplyDatabase(enable_warning=False) if database is not None else _EMPTY,
+                _gpu_default_schedule() if not spec.is_cpu else _EMPTY,
+                tvm.transform.Sequential(
+                    [
+                        T.SplitLayoutRewritePreproc(),
+                        T.LiftTransformParams(),
+                        T.FoldConstant(),
+                        T.CanonicalizeBindings(),
+                        T.DeadCodeElimination(),
+                    ]
+                )
+                if spec.is_cpu and database is not None
+                else _EMPTY,
+                PrefetchWeights if prefetches_on(spec.arch) and database is not None else _EMPTY,
+            ],
+            name="tvmnet.schedule",
+        )
         if database is not None:
             with database:
                 return seq(mod)

@@ -25,6 +25,7 @@ GEMM output so that ``FuseOps`` puts them in the matmul's kernel: MetaSchedule t
 ``matmul + add + relu`` tasks with its GEMM rules (multi-level tiling, vectorisation,
 weight pre-packing). A pointwise conv without a bias/ReLU epilogue becomes a bare matmul.
 """
+
 from __future__ import annotations
 
 import tvm
@@ -49,8 +50,13 @@ def _is_pointwise(conv) -> bool:
     if layout is None or wshape is None or xshape is None:
         return False
     kernel = [int(wshape[2]), int(wshape[3])] if layout == "NCHW" else [int(wshape[1]), int(wshape[2])]
-    return (int(attrs.groups) == 1 and ints(attrs.strides) == [1, 1] and not any(ints(attrs.padding))
-            and ints(attrs.dilation) == [1, 1] and kernel == [1, 1])
+    return (
+        int(attrs.groups) == 1
+        and ints(attrs.strides) == [1, 1]
+        and not any(ints(attrs.padding))
+        and ints(attrs.dilation) == [1, 1]
+        and kernel == [1, 1]
+    )
 
 
 def _gemm(conv):
@@ -58,12 +64,13 @@ def _gemm(conv):
     x, weight = conv.args
     out_dtype = conv.attrs.out_dtype if conv.attrs.out_dtype else None
     cout = int(weight.ty.shape[0])
-    if _layout(conv) == "NCHW":     # (N, O, H*W) = W (O, I) @ X (N, I, H*W)
+    if _layout(conv) == "NCHW":  # (N, O, H*W) = W (O, I) @ X (N, I, H*W)
         n, cin, h, w = ints(x.ty.shape)
-        gemm = relax.op.matmul(relax.op.reshape(weight, (cout, cin)), relax.op.reshape(x, (n, cin, h * w)),
-                               out_dtype=out_dtype)
+        gemm = relax.op.matmul(
+            relax.op.reshape(weight, (cout, cin)), relax.op.reshape(x, (n, cin, h * w)), out_dtype=out_dtype
+        )
         return gemm, (n, cout, h, w), "NCHW"
-    n, h, w, cin = ints(x.ty.shape)   # (N, H*W, O) = X (N, H*W, I) @ W^T (I, O)
+    n, h, w, cin = ints(x.ty.shape)  # (N, H*W, O) = X (N, H*W, I) @ W^T (I, O)
     wt = relax.op.permute_dims(relax.op.reshape(weight, (cout, cin)), [1, 0])
     gemm = relax.op.matmul(relax.op.reshape(x, (n, h * w, cin)), wt, out_dtype=out_dtype)
     return gemm, (n, h, w, cout), "NHWC"

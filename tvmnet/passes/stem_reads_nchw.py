@@ -20,6 +20,7 @@ tunes it with its multi-level tiling rules. Only ungrouped convs whose input is 
 of an NCHW tensor are rewritten (Relax's conv2d legalization does not accept an output
 layout other than the input's, hence a kernel of our own).
 """
+
 from __future__ import annotations
 
 import tvm
@@ -45,11 +46,12 @@ def conv2d_nchw_in_nhwc_out(x: te.Tensor, w: te.Tensor, strides, padding, dilati
     return te.compute(
         (x.shape[0], oh, ow, o),
         lambda n, y, z, f: te.sum(pad[n, rc, y * sh + rh * dh, z * sw + rw * dw] * w[f, rh, rw, rc], axis=[rc, rh, rw]),
-        name="conv2d_nchw_nhwc")
+        name="conv2d_nchw_nhwc",
+    )
 
 
 def _rewrite(mod: tvm.IRModule) -> tvm.IRModule:
-    bb = relax.BlockBuilder(mod)     # holds the new kernels (add_func gives their GlobalVars a type)
+    bb = relax.BlockBuilder(mod)  # holds the new kernels (add_func gives their GlobalVars a type)
     new_funcs = {}
     x_pat = wildcard()
     t_pat = is_op("relax.permute_dims")(x_pat)
@@ -60,24 +62,38 @@ def _rewrite(mod: tvm.IRModule) -> tvm.IRModule:
         attrs = conv.attrs
         axes = ints(t.attrs.axes) if t.attrs.axes is not None else None
         x, w = matches[x_pat], conv.args[1]
-        if (axes != [0, 2, 3, 1] or (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NHWC", "OHWI", "NHWC")
-                or int(attrs.groups) != 1 or x.ty.shape is None or w.ty.shape is None
-                or (attrs.out_dtype and str(attrs.out_dtype) not in ("", "void", str(x.ty.dtype)))):
+        if (
+            axes != [0, 2, 3, 1]
+            or (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NHWC", "OHWI", "NHWC")
+            or int(attrs.groups) != 1
+            or x.ty.shape is None
+            or w.ty.shape is None
+            or (attrs.out_dtype and str(attrs.out_dtype) not in ("", "void", str(x.ty.dtype)))
+        ):
             return expr
         xs, ws = ints(x.ty.shape), ints(w.ty.shape)
-        key = (tuple(xs), tuple(ws), tuple(ints(attrs.strides)), tuple(ints(attrs.padding)), tuple(ints(attrs.dilation)))
+        key = (
+            tuple(xs),
+            tuple(ws),
+            tuple(ints(attrs.strides)),
+            tuple(ints(attrs.padding)),
+            tuple(ints(attrs.dilation)),
+        )
         if key not in new_funcs:
-            i64 = lambda dims: [tvm.tirx.IntImm("int64", d) for d in dims]   # noqa: E731 - as legalized kernels
+            i64 = lambda dims: [tvm.tirx.IntImm("int64", d) for d in dims]  # noqa: E731 - as legalized kernels
             xt = te.placeholder(i64(xs), x.ty.dtype, name="x")
             wt = te.placeholder(i64(ws), w.ty.dtype, name="w")
             out = conv2d_nchw_in_nhwc_out(xt, wt, ints(attrs.strides), ints(attrs.padding), ints(attrs.dilation))
-            gvar = bb.add_func(te.create_prim_func([xt, wt, out]).without_attr("global_symbol"), "conv2d_nchw_in_nhwc_out")
+            gvar = bb.add_func(
+                te.create_prim_func([xt, wt, out]).without_attr("global_symbol"), "conv2d_nchw_in_nhwc_out"
+            )
             new_funcs[key] = (gvar, ints(out.shape))
         gvar, shape = new_funcs[key]
         return relax.call_tir(gvar, [x, w], relax.TensorType(shape, x.ty.dtype))
 
-    rewritten = {gv: rewrite_call(conv_pat, rewriter, f) for gv, f in mod.functions_items()
-                 if isinstance(f, relax.Function)}
+    rewritten = {
+        gv: rewrite_call(conv_pat, rewriter, f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)
+    }
     if not new_funcs:
         return mod
     out = bb.get()

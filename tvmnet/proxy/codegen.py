@@ -15,6 +15,7 @@ machine code, and which machine code belongs to which IR basic block.
 Also ``threads_of``: the target's worker count (``num-cores``), which the block counts and the
 memory model are for.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,6 +34,7 @@ def threads_of(spec) -> int:
 
 
 # ------------------------------------------------------------------------------------- building
+
 
 def build_kernel(scheduled_mod, spec):
     """Build a scheduled TIR kernel as MetaSchedule's builder does; returns the LLVM module."""
@@ -69,7 +71,10 @@ def asm_of_ir(ir_text: str) -> str:
 
 # ------------------------------------------------------------------------------------- markers
 
-def mark_blocks(ir_text: str, funcs: Dict[str, Func], lines: List[str], wanted) -> Tuple[str, Dict[int, Tuple[str, str]]]:
+
+def mark_blocks(
+    ir_text: str, funcs: Dict[str, Func], lines: List[str], wanted
+) -> Tuple[str, Dict[int, Tuple[str, str]]]:
     """The IR with an inline-asm comment ``@@BB <id>`` at the top of every block of the
     ``wanted`` functions; returns (marked IR, id -> (function, block))."""
     ids: Dict[int, Tuple[str, str]] = {}
@@ -79,7 +84,8 @@ def mark_blocks(ir_text: str, funcs: Dict[str, Func], lines: List[str], wanted) 
             k = len(ids)
             ids[k] = (fname, bname)
             inserts.setdefault(funcs[fname].blocks[bname].line, []).append(
-                f'  call void asm sideeffect "# {MARK} {k}", ""()')
+                f'  call void asm sideeffect "# {MARK} {k}", ""()'
+            )
     out = []
     for n, line in enumerate(lines):
         if n in inserts:
@@ -111,7 +117,7 @@ def asm_segments(asm: str) -> Dict[int, List[List[str]]]:
             if line.startswith(".Lfunc_end") or line.startswith(".size"):
                 cur = None
             continue
-        if re.match(r"^[\w.$]+:", line):     # a label with an instruction after it
+        if re.match(r"^[\w.$]+:", line):  # a label with an instruction after it
             line = line.split(":", 1)[1].strip()
             if not line:
                 continue

@@ -10,6 +10,7 @@ the largest chunk: the estimate is the slowest worker's time (the kernel's wall 
 sum over cores. A branch that is still not computable takes the side its ``!prof`` weights
 favour (``Estimate.unknown_branches`` counts them; 0 in practice).
 """
+
 from __future__ import annotations
 
 import re
@@ -17,7 +18,7 @@ from typing import Dict, Optional, Tuple
 
 from tvmnet.proxy.ir import _BINOPS, _CASTS, _INTRINSICS, Block, Func, Inst, _int_width, _split_top, _tinfo
 
-MAX_STEPS = 20_000_000        # interpreted block executions per function before giving up
+MAX_STEPS = 20_000_000  # interpreted block executions per function before giving up
 
 
 def _norm(v: int, w: int) -> int:
@@ -58,7 +59,7 @@ def _binop(op: str, x: int, y: int, w: int) -> Optional[int]:
         return _u(x, w) % _u(y, w)
     if op == "sdiv":
         return abs(x) // abs(y) * (1 if (x >= 0) == (y >= 0) else -1)
-    return abs(x) % abs(y) * (1 if x >= 0 else -1)     # srem
+    return abs(x) % abs(y) * (1 if x >= 0 else -1)  # srem
 
 
 def _dominators(func: Func) -> Dict[str, set]:
@@ -88,7 +89,7 @@ def _loops(func: Func):
     loops: Dict[str, set] = {}
     for b in func.order:
         for s in func.blocks[b].succs:
-            if s in dom.get(b, ()):   # back edge b -> s
+            if s in dom.get(b, ()):  # back edge b -> s
                 body = loops.setdefault(s, {s})
                 stack = [b]
                 while stack:
@@ -131,13 +132,15 @@ class _Interp:
                 continue
             stack.extend(x for x in _operands(d[1]) if isinstance(x, str))
         self.need = need
-        self.slice = {n: ([p for p in b.phis if p.dst in need], [i for i in b.insts if i.dst in need])
-                      for n, b in func.blocks.items()}
+        self.slice = {
+            n: ([p for p in b.phis if p.dst in need], [i for i in b.insts if i.dst in need])
+            for n, b in func.blocks.items()
+        }
         # loops, innermost first for each block, with live-in / live-out slice values
         self.loops = _loops(func)
         uses_in = {n: set() for n in func.blocks}
         for n, (phis, insts) in self.slice.items():
-            for p in phis:   # a phi's operands count as used in the phi's block
+            for p in phis:  # a phi's operands count as used in the phi's block
                 uses_in[n].update(v for v, _ in p.args)
             for i in insts:
                 uses_in[n].update(a for a in _operands(i))
@@ -225,24 +228,32 @@ class _Interp:
             return None
         lanes, w = info
         if op == "call":
-            return 0 if lanes is None else None      # TVM's runtime calls return 0 on success
+            return 0 if lanes is None else None  # TVM's runtime calls return 0 on success
         if op == "ptrtoint":
             v = env.get(ins.args[1])
             return None if v is None or isinstance(v, tuple) else _norm(v, w)
         if op == "icmp":
             pred, ty, a, b = ins.args
             if ty == "ptr" and "null" in (a, b) and pred in ("eq", "ne"):
-                return int(pred == "ne")     # an allocation or argument: never null here
+                return int(pred == "ne")  # an allocation or argument: never null here
             oinfo = _tinfo(ty)
             if oinfo is None:
                 return None
             ol, ow = oinfo
             x, y = self.value(env, a, ow, ol), self.value(env, b, ow, ol)
             uns = pred[0] == "u"
-            cmp = {"eq": lambda p, q: p == q, "ne": lambda p, q: p != q, "slt": lambda p, q: p < q,
-                   "sle": lambda p, q: p <= q, "sgt": lambda p, q: p > q, "sge": lambda p, q: p >= q,
-                   "ult": lambda p, q: p < q, "ule": lambda p, q: p <= q, "ugt": lambda p, q: p > q,
-                   "uge": lambda p, q: p >= q}[pred]
+            cmp = {
+                "eq": lambda p, q: p == q,
+                "ne": lambda p, q: p != q,
+                "slt": lambda p, q: p < q,
+                "sle": lambda p, q: p <= q,
+                "sgt": lambda p, q: p > q,
+                "sge": lambda p, q: p >= q,
+                "ult": lambda p, q: p < q,
+                "ule": lambda p, q: p <= q,
+                "ugt": lambda p, q: p > q,
+                "uge": lambda p, q: p >= q,
+            }[pred]
             if uns:
                 return self._lanewise(lambda p, q: int(cmp(_u(p, ow), _u(q, ow))), 1, x, y)
             return self._lanewise(lambda p, q: int(cmp(p, q)), 1, x, y)
@@ -276,7 +287,7 @@ class _Interp:
             e, i = self.value(env, el, w), self.value(env, idx, 64)
             if v is None or e is None or i is None or not 0 <= i < len(v):
                 return None
-            return v[:i] + (e,) + v[i + 1:]
+            return v[:i] + (e,) + v[i + 1 :]
         if op == "extractelement":
             vec, idx, vty = ins.args
             vinfo = _tinfo(vty)
@@ -338,7 +349,7 @@ class _Interp:
         for p in f.ptr_params:
             env.setdefault(p, self.base(p))
         block, pred = f.order[0], None
-        frames = []    # loops being interpreted: (header, key, counts of the loop's blocks on entry)
+        frames = []  # loops being interpreted: (header, key, counts of the loop's blocks on entry)
         steps = 0
         while block is not None:
             live = self.loop_live.get(block)
@@ -349,7 +360,7 @@ class _Interp:
                 hit = self.cache.get(key)
                 if hit is None:
                     frames.append((block, key, [counts[n] for n in body]))
-            if hit is not None:       # a loop summarised before: its counts, its exit
+            if hit is not None:  # a loop summarised before: its counts, its exit
                 delta, out_vals, cur, nxt = hit
                 for n, c in delta:
                     counts[n] += c

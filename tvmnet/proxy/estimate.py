@@ -14,6 +14,7 @@ with measured times on x86 (``scripts/proxy_rank.py``, pooled per kind) is 0.80 
 beside published figures for the board, with their sources, so a reader can place it;
 ``tvmnet deploy --rpc`` on the board measures.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ from tvmnet.core.errors import ArtifactError
 
 FORMAT = "tvmnet-estimate/1"
 ESTIMATE_FILE = "estimate.json"
-CLOCK_GHZ = {"rpi3b": 1.2, "rpi4": 1.5, "rpi5": 2.4}          # the boards' rated clocks
+CLOCK_GHZ = {"rpi3b": 1.2, "rpi4": 1.5, "rpi5": 2.4}  # the boards' rated clocks
 BOARD_OF_MCPU = {"cortex-a53": "rpi3b", "cortex-a72": "rpi4", "cortex-a76": "rpi5"}
 
 
@@ -46,17 +47,31 @@ class PublishedLatency:
         return f"{self.engine}, {self.model}: {self.ms:g} ms ({self.setting}) [{self.source}, {self.url}]"
 
 
-_XNNPACK = ("XNNPACK README, 'Performance: Raspberry Pi' (end2end-bench, random weights, benchmarked 2020-02-12)",
-            "https://github.com/google/XNNPACK#raspberry-pi")
+_XNNPACK = (
+    "XNNPACK README, 'Performance: Raspberry Pi' (end2end-bench, random weights, benchmarked 2020-02-12)",
+    "https://github.com/google/XNNPACK#raspberry-pi",
+)
 PUBLISHED = (
-    PublishedLatency("rpi4", "XNNPACK", "MobileNet v1 1.0-224 fp32", 75.0,
-                     "Raspberry Pi 4 (BCM2711), multi-threaded", *_XNNPACK),
-    PublishedLatency("rpi3b", "TVM (AutoTVM)", "MobileNet v1 1.0-224 fp32", 122.2,
-                     "Raspberry Pi 3B, 4x Cortex-A53 1.2 GHz",
-                     "TVM blog 'Automatic Kernel Optimization for Deep Learning on All Hardware Platforms', 2018-10-03",
-                     "https://tvm.apache.org/2018/10/03/auto-opt-all"),
-    PublishedLatency("rpi3b", "XNNPACK", "MobileNet v1 1.0-224 fp32", 115.0,
-                     "Raspberry Pi 3+ (BCM2837B0, 1.4 GHz: a faster board than the 3B), multi-threaded", *_XNNPACK),
+    PublishedLatency(
+        "rpi4", "XNNPACK", "MobileNet v1 1.0-224 fp32", 75.0, "Raspberry Pi 4 (BCM2711), multi-threaded", *_XNNPACK
+    ),
+    PublishedLatency(
+        "rpi3b",
+        "TVM (AutoTVM)",
+        "MobileNet v1 1.0-224 fp32",
+        122.2,
+        "Raspberry Pi 3B, 4x Cortex-A53 1.2 GHz",
+        "TVM blog 'Automatic Kernel Optimization for Deep Learning on All Hardware Platforms', 2018-10-03",
+        "https://tvm.apache.org/2018/10/03/auto-opt-all",
+    ),
+    PublishedLatency(
+        "rpi3b",
+        "XNNPACK",
+        "MobileNet v1 1.0-224 fp32",
+        115.0,
+        "Raspberry Pi 3+ (BCM2837B0, 1.4 GHz: a faster board than the 3B), multi-threaded",
+        *_XNNPACK,
+    ),
 )
 
 
@@ -78,8 +93,17 @@ def _spec_of(art):
     t = art.target
     if t["name"] in preset_names():
         return load_target(t["name"])
-    return load_target(json.dumps({"target": t["target"], "arch": t["arch"], "device": t["device"],
-                                   "cross_compiler": t.get("cross_compiler"), "description": t.get("description")}))
+    return load_target(
+        json.dumps(
+            {
+                "target": t["target"],
+                "arch": t["arch"],
+                "device": t["device"],
+                "cross_compiler": t.get("cross_compiler"),
+                "description": t.get("description"),
+            }
+        )
+    )
 
 
 def estimate_artifact(art, say: Callable[[str], None] = print, refresh: bool = False) -> dict:
@@ -87,15 +111,21 @@ def estimate_artifact(art, say: Callable[[str], None] = print, refresh: bool = F
     from tvmnet.core.paths import sha256
 
     if art.target["arch"] != "aarch64" or art.target["device"] != "cpu":
-        raise ArtifactError(f"{art.path} is built for {art.target['arch']} ({art.target['device']}); the board-free "
-                            "estimate is for aarch64 boards (rpi3b, rpi4, rpi5)")
+        raise ArtifactError(
+            f"{art.path} is built for {art.target['arch']} ({art.target['device']}); the board-free "
+            "estimate is for aarch64 boards (rpi3b, rpi4, rpi5)"
+        )
     board = board_of(art.target)
     if board is None:
-        raise ArtifactError(f"{art.path}: no board clock known for -mcpu {art.target['target'].get('mcpu')}; the "
-                            f"estimate covers {', '.join(sorted(CLOCK_GHZ))}")
+        raise ArtifactError(
+            f"{art.path}: no board clock known for -mcpu {art.target['target'].get('mcpu')}; the "
+            f"estimate covers {', '.join(sorted(CLOCK_GHZ))}"
+        )
     if art.model.get("source") == "onnx":
-        raise ArtifactError(f"{art.path} was built from ONNX; the estimate re-lowers the model from its MobileNet "
-                            "settings, which an ONNX build does not record: measure it with `tvmnet deploy --rpc`")
+        raise ArtifactError(
+            f"{art.path} was built from ONNX; the estimate re-lowers the model from its MobileNet "
+            "settings, which an ONNX build does not record: measure it with `tvmnet deploy --rpc`"
+        )
     cache = art.path / ESTIMATE_FILE
     lib_sha = sha256(art.library)
     if cache.is_file() and not refresh:
@@ -129,13 +159,21 @@ def _estimate(art, board: str, say) -> dict:
     ghz = CLOCK_GHZ[board]
     m = art.model
     _install_light_tensor_intrin(intrin_families(spec))
-    cfg = ModelConfig(alpha=m["alpha"], resolution=m["resolution"], num_classes=m.get("num_classes") or 1000,
-                      batch=int(art.input_shape[0]), seed=m.get("seed") or 0)
-    say(f"estimating {art.path} on {board} with the cost proxy (llvm-mca -mcpu={spec.target.get('mcpu')}): "
-        "lowering the model again as compile did")
+    cfg = ModelConfig(
+        alpha=m["alpha"],
+        resolution=m["resolution"],
+        num_classes=m.get("num_classes") or 1000,
+        batch=int(art.input_shape[0]),
+        seed=m.get("seed") or 0,
+    )
+    say(
+        f"estimating {art.path} on {board} with the cost proxy (llvm-mca -mcpu={spec.target.get('mcpu')}): "
+        "lowering the model again as compile did"
+    )
     mod, *_ = import_model(cfg)
-    lowered = pipeline.lower_to_tir(mod, spec, gemm="PointwiseToGemm" in art.metadata.get("passes", []),
-                                    layout=art.metadata.get("layout"))
+    lowered = pipeline.lower_to_tir(
+        mod, spec, gemm="PointwiseToGemm" in art.metadata.get("passes", []), layout=art.metadata.get("layout")
+    )
     tasks = extract_tasks(lowered, spec)
     tuned = art.metadata.get("tuning", {}).get("kernels_tuned", 0)
     choice = choose_logs(spec, "auto" if tuned else None, tasks)
@@ -148,33 +186,56 @@ def _estimate(art, board: str, say) -> dict:
             rec.trace.apply_to_schedule(sch, remove_postproc=False)
             mod = sch.mod
         cycles = estimate(mod, spec).cycles
-        rows.append({"kernel": task.task_name, "kind": pipeline.kernel_kind(task.task_name, task.dispatched[0]),
-                     "calls": int(task.weight), "schedule": "record" if rec is not None else "naive",
-                     "ms_each": cycles / ghz / 1e6})
-        say(f"  [{i}/{len(tasks)}] {task.task_name}: {rows[-1]['ms_each']:.3f} ms x{rows[-1]['calls']} "
-            f"({rows[-1]['schedule']})")
+        rows.append(
+            {
+                "kernel": task.task_name,
+                "kind": pipeline.kernel_kind(task.task_name, task.dispatched[0]),
+                "calls": int(task.weight),
+                "schedule": "record" if rec is not None else "naive",
+                "ms_each": cycles / ghz / 1e6,
+            }
+        )
+        say(
+            f"  [{i}/{len(tasks)}] {task.task_name}: {rows[-1]['ms_each']:.3f} ms x{rows[-1]['calls']} "
+            f"({rows[-1]['schedule']})"
+        )
     by_kind = defaultdict(float)
     for r in rows:
         by_kind[r["kind"]] += r["ms_each"] * r["calls"]
-    return {"format": FORMAT, "board": board, "mcpu": spec.target.get("mcpu"), "clock_ghz": ghz,
-            "threads": int(spec.target.get("num-cores") or 1), "model": f"{m['alpha']:g}-{m['resolution']}",
-            "records_applied": sum(r["schedule"] == "record" for r in rows), "kernels": len(rows),
-            "match": choice.match, "total_ms": sum(by_kind.values()), "by_kind": dict(by_kind), "rows": rows,
-            "seconds": round(time.perf_counter() - t0, 1), "kind": "ESTIMATE (cost proxy), not a measurement"}
+    return {
+        "format": FORMAT,
+        "board": board,
+        "mcpu": spec.target.get("mcpu"),
+        "clock_ghz": ghz,
+        "threads": int(spec.target.get("num-cores") or 1),
+        "model": f"{m['alpha']:g}-{m['resolution']}",
+        "records_applied": sum(r["schedule"] == "record" for r in rows),
+        "kernels": len(rows),
+        "match": choice.match,
+        "total_ms": sum(by_kind.values()),
+        "by_kind": dict(by_kind),
+        "rows": rows,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "kind": "ESTIMATE (cost proxy), not a measurement",
+    }
 
 
 def format_estimate(est: dict, art_path) -> str:
     """The estimate, beside the published figures for the board, never called a measurement."""
-    lines = [f"{art_path}: MobileNet v1 {est['model']} for {est['board']} ({est['mcpu']}, {est['threads']} threads at "
-             f"{est['clock_ghz']} GHz); this machine cannot run it and no board was given",
-             f"ESTIMATED latency on {est['board']} by the board-free cost proxy (llvm-mca; it assumes every load "
-             "hits L1, so it reads low; NOT a measurement): "
-             f"{est['total_ms']:.1f} ms end to end ({est['records_applied']}/{est['kernels']} kernels with a record)"]
+    lines = [
+        f"{art_path}: MobileNet v1 {est['model']} for {est['board']} ({est['mcpu']}, {est['threads']} threads at "
+        f"{est['clock_ghz']} GHz); this machine cannot run it and no board was given",
+        f"ESTIMATED latency on {est['board']} by the board-free cost proxy (llvm-mca; it assumes every load "
+        "hits L1, so it reads low; NOT a measurement): "
+        f"{est['total_ms']:.1f} ms end to end ({est['records_applied']}/{est['kernels']} kernels with a record)",
+    ]
     for kind, ms in sorted(est["by_kind"].items(), key=lambda kv: -kv[1]):
         lines.append(f"  {kind:<16}{ms:>9.2f} ms (estimate)")
     pub = published_for(est["board"])
     if pub:
         lines.append(f"published figures for {est['board']}, for scale (measured by others, other builds):")
         lines += [f"  {p.line()}" for p in pub]
-    lines.append("measure it on the board: tvmnet deploy " + f"{art_path} --rpc HOST:PORT (or --tracker HOST:PORT --key KEY)")
+    lines.append(
+        "measure it on the board: tvmnet deploy " + f"{art_path} --rpc HOST:PORT (or --tracker HOST:PORT --key KEY)"
+    )
     return "\n".join(lines)

@@ -4,6 +4,7 @@ weights, the calls each block makes), with the operands of the integer instructi
 block-count interpreter (``tvmnet.proxy.counts``) evaluates. An instruction of a form this
 parser does not know is kept as an opaque one (no type, no operands).
 """
+
 from __future__ import annotations
 
 import re
@@ -26,9 +27,9 @@ _INTRINSICS = ("smin", "smax", "umin", "umax", "abs")
 class Inst:
     dst: Optional[str]
     op: str
-    text: str           # the full instruction text, without trailing metadata
+    text: str  # the full instruction text, without trailing metadata
     ty: Optional[str] = None
-    args: Tuple = ()    # parsed operands (values, and for casts/icmp extra fields)
+    args: Tuple = ()  # parsed operands (values, and for casts/icmp extra fields)
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Block:
     insts: List[Inst] = field(default_factory=list)
     term: Optional[Inst] = None
     succs: List[str] = field(default_factory=list)
-    line: int = 0       # index in the IR lines where the block's first non-phi line goes
+    line: int = 0  # index in the IR lines where the block's first non-phi line goes
     calls: List[str] = field(default_factory=list)
 
 
@@ -48,7 +49,7 @@ class Func:
     params: List[str]
     blocks: Dict[str, Block]
     order: List[str]
-    globals_loaded: Dict[str, str] = field(default_factory=dict)   # %x -> @G for ``%x = load ptr, ptr @G``
+    globals_loaded: Dict[str, str] = field(default_factory=dict)  # %x -> @G for ``%x = load ptr, ptr @G``
     ptr_params: List[str] = field(default_factory=list)
 
 
@@ -152,8 +153,9 @@ def _parse_inst(text: str) -> Inst:
             inst.args = (c.split()[-1], _operand(parts[1]), _operand(parts[2]))
         elif op == "phi":
             inst.ty, rest = _take_type(rest)
-            inst.args = tuple((v.strip(), p.strip())
-                              for v, p in re.findall(r"\[\s*((?:<[^>]*>|[^,\]])+?),\s*(%[^\s\]]+)\s*\]", rest))
+            inst.args = tuple(
+                (v.strip(), p.strip()) for v, p in re.findall(r"\[\s*((?:<[^>]*>|[^,\]])+?),\s*(%[^\s\]]+)\s*\]", rest)
+            )
         elif op == "insertelement":
             parts = _split_top(rest)
             inst.ty = _take_type(parts[0])[0]
@@ -162,7 +164,7 @@ def _parse_inst(text: str) -> Inst:
             parts = _split_top(rest)
             vty = _take_type(parts[0])[0]
             info = _tinfo(vty)
-            inst.ty = (f"i{info[1]}" if info and vty.find("ptr") < 0 else None)
+            inst.ty = f"i{info[1]}" if info and vty.find("ptr") < 0 else None
             inst.args = (_operand(parts[0]), _operand(parts[1]), vty)
         elif op == "shufflevector":
             parts = _split_top(rest)
@@ -179,14 +181,16 @@ def _parse_inst(text: str) -> Inst:
                 inst.ty = f"<{n.group(1)} x {n.group(2)}>" if n else m2.group(2)
                 inst.op = m2.group(1)
                 inst.args = tuple(_operand(x) for x in _split_top(m2.group(3)))
-            else:   # a runtime call (workspace allocation, free, parallel launch): its status code
+            else:  # a runtime call (workspace allocation, free, parallel launch): its status code
                 m2 = re.search(r"\bcall\s+(?:\w+\s+)*?(i\d+|ptr)\s", body)
                 inst.ty = m2.group(1) if m2 else None
         elif op == "load":
             inst.ty = _take_type(rest)[0].rstrip(",")
         elif op == "getelementptr":
-            m2 = re.match(r"(?:(?:inbounds|nuw|nusw|inrange\(\S+\))\s+)*([^,]+),\s*ptr\s+([^,\s]+)((?:,\s*\S+\s+[^,\s]+)*)\s*$",
-                          rest)
+            m2 = re.match(
+                r"(?:(?:inbounds|nuw|nusw|inrange\(\S+\))\s+)*([^,]+),\s*ptr\s+([^,\s]+)((?:,\s*\S+\s+[^,\s]+)*)\s*$",
+                rest,
+            )
             if m2:
                 idx = re.findall(r",\s*(\S+)\s+([^,\s]+)", m2.group(3))
                 size = _type_size(m2.group(1).strip())
@@ -195,7 +199,7 @@ def _parse_inst(text: str) -> Inst:
                     inst.args = (m2.group(2), idx[0][1], idx[0][0], size)
         elif op == "alloca":
             inst.ty = "ptr"
-    except (ValueError, IndexError, AttributeError):   # a form this parser does not know: opaque
+    except (ValueError, IndexError, AttributeError):  # a form this parser does not know: opaque
         inst.ty, inst.args = None, ()
     return inst
 
@@ -228,7 +232,9 @@ def parse_ir(ir_text: str):
             continue
         fname = m.group(2)
         params = re.findall(r"(%[-\w$.]+)(?=\s*(?:,|$))", m.group(3))
-        ptr_params = [p for p in params if re.search(r"(?:^|,)\s*ptr\b[^,]*" + re.escape(p) + r"(?=\s*(?:,|$))", m.group(3))]
+        ptr_params = [
+            p for p in params if re.search(r"(?:^|,)\s*ptr\b[^,]*" + re.escape(p) + r"(?=\s*(?:,|$))", m.group(3))
+        ]
         blocks: Dict[str, Block] = {}
         order: List[str] = []
         loaded: Dict[str, str] = {}
@@ -247,7 +253,7 @@ def parse_ir(ir_text: str):
             if not s or s.startswith(";") or s.startswith("#dbg_"):
                 i += 1
                 continue
-            if cur is None:       # an unnamed entry block
+            if cur is None:  # an unnamed entry block
                 cur = Block("%<entry>", line=i)
                 blocks[cur.name] = cur
                 order.append(cur.name)
@@ -270,8 +276,11 @@ def parse_ir(ir_text: str):
                 elif inst.op == "switch":
                     sm = re.match(r"switch (\S+) (\S+), label (\S+) \[(.*)\]", s)
                     cases = re.findall(r"\S+ (-?\d+), label (%[-\w$.]+)", sm.group(4)) if sm else []
-                    inst.args = (sm.group(2) if sm else None, sm.group(3) if sm else None,
-                                 [(int(v), t) for v, t in cases])
+                    inst.args = (
+                        sm.group(2) if sm else None,
+                        sm.group(3) if sm else None,
+                        [(int(v), t) for v, t in cases],
+                    )
                     cur.succs = ([sm.group(3)] if sm else []) + [t for _, t in cases]
                 cur.term = inst
             else:

@@ -43,6 +43,7 @@ ranking) and aarch64 boards (cortex-a53/a72/a76), whose kernels are cross-compil
 analysed with ``llvm-mca -mtriple=aarch64-linux-gnu -mcpu=cortex-a72``. Needs ``llvm-mca``
 (Debian/Ubuntu: ``apt-get install llvm``; LLVM 14's scheduling models suffice).
 """
+
 from __future__ import annotations
 
 import re
@@ -55,7 +56,7 @@ from tvmnet.proxy.ir import Func, parse_ir
 from tvmnet.proxy.mca import run_mca
 from tvmnet.proxy.memory import memory_traffic
 
-CALL_CYCLES = 50.0            # a call that is not memset/memcpy (workspace alloc/free, parallel launch)
+CALL_CYCLES = 50.0  # a call that is not memset/memcpy (workspace alloc/free, parallel launch)
 STORE_BYTES_PER_CYCLE = 32.0  # memset/memcpy speed
 
 
@@ -96,28 +97,32 @@ def _call_cycles(kind: str, amount: float) -> float:
 
 # ---------------------------------------------------------------------------------- the estimate
 
+
 @dataclass
 class Estimate:
-    cycles: float                 # sum over blocks of count * llvm-mca cycles per iteration
-    rthroughput_cycles: float     # the same with llvm-mca's Block RThroughput (no latency chains)
-    call_cycles: float            # memset/memcpy and other calls (included in both above)
-    instructions: float           # dynamic instruction count (worker 0)
-    ordered_cycles: float = 0.0   # as ``cycles`` with llvm-mca -noalias=false (loads wait for older stores)
-    parallel_launches: int = 0    # parallel regions started (thread-pool launch + barrier each)
-    workspace_allocs: int = 0     # TVMBackendAllocWorkspace calls (worker 0 and the serial part)
-    memset_bytes: float = 0.0     # bytes memset/memcpy'd (worker 0 and the serial part)
-    memory: Dict[str, float] = field(default_factory=dict)   # ``memory_traffic``, when asked for
+    cycles: float  # sum over blocks of count * llvm-mca cycles per iteration
+    rthroughput_cycles: float  # the same with llvm-mca's Block RThroughput (no latency chains)
+    call_cycles: float  # memset/memcpy and other calls (included in both above)
+    instructions: float  # dynamic instruction count (worker 0)
+    ordered_cycles: float = 0.0  # as ``cycles`` with llvm-mca -noalias=false (loads wait for older stores)
+    parallel_launches: int = 0  # parallel regions started (thread-pool launch + barrier each)
+    workspace_allocs: int = 0  # TVMBackendAllocWorkspace calls (worker 0 and the serial part)
+    memset_bytes: float = 0.0  # bytes memset/memcpy'd (worker 0 and the serial part)
+    memory: Dict[str, float] = field(default_factory=dict)  # ``memory_traffic``, when asked for
     unknown_branches: int = 0
-    unmapped_blocks: int = 0      # executed IR blocks whose code no marker delimits
+    unmapped_blocks: int = 0  # executed IR blocks whose code no marker delimits
     blocks: List[dict] = field(default_factory=list)
 
 
 def _wanted_functions(funcs: Dict[str, Func]) -> List[str]:
     """The kernel's compute functions: the body (``*_compute_``) and its parallel lambdas."""
     names = [n for n in funcs if "parallel_lambda" in n or n.endswith("_compute_")]
-    if not names:   # a kernel without the compute split: every function that is not runtime glue
-        names = [n for n in funcs if not n.startswith(("__tvm_ffi", "__tvm_set_raised", "__truncsfhf2",
-                                                       "__extendhfsf2", "__TVMBackend"))]
+    if not names:  # a kernel without the compute split: every function that is not runtime glue
+        names = [
+            n
+            for n in funcs
+            if not n.startswith(("__tvm_ffi", "__tvm_set_raised", "__truncsfhf2", "__extendhfsf2", "__TVMBackend"))
+        ]
     return names
 
 
@@ -193,8 +198,18 @@ def estimate_from_ir(ir: str, spec, iterations: int = 100) -> Estimate:
         est.rthroughput_cycles += n * (rth + calls)
         est.call_cycles += n * calls
         est.instructions += n * ins
-        est.blocks.append({"function": fname, "block": bname, "count": n, "cycles": cyc, "rthroughput": rth,
-                           "ordered_cycles": cyo, "instructions": ins, "call_cycles": calls})
+        est.blocks.append(
+            {
+                "function": fname,
+                "block": bname,
+                "count": n,
+                "cycles": cyc,
+                "rthroughput": rth,
+                "ordered_cycles": cyo,
+                "instructions": ins,
+                "call_cycles": calls,
+            }
+        )
     return est
 
 

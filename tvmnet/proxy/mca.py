@@ -12,6 +12,7 @@ simulated: they are left out of the regions and costed by ``tvmnet.proxy.kernel`
 Needs ``llvm-mca`` (Debian/Ubuntu: ``apt-get install llvm``; LLVM 14's scheduling models
 suffice).
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,8 +35,9 @@ def llvm_mca_path() -> str:
         path = shutil.which(name)
         if path:
             return path
-    raise ToolchainError("the cost proxy needs llvm-mca, which is not on PATH; install it with "
-                         "`apt-get install llvm` (Debian/Ubuntu)")
+    raise ToolchainError(
+        "the cost proxy needs llvm-mca, which is not on PATH; install it with `apt-get install llvm` (Debian/Ubuntu)"
+    )
 
 
 # An -mcpu this llvm-mca does not know (LLVM 14 predates znver4/znver5, sapphirerapids' newer
@@ -47,13 +49,14 @@ MCA_STANDIN = {"avx512": "icelake-server", "avx2": "skylake", "neon-dotprod": "c
 @functools.lru_cache(maxsize=None)
 def mca_known_cpus(triple: str) -> frozenset:
     """The -mcpu names this llvm-mca has a model for (``-mcpu=help``)."""
-    proc = subprocess.run([llvm_mca_path(), f"-mtriple={triple}", "-mcpu=help"], input="",
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [llvm_mca_path(), f"-mtriple={triple}", "-mcpu=help"], input="", capture_output=True, text=True, timeout=60
+    )
     names = re.findall(r"^\s+([\w.-]+)\s+- Select the", proc.stdout + proc.stderr, flags=re.M)
     return frozenset(names)
 
 
-@functools.lru_cache(maxsize=None)      # said once per CPU, not once per llvm-mca run
+@functools.lru_cache(maxsize=None)  # said once per CPU, not once per llvm-mca run
 def mca_standin(mcpu: str, isa: str) -> str:
     """The known CPU llvm-mca analyses an unknown ``mcpu`` of vector ISA ``isa`` as."""
     standin = MCA_STANDIN.get(isa, "generic")
@@ -87,14 +90,15 @@ class McaResult:
     instructions: int
 
 
-def run_mca(regions: Dict[int, List[str]], spec, iterations: int = 100, timeout: float = 300,
-            extra: Tuple[str, ...] = ()) -> Dict[int, McaResult]:
+def run_mca(
+    regions: Dict[int, List[str]], spec, iterations: int = 100, timeout: float = 300, extra: Tuple[str, ...] = ()
+) -> Dict[int, McaResult]:
     """One llvm-mca run over many code regions; region id -> cycles per iteration. ``extra``:
     more llvm-mca options (``-noalias=false``: every load waits for the older stores)."""
     if not regions:
         return {}
     mca = llvm_mca_path()
-    comment = "#"     # llvm-mca 14 finds region markers after '#' on x86 and AArch64 alike (not after '//')
+    comment = "#"  # llvm-mca 14 finds region markers after '#' on x86 and AArch64 alike (not after '//')
     body = []
     for k, lines in regions.items():
         body.append(f"{comment} LLVM-MCA-BEGIN r{k}")
@@ -110,7 +114,9 @@ def run_mca(regions: Dict[int, List[str]], spec, iterations: int = 100, timeout:
         # an instruction llvm-mca's assembler does not know: drop that line and retry
         m = re.search(r"<stdin>:(\d+):\d+: error", proc.stderr)
         if not m:
-            raise ToolchainError(f"llvm-mca failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+            raise ToolchainError(
+                f"llvm-mca failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
+            )
         lines_ = text.split("\n")
         lines_[int(m.group(1)) - 1] = ""
         text = "\n".join(lines_)
@@ -119,7 +125,7 @@ def run_mca(regions: Dict[int, List[str]], spec, iterations: int = 100, timeout:
         raise ToolchainError("llvm-mca rejects too many instructions of this kernel")
     out = {}
     parts = re.split(r"\n\[\d+\] Code Region - ", "\n" + proc.stdout)[1:]
-    if not parts and len(regions) == 1:    # llvm-mca prints no region header for a single region
+    if not parts and len(regions) == 1:  # llvm-mca prints no region header for a single region
         parts = [f"r{next(iter(regions))}\n" + proc.stdout]
     for part in parts:
         name = part.split("\n", 1)[0].strip()
@@ -129,6 +135,7 @@ def run_mca(regions: Dict[int, List[str]], spec, iterations: int = 100, timeout:
         rt = re.search(r"Block RThroughput:\s+([\d.]+)", part)
         if name.startswith("r") and it and tc:
             n_it = int(it.group(1))
-            out[int(name[1:])] = McaResult(int(tc.group(1)) / n_it, float(rt.group(1)) if rt else 0.0,
-                                           int(ins.group(1)) // n_it if ins else 0)
+            out[int(name[1:])] = McaResult(
+                int(tc.group(1)) / n_it, float(rt.group(1)) if rt else 0.0, int(ins.group(1)) // n_it if ins else 0
+            )
     return out

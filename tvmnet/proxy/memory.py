@@ -2,6 +2,7 @@
 misses in L1 and in L2 by a capacity model of the scheduled TIR loop nest, and the kernel's
 compulsory lines; ``estimate(..., with_memory=True)`` reports them in ``Estimate.memory``.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,12 +26,12 @@ from tvmnet.proxy.codegen import threads_of
 # parallel loop runs worker 0's share. T for the L1 and L2 sizes gives the lines each level
 # misses. No prefetching, no conflict misses, padding conditions ignored.
 
-CACHES = {   # mcpu -> (L1d bytes per core, L2 bytes per core)
-    "cortex-a53": (32 << 10, 128 << 10),   # rpi3: 512 KB L2 shared by 4 cores
-    "cortex-a72": (32 << 10, 256 << 10),   # rpi4: 1 MB L2 shared by 4 cores
-    "cortex-a76": (64 << 10, 512 << 10),   # rpi5: 512 KB private L2
+CACHES = {  # mcpu -> (L1d bytes per core, L2 bytes per core)
+    "cortex-a53": (32 << 10, 128 << 10),  # rpi3: 512 KB L2 shared by 4 cores
+    "cortex-a72": (32 << 10, 256 << 10),  # rpi4: 1 MB L2 shared by 4 cores
+    "cortex-a76": (64 << 10, 512 << 10),  # rpi5: 512 KB private L2
 }
-DEFAULT_CACHES = (32 << 10, 1 << 20)       # Skylake-SP / Cascade Lake: 32 KB L1d, 1 MB L2
+DEFAULT_CACHES = (32 << 10, 1 << 20)  # Skylake-SP / Cascade Lake: 32 KB L1d, 1 MB L2
 
 
 def _bound(e, env) -> Tuple[int, int]:
@@ -78,11 +79,11 @@ def _bound(e, env) -> Tuple[int, int]:
 
 @dataclass
 class _Node:
-    var: object = None       # loop variable (None: the root)
+    var: object = None  # loop variable (None: the root)
     extent: int = 1
     parallel: bool = False
     children: List["_Node"] = field(default_factory=list)
-    accesses: List[tuple] = field(default_factory=list)   # (buffer, [(min expr, extent)], bindings)
+    accesses: List[tuple] = field(default_factory=list)  # (buffer, [(min expr, extent)], bindings)
 
 
 def _loop_tree(func) -> _Node:
@@ -99,8 +100,9 @@ def _loop_tree(func) -> _Node:
                 visit(x, node, binds)
         elif isinstance(stmt, t.For):
             ext = stmt.extent
-            child = _Node(stmt.loop_var, int(ext.value) if isinstance(ext, t.IntImm) else 1,
-                          stmt.kind == t.ForKind.PARALLEL)
+            child = _Node(
+                stmt.loop_var, int(ext.value) if isinstance(ext, t.IntImm) else 1, stmt.kind == t.ForKind.PARALLEL
+            )
             node.children.append(child)
             visit(stmt.body, child, binds)
         elif isinstance(stmt, s.SBlockRealize):
@@ -110,8 +112,13 @@ def _loop_tree(func) -> _Node:
                 b2[iv.var] = val
             for reg in list(blk.reads) + list(blk.writes):
                 buf = getattr(reg, "buffer", None) or reg.source
-                node.accesses.append((buf, [(r.min, int(r.extent.value) if isinstance(r.extent, t.IntImm) else 1)
-                                                   for r in reg.region], b2))
+                node.accesses.append(
+                    (
+                        buf,
+                        [(r.min, int(r.extent.value) if isinstance(r.extent, t.IntImm) else 1) for r in reg.region],
+                        b2,
+                    )
+                )
             visit(blk.body, node, b2)
         elif isinstance(stmt, t.IfThenElse):
             visit(stmt.then_case, node, binds)
@@ -193,7 +200,7 @@ def _traffic(node: _Node, cap_lines: float, threads: int, line_bytes: int, memo:
     for c in node.children:
         for b, v in _traffic(c, cap_lines, threads, line_bytes, memo).items():
             total[b] = total.get(b, 0.0) + v
-    if node.accesses:   # blocks right under this loop: their lines of one iteration
+    if node.accesses:  # blocks right under this loop: their lines of one iteration
         for b, v in _footprint(_Node(None, 1, False, [], node.accesses), line_bytes, True).items():
             total[b] = total.get(b, 0.0) + v
     return {b: trips * v for b, v in total.items()}
@@ -213,7 +220,8 @@ def memory_traffic(scheduled_mod, spec, line_bytes: int = 64) -> Dict[str, float
     l1, l2 = CACHES.get(str(spec.target.get("mcpu")), DEFAULT_CACHES)
     threads = threads_of(spec)
     memo: dict = {}
-    return {"l1_lines": sum(_traffic(tree, l1 / line_bytes, threads, line_bytes, memo).values()),
-            "l2_lines": sum(_traffic(tree, l2 / line_bytes, threads, line_bytes, memo).values()),
-            "cold_lines": sum(_footprint_lines(c, line_bytes) for c in tree.children)}
-
+    return {
+        "l1_lines": sum(_traffic(tree, l1 / line_bytes, threads, line_bytes, memo).values()),
+        "l2_lines": sum(_traffic(tree, l2 / line_bytes, threads, line_bytes, memo).values()),
+        "cold_lines": sum(_footprint_lines(c, line_bytes) for c in tree.children),
+    }

@@ -19,6 +19,7 @@ Estimated logs are kept apart from measured ones: ``tuning_logs/estimated/<class
 the class first, then the estimated one, then the nearest or transferred class's schedules, so
 a log made on a real board always wins.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,7 +65,7 @@ def _estimate_worker(mod, spec, ghz: float) -> str:
     from tvmnet.proxy.kernel import estimate
 
     est = estimate(mod, spec)
-    cycles = est.rthroughput_cycles     # the score that ranks schedules best (PROXY_RHO above)
+    cycles = est.rthroughput_cycles  # the score that ranks schedules best (PROXY_RHO above)
     # a directory per candidate, as MetaSchedule's builders make: its RemoveBuildArtifact
     # callback removes the artifact's directory once the candidate is recorded
     path = os.path.join(tempfile.mkdtemp(prefix="tvmnet-proxy-"), "estimate.json")
@@ -77,8 +78,9 @@ def make_proxy_builder(spec, ghz: float, max_workers: Optional[int] = None, time
     """A MetaSchedule builder whose "artifact" is the proxy's estimate of the candidate."""
     from tvmnet.tune.builder import pool_builder
 
-    return pool_builder(spec, partial(_estimate_worker, spec=spec, ghz=ghz), lambda b: b.mod, "proxy estimate",
-                        max_workers, timeout_sec)
+    return pool_builder(
+        spec, partial(_estimate_worker, spec=spec, ghz=ghz), lambda b: b.mod, "proxy estimate", max_workers, timeout_sec
+    )
 
 
 def make_proxy_runner():
@@ -124,12 +126,17 @@ def select_trusted(tasks, say) -> list:
     trusted = [t for t, kind in zip(tasks, kinds) if kind in TRUSTED_KINDS]
     left = sorted(set(kinds) - set(TRUSTED_KINDS))
     if left:
-        say(f"--estimate tunes only kernel kinds the cost proxy ranks as measurements do (Spearman's rho >= "
+        say(
+            f"--estimate tunes only kernel kinds the cost proxy ranks as measurements do (Spearman's rho >= "
             f"{RHO_BAR}: {', '.join(f'{k} {PROXY_RHO[k]}' for k in TRUSTED_KINDS)}); "
-            f"{len(tasks) - len(trusted)} kernel(s) of kind {', '.join(left)} keep the nearest class's schedules")
+            f"{len(tasks) - len(trusted)} kernel(s) of kind {', '.join(left)} keep the nearest class's schedules"
+        )
     if not trusted:
-        raise UsageError("no kernel of a kind the cost proxy is trusted for (" + ", ".join(TRUSTED_KINDS) +
-                         ") matches; drop --kernels or choose a pointwise (matmul) kernel or the stem conv")
+        raise UsageError(
+            "no kernel of a kind the cost proxy is trusted for ("
+            + ", ".join(TRUSTED_KINDS)
+            + ") matches; drop --kernels or choose a pointwise (matmul) kernel or the stem conv"
+        )
     return trusted
 
 
@@ -139,12 +146,17 @@ def proxy_measurer(spec):
     from tvmnet.proxy.mca import llvm_mca_path
     from tvmnet.tune.search import Measurer
 
-    llvm_mca_path()      # a one-line error with the install command when llvm-mca is missing
+    llvm_mca_path()  # a one-line error with the install command when llvm-mca is missing
     ghz = clock_ghz(spec)
-    return Measurer(make_proxy_builder(spec, ghz), make_proxy_runner(),
-                    measured_on=(f"nothing: estimated by the cost proxy (llvm-mca -mcpu={spec.target.get('mcpu')}, "
-                                 f"cycles at {ghz:g} GHz) on {cpu_model()}"),
-                    select=select_trusted)
+    return Measurer(
+        make_proxy_builder(spec, ghz),
+        make_proxy_runner(),
+        measured_on=(
+            f"nothing: estimated by the cost proxy (llvm-mca -mcpu={spec.target.get('mcpu')}, "
+            f"cycles at {ghz:g} GHz) on {cpu_model()}"
+        ),
+        select=select_trusted,
+    )
 
 
 def tune_by_proxy(opts, say=print):

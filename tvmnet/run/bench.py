@@ -17,6 +17,7 @@ How it stays fair:
   (``time.perf_counter``). The parent draws the input (seed 0), hands it to every worker as
   a .npy and compares each engine's output with tvmnet's.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -37,8 +38,12 @@ from tvmnet.core import errors
 from tvmnet.core.errors import TvmnetError, UsageError
 
 ENGINES = ("tvmnet", "pytorch", "onnxruntime", "executorch")
-LABELS = {"tvmnet": "tvmnet (TVM)", "pytorch": "PyTorch eager", "onnxruntime": "ONNX Runtime",
-          "executorch": "ExecuTorch XNNPACK"}
+LABELS = {
+    "tvmnet": "tvmnet (TVM)",
+    "pytorch": "PyTorch eager",
+    "onnxruntime": "ONNX Runtime",
+    "executorch": "ExecuTorch XNNPACK",
+}
 EXECUTORCH_INSTALL = 'pip install -e ".[executorch]" torch==2.13.0'
 PACKAGES = {"tvmnet": "apache-tvm", "pytorch": "torch", "onnxruntime": "onnxruntime", "executorch": "executorch"}
 
@@ -54,7 +59,7 @@ class BenchOptions:
     rounds: int = 15
     runs: int = 10
     warmup: int = 10
-    engines: Optional[Tuple[str, ...]] = None     # None: all of ENGINES installed here
+    engines: Optional[Tuple[str, ...]] = None  # None: all of ENGINES installed here
 
     def __post_init__(self):
         if self.engines is None:
@@ -63,7 +68,9 @@ class BenchOptions:
         if bad or "tvmnet" not in self.engines:
             raise UsageError(f"--engines {','.join(self.engines)}: choose from {', '.join(ENGINES)} (tvmnet included)")
         if "executorch" in self.engines and not executorch_installed():
-            raise UsageError(f"--engines executorch: ExecuTorch is not installed; install it with `{EXECUTORCH_INSTALL}`")
+            raise UsageError(
+                f"--engines executorch: ExecuTorch is not installed; install it with `{EXECUTORCH_INSTALL}`"
+            )
 
 
 @dataclass
@@ -73,9 +80,9 @@ class BenchResult:
     input_shape: tuple
     machine: Dict[str, str] = field(default_factory=dict)
     samples: Dict[str, List[float]] = field(default_factory=dict)
-    round_ms: Dict[str, List[float]] = field(default_factory=dict)   # engine -> its median in each round
+    round_ms: Dict[str, List[float]] = field(default_factory=dict)  # engine -> its median in each round
     max_abs_diff: Dict[str, float] = field(default_factory=dict)
-    workers: Dict[str, dict] = field(default_factory=dict)     # engine -> pid, threads, note
+    workers: Dict[str, dict] = field(default_factory=dict)  # engine -> pid, threads, note
     versions: Dict[str, str] = field(default_factory=dict)
     rounds: int = 0
 
@@ -94,27 +101,47 @@ class BenchResult:
 
     def table(self) -> str:
         ours = self.median("tvmnet")
-        lines = [f"machine: {self.machine.get('cpu')}; target class {self.machine.get('class')}",
-                 f"{self.artifact}: input {self.input_shape}, {self.threads} thread(s), {self.rounds} round(s), "
-                 f"{len(self.samples['tvmnet'])} timed runs per engine, each engine in its own process",
-                 f"{'engine':<20}{'median ms':>10}{'p90 ms':>10}{'tvmnet/engine':>15}{'per round':>11}{'max|diff|':>12}"]
+        lines = [
+            f"machine: {self.machine.get('cpu')}; target class {self.machine.get('class')}",
+            f"{self.artifact}: input {self.input_shape}, {self.threads} thread(s), {self.rounds} round(s), "
+            f"{len(self.samples['tvmnet'])} timed runs per engine, each engine in its own process",
+            f"{'engine':<20}{'median ms':>10}{'p90 ms':>10}{'tvmnet/engine':>15}{'per round':>11}{'max|diff|':>12}",
+        ]
         for e in self.samples:
             diff = "" if e == "tvmnet" else f"{self.max_abs_diff.get(e, float('nan')):.1e}"
-            lines.append(f"{LABELS[e]:<20}{self.median(e):>10.3f}{self.p90(e):>10.3f}{ours / self.median(e):>14.2f}x"
-                         f"{self.per_round(e):>10.2f}x{diff:>12}")
-        lines.append("tvmnet/engine < 1 means tvmnet is faster; per round: the median over rounds of that ratio within "
-                     "each round; max|diff| is the output difference to tvmnet")
+            lines.append(
+                f"{LABELS[e]:<20}{self.median(e):>10.3f}{self.p90(e):>10.3f}{ours / self.median(e):>14.2f}x"
+                f"{self.per_round(e):>10.2f}x{diff:>12}"
+            )
+        lines.append(
+            "tvmnet/engine < 1 means tvmnet is faster; per round: the median over rounds of that ratio within "
+            "each round; max|diff| is the output difference to tvmnet"
+        )
         return "\n".join(lines)
 
     def to_json(self) -> dict:
-        return {"artifact": self.artifact, "machine": self.machine, "threads": self.threads,
-                "input_shape": list(self.input_shape), "rounds": self.rounds, "pid": os.getpid(),
-                "versions": self.versions,
-                "engines": {e: {"median_ms": self.median(e), "p90_ms": self.p90(e), "runs": len(s),
-                                "ratio_tvmnet_to_engine": self.median("tvmnet") / self.median(e),
-                                "ratio_per_round": self.per_round(e), "round_medians_ms": self.round_ms[e],
-                                "max_abs_diff": self.max_abs_diff.get(e), **self.workers.get(e, {})}
-                            for e, s in self.samples.items()}}
+        return {
+            "artifact": self.artifact,
+            "machine": self.machine,
+            "threads": self.threads,
+            "input_shape": list(self.input_shape),
+            "rounds": self.rounds,
+            "pid": os.getpid(),
+            "versions": self.versions,
+            "engines": {
+                e: {
+                    "median_ms": self.median(e),
+                    "p90_ms": self.p90(e),
+                    "runs": len(s),
+                    "ratio_tvmnet_to_engine": self.median("tvmnet") / self.median(e),
+                    "ratio_per_round": self.per_round(e),
+                    "round_medians_ms": self.round_ms[e],
+                    "max_abs_diff": self.max_abs_diff.get(e),
+                    **self.workers.get(e, {}),
+                }
+                for e, s in self.samples.items()
+            },
+        }
 
 
 def machine_info(art) -> Dict[str, str]:
@@ -129,13 +156,17 @@ def select_engines(opts: BenchOptions, art) -> Tuple[List[str], List[str]]:
     notes = []
     cpu_only = [e for e in ("onnxruntime", "executorch") if e in wanted]
     if art.target["device"] == "cuda" and cpu_only:
-        notes.append(f"CUDA artifact: comparing with PyTorch CUDA eager only "
-                     f"({' and '.join(LABELS[e] for e in cpu_only)} run on the CPU here)")
+        notes.append(
+            f"CUDA artifact: comparing with PyTorch CUDA eager only "
+            f"({' and '.join(LABELS[e] for e in cpu_only)} run on the CPU here)"
+        )
         wanted = [e for e in wanted if e not in cpu_only]
     torch_based = [e for e in ("pytorch", "executorch") if e in wanted]
     if art.model["source"] == "onnx" and torch_based:
-        notes.append(f"artifact was built from ONNX: no PyTorch model to compare with; skipping "
-                     f"{' and '.join(LABELS[e] for e in torch_based)}")
+        notes.append(
+            f"artifact was built from ONNX: no PyTorch model to compare with; skipping "
+            f"{' and '.join(LABELS[e] for e in torch_based)}"
+        )
         wanted = [e for e in wanted if e not in torch_based]
     if opts.engines is None and "executorch" in wanted and not executorch_installed():
         wanted.remove("executorch")
@@ -150,21 +181,36 @@ class _Worker:
         self.engine = engine
         self.log = workdir / f"{engine}.log"
         env = dict(os.environ, TVM_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-        root = str(Path(__file__).resolve().parents[2])    # the worker imports this same tvmnet
+        root = str(Path(__file__).resolve().parents[2])  # the worker imports this same tvmnet
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        cmd = [sys.executable, "-m", "tvmnet.run.bench_worker", engine, str(art.path), str(input_path), str(workdir),
-               "--threads", str(threads), "--warmup", str(warmup), "--runs", str(runs)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tvmnet.run.bench_worker",
+            engine,
+            str(art.path),
+            str(input_path),
+            str(workdir),
+            "--threads",
+            str(threads),
+            "--warmup",
+            str(warmup),
+            "--runs",
+            str(runs),
+        ]
         with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                                         env=env, text=True)
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, text=True
+            )
 
     def _reply(self) -> dict:
         line = self.proc.stdout.readline()
         if not line:
             code = self.proc.wait()
             tail = [l for l in self.log.read_text(errors="replace").splitlines() if l.strip()]
-            raise TvmnetError(f"the {LABELS[self.engine]} worker died (exit code {code})"
-                              + (f": {tail[-1].strip()}" if tail else ""))
+            raise TvmnetError(
+                f"the {LABELS[self.engine]} worker died (exit code {code})" + (f": {tail[-1].strip()}" if tail else "")
+            )
         msg = json.loads(line)
         if "error" in msg:
             cls = getattr(errors, msg.get("type") or "", None)
@@ -182,7 +228,7 @@ class _Worker:
             self.proc.stdin.write("round\n")
             self.proc.stdin.flush()
         except OSError:
-            pass            # it died: _reply says how
+            pass  # it died: _reply says how
         return self._reply()["samples_ms"]
 
     def close(self) -> None:
@@ -212,7 +258,7 @@ def run_bench(opts: BenchOptions, say=print) -> BenchResult:
         np.save(workdir / "input.npy", x)
         workers: Dict[str, _Worker] = {}
         try:
-            for e in engines:       # one at a time: no load, export or warm-up overlaps another engine
+            for e in engines:  # one at a time: no load, export or warm-up overlaps another engine
                 say(f"loading {LABELS[e]} in its own process")
                 workers[e] = _Worker(e, art, workdir / "input.npy", workdir, threads, opts.warmup, opts.runs)
                 res.workers[e] = workers[e].ready()
@@ -224,7 +270,7 @@ def run_bench(opts: BenchOptions, say=print) -> BenchResult:
             res.samples = {e: [] for e in engines}
             res.round_ms = {e: [] for e in engines}
             for r in range(opts.rounds):
-                for e in engines[r % len(engines):] + engines[:r % len(engines)]:
+                for e in engines[r % len(engines) :] + engines[: r % len(engines)]:
                     times = workers[e].round()
                     res.samples[e].extend(times)
                     res.round_ms[e].append(statistics.median(times))

@@ -9,6 +9,7 @@ then, for each ``round`` line read on stdin, one untimed run (it wakes the threa
 the idle wait) and R timed runs ``{"samples_ms": [...]}``; ``quit`` or end of input ends it.
 Whatever libraries print goes to stderr (the parent keeps it in WORKDIR/ENGINE.log).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,7 @@ def _tvmnet(art, x, threads, workdir):
 
     from tvmnet.run.runner import open_local
 
-    sess = open_local(art)                 # TVM_NUM_THREADS is set before tvm was imported
+    sess = open_local(art)  # TVM_NUM_THREADS is set before tvm was imported
     out = sess.run(x)
     sess.vm.set_input("main", tvm.runtime.tensor(x, sess.device))
     invoke, sync = sess.vm.invoke_stateful, sess.device.sync
@@ -105,18 +106,23 @@ def _executorch(art, x, threads, workdir):
     from tvmnet.models import build_model
     from tvmnet.run.reference import reference_model_config
 
-    torch.set_num_threads(threads)         # the export only; the program runs on XNNPACK's pool
+    torch.set_num_threads(threads)  # the export only; the program runs on XNNPACK's pool
     model = build_model(reference_model_config(art)).eval()
     tx = torch.from_numpy(x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lowered = to_edge_transform_and_lower(torch.export.export(model, (tx,)), partitioner=[XnnpackPartitioner()])
     graph = lowered.exported_program().graph
-    outside = sorted({str(n.target) for n in graph.nodes if n.op == "call_function"
-                      and "call_delegate" not in str(n.target) and "getitem" not in str(n.target)})
+    outside = sorted(
+        {
+            str(n.target)
+            for n in graph.nodes
+            if n.op == "call_function" and "call_delegate" not in str(n.target) and "getitem" not in str(n.target)
+        }
+    )
     pte = workdir / "model.pte"
     pte.write_bytes(lowered.to_executorch().buffer)
-    reset = getattr(portable_lib, "_unsafe_reset_threadpool", None)   # XNNPACK's pthreadpool, process-wide
+    reset = getattr(portable_lib, "_unsafe_reset_threadpool", None)  # XNNPACK's pthreadpool, process-wide
     if reset is not None:
         reset(threads)
     count = getattr(portable_lib, "_threadpool_get_thread_count", None)
@@ -135,8 +141,9 @@ def _executorch(art, x, threads, workdir):
 LOADERS = {"tvmnet": _tvmnet, "pytorch": _pytorch, "onnxruntime": _onnxruntime, "executorch": _executorch}
 
 
-def serve(engine: str, artifact: Path, input_path: Path, workdir: Path, threads: int, warmup: int, runs: int,
-          reply) -> None:
+def serve(
+    engine: str, artifact: Path, input_path: Path, workdir: Path, threads: int, warmup: int, runs: int, reply
+) -> None:
     """Load ``engine``, then time rounds on request; ``reply(dict)`` sends one message."""
     from tvmnet.build.artifact import load_artifact
 
@@ -174,9 +181,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--runs", type=int, default=20)
     args = p.parse_args(argv)
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)   # before anything imports tvm
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before anything imports tvm
     channel = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())    # stray prints cannot corrupt the channel
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints cannot corrupt the channel
 
     def reply(msg: dict) -> None:
         channel.write(json.dumps(msg) + "\n")

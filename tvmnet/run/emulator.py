@@ -7,6 +7,7 @@ wrapper (``sysroot/usr/bin/python``) that re-enters qemu. ``QEMU_CPU`` is the bo
 code using instructions the board lacks fails as on the board. Everything lives under
 ``CACHE_DIR/emulator``: ``run/<board>-<port>.json`` records a server, ``logs/`` holds its output.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -41,6 +42,7 @@ def cache_dir() -> Path:
 
 def boards() -> list:
     """Presets qemu-user can emulate: aarch64 with a ``qemu_cpu`` (aliases of such presets count)."""
+
     def raw(name):
         return json.loads((TARGETS_DIR / f"{name}.json").read_text())
 
@@ -66,8 +68,9 @@ def _versions() -> dict:
     try:
         return {p: importlib.metadata.version(p) for p in ("apache-tvm", "apache-tvm-ffi")}
     except importlib.metadata.PackageNotFoundError as err:
-        raise ToolchainError(f"{err.name} is not installed on this host; install it with "
-                             "`pip install apache-tvm==0.27.0.post1`") from err
+        raise ToolchainError(
+            f"{err.name} is not installed on this host; install it with `pip install apache-tvm==0.27.0.post1`"
+        ) from err
 
 
 def _run(cmd: list, log: Path, what: str, **kw) -> None:
@@ -78,29 +81,48 @@ def _run(cmd: list, log: Path, what: str, **kw) -> None:
         res = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kw)
     if res.returncode != 0:
         last = ([ln for ln in log.read_text().splitlines() if ln.strip()] or ["no output"])[-1]
-        raise ToolchainError(f"emulator set-up failed to {what} (exit {res.returncode}: {last.strip()}); "
-                             f"full output in {log}; fix that and run it again")
+        raise ToolchainError(
+            f"emulator set-up failed to {what} (exit {res.returncode}: {last.strip()}); "
+            f"full output in {log}; fix that and run it again"
+        )
 
 
 def _apt_sysroot(root: Path, log: Path) -> None:
     """Unpack arm64 Debian packages into ``root/sysroot`` through a private apt (the host's dpkg is untouched)."""
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        raise ToolchainError("the emulator fetches its arm64 userland with apt-get and dpkg-deb, which this host "
-                             "lacks; run it on Debian 12 (bookworm) or derivatives with Debian sources")
+        raise ToolchainError(
+            "the emulator fetches its arm64 userland with apt-get and dpkg-deb, which this host "
+            "lacks; run it on Debian 12 (bookworm) or derivatives with Debian sources"
+        )
     apt = root / "apt"
     for d in ("lists/partial", "cache/archives/partial", "state"):
         (apt / d).mkdir(parents=True, exist_ok=True)
     (apt / "status").touch()
     conf = apt / "apt.conf"
-    conf.write_text("\n".join([
-        'APT::Architecture "arm64";', 'APT::Architectures { "arm64"; };', 'APT::Install-Recommends "false";',
-        'APT::Sandbox::User "root";', 'Acquire::Languages "none";', f'Dir::State "{apt}/state";',
-        f'Dir::State::Lists "{apt}/lists";', f'Dir::State::status "{apt}/status";', f'Dir::Cache "{apt}/cache";',
-    ]) + "\n")
+    conf.write_text(
+        "\n".join(
+            [
+                'APT::Architecture "arm64";',
+                'APT::Architectures { "arm64"; };',
+                'APT::Install-Recommends "false";',
+                'APT::Sandbox::User "root";',
+                'Acquire::Languages "none";',
+                f'Dir::State "{apt}/state";',
+                f'Dir::State::Lists "{apt}/lists";',
+                f'Dir::State::status "{apt}/status";',
+                f'Dir::Cache "{apt}/cache";',
+            ]
+        )
+        + "\n"
+    )
     env = {**os.environ, "APT_CONFIG": str(conf), "DEBIAN_FRONTEND": "noninteractive"}
     _run(["apt-get", "-q", "update"], log, "fetch the arm64 package lists (apt-get update)", env=env)
-    _run(["apt-get", "-q", "-y", "install", "--download-only", *DEBS], log,
-         f"download {' '.join(DEBS)} for arm64", env=env)
+    _run(
+        ["apt-get", "-q", "-y", "install", "--download-only", *DEBS],
+        log,
+        f"download {' '.join(DEBS)} for arm64",
+        env=env,
+    )
     for deb in sorted((apt / "cache" / "archives").glob("*.deb")):
         _run(["dpkg-deb", "-x", str(deb), str(root / "sysroot")], log, f"unpack {deb.name}")
     shutil.rmtree(apt)
@@ -109,8 +131,23 @@ def _apt_sysroot(root: Path, log: Path) -> None:
 def _pip_site(root: Path, versions: dict, log: Path) -> None:
     """Install the aarch64 wheels into ``root/site`` and drop the compiler library the device never needs."""
     site = root / "site"
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--target", str(site),
-           "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        "--target",
+        str(site),
+        "--only-binary=:all:",
+        "--python-version",
+        "3.11",
+        "--implementation",
+        "cp",
+        "--abi",
+        "cp311",
+    ]
     cmd += [arg for p in PLATFORMS for arg in ("--platform", p)]
     cmd += [f"{p}=={v}" for p, v in versions.items()] + WHEELS
     _run(cmd, log, "download the aarch64 wheels of apache-tvm (pip)")
@@ -126,7 +163,8 @@ def _write_wrapper(root: Path) -> Path:
         "#!/bin/sh\n# aarch64 CPython under qemu-user; QEMU_CPU selects the CPU model.\n"
         f"export PYTHONPATH={q(str(root / 'site'))} PYTHONNOUSERSITE=1 TVM_USE_RUNTIME_LIB=1\n"
         "unset PYTHONHOME LD_LIBRARY_PATH LD_PRELOAD TVM_LIBRARY_PATH\n"
-        f'exec {QEMU} -L {q(str(sysroot))} -0 {q(str(wrapper))} {q(str(sysroot / "usr/bin/python3.11"))} "$@"\n')
+        f'exec {QEMU} -L {q(str(sysroot))} -0 {q(str(wrapper))} {q(str(sysroot / "usr/bin/python3.11"))} "$@"\n'
+    )
     wrapper.chmod(0o755)
     return wrapper
 
@@ -142,8 +180,9 @@ def prepare(board: str = "rpi4", say: Callable = print) -> Path:
     """
     spec = _board(board)
     if shutil.which(QEMU) is None:
-        raise ToolchainError(f"emulating {board} needs {QEMU}, which is not on PATH; "
-                             "install it with `apt-get install qemu-user-static`")
+        raise ToolchainError(
+            f"emulating {board} needs {QEMU}, which is not on PATH; install it with `apt-get install qemu-user-static`"
+        )
     root, versions = cache_dir(), _versions()
     marker = root / "ready.json"
     root.mkdir(parents=True, exist_ok=True)
@@ -160,25 +199,42 @@ def prepare(board: str = "rpi4", say: Callable = print) -> Path:
         say(f"emulator: setting up an arm64 Python 3.11 userland in {root} (once; log {log})")
         say(f"emulator: [1/3] arm64 Debian packages via a private apt ({', '.join(DEBS)} and dependencies)")
         _apt_sysroot(root, log)
-        say(f"emulator: [2/3] aarch64 wheels: apache-tvm {versions['apache-tvm']} (runtime only), "
-            f"apache-tvm-ffi {versions['apache-tvm-ffi']}, {', '.join(WHEELS)}")
+        say(
+            f"emulator: [2/3] aarch64 wheels: apache-tvm {versions['apache-tvm']} (runtime only), "
+            f"apache-tvm-ffi {versions['apache-tvm-ffi']}, {', '.join(WHEELS)}"
+        )
         _pip_site(root, versions, log)
         wrapper = _write_wrapper(root)
         say(f"emulator: [3/3] checking that the emulated Python imports tvm (QEMU_CPU={spec.qemu_cpu})")
-        _run([wrapper, "-c", "import tvm; assert tvm.cpu().exist; print('tvm', tvm.__version__)"], log,
-             "import tvm under emulation", env={**os.environ, "QEMU_CPU": spec.qemu_cpu}, timeout=300)
+        _run(
+            [wrapper, "-c", "import tvm; assert tvm.cpu().exist; print('tvm', tvm.__version__)"],
+            log,
+            "import tvm under emulation",
+            env={**os.environ, "QEMU_CPU": spec.qemu_cpu},
+            timeout=300,
+        )
         marker.write_text(json.dumps(versions))
         say(f"emulator: ready in {time.monotonic() - start:.0f} s, {_size_mb(root):.0f} MB in {root}")
     return root
 
 
-def server_command(board: str, host: str, port: int, tracker: Optional[str] = None,
-                   key: Optional[str] = None) -> list:
+def server_command(board: str, host: str, port: int, tracker: Optional[str] = None, key: Optional[str] = None) -> list:
     """The argv ``start()`` runs: the RPC server under the board's qemu CPU model (self-contained: uses ``env``)."""
     spec = _board(board)
     wrapper = cache_dir() / "sysroot" / "usr" / "bin" / "python"
-    argv = ["env", f"QEMU_CPU={spec.qemu_cpu}", str(wrapper), "-m", "tvm.exec.rpc_server",
-            "--host", host, "--port", str(port), "--port-end", str(port + 1)]
+    argv = [
+        "env",
+        f"QEMU_CPU={spec.qemu_cpu}",
+        str(wrapper),
+        "-m",
+        "tvm.exec.rpc_server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--port-end",
+        str(port + 1),
+    ]
     if tracker:
         argv += ["--tracker", tracker, "--key", key or board]
     return argv
@@ -240,23 +296,40 @@ def _registered(tracker: str, key: str, port: int) -> bool:
     except (OSError, ValueError):
         return False
     return code == base.TrackerCode.SUCCESS and any(
-        s.get("key") == f"server:{key}" and s.get("addr", [None, None])[1] == port for s in info["server_info"])
+        s.get("key") == f"server:{key}" and s.get("addr", [None, None])[1] == port for s in info["server_info"]
+    )
 
 
 def _summary(rec: dict, note: str = "") -> str:
-    where = (f"registered at tracker {rec['tracker']} under key {rec['key']} (use --tracker {rec['tracker']} "
-             f"--key {rec['key']})" if rec.get("tracker") else f"use it with --rpc {rec['host']}:{rec['port']}")
-    exposed = "" if rec["host"] in ("127.0.0.1", "localhost", "::1") else (
-        f" It is bound to {rec['host']}: anyone who can reach port {rec['port']} can run code as this user.")
-    return (f"{note}Emulated {rec['board']} (qemu-user, CPU {rec['qemu_cpu']}) serves TVM RPC at "
-            f"{rec['host']}:{rec['port']} (pid {rec['pid']}, log {rec['log']}); {where}; stop it with "
-            f"`tvmnet emulator stop --board {rec['board']} --port {rec['port']}`. Timings from an emulated board "
-            "are emulation times (30-45x slower than native), not board times. The server runs any library it is "
-            f"sent, so it binds to loopback unless told otherwise (--host).{exposed}")
+    where = (
+        f"registered at tracker {rec['tracker']} under key {rec['key']} (use --tracker {rec['tracker']} "
+        f"--key {rec['key']})"
+        if rec.get("tracker")
+        else f"use it with --rpc {rec['host']}:{rec['port']}"
+    )
+    exposed = (
+        ""
+        if rec["host"] in ("127.0.0.1", "localhost", "::1")
+        else (f" It is bound to {rec['host']}: anyone who can reach port {rec['port']} can run code as this user.")
+    )
+    return (
+        f"{note}Emulated {rec['board']} (qemu-user, CPU {rec['qemu_cpu']}) serves TVM RPC at "
+        f"{rec['host']}:{rec['port']} (pid {rec['pid']}, log {rec['log']}); {where}; stop it with "
+        f"`tvmnet emulator stop --board {rec['board']} --port {rec['port']}`. Timings from an emulated board "
+        "are emulation times (30-45x slower than native), not board times. The server runs any library it is "
+        f"sent, so it binds to loopback unless told otherwise (--host).{exposed}"
+    )
 
 
-def start(board: str = "rpi4", host: str = "127.0.0.1", port: int = 9090, tracker: Optional[str] = None,
-          key: Optional[str] = None, say: Callable = print, wait: float = 60.0) -> str:
+def start(
+    board: str = "rpi4",
+    host: str = "127.0.0.1",
+    port: int = 9090,
+    tracker: Optional[str] = None,
+    key: Optional[str] = None,
+    say: Callable = print,
+    wait: float = 60.0,
+) -> str:
     """Start the emulated board's RPC server as a daemon (own session); returns a human summary."""
     spec = _board(board)
     if tracker and (":" not in tracker or not tracker.rsplit(":", 1)[1].isdigit()):
@@ -264,8 +337,10 @@ def start(board: str = "rpi4", host: str = "127.0.0.1", port: int = 9090, tracke
     if key and not tracker:
         raise UsageError(f"--key {key} only applies with --tracker HOST:PORT; drop it or add a tracker")
     if tracker and not _answers(*tracker.rsplit(":", 1), probe=b""):
-        raise DeviceError(f"tracker {tracker} does not answer; start one (`python -m tvm.exec.rpc_tracker "
-                          f"--host 0.0.0.0 --port {tracker.rsplit(':', 1)[1]}`) or fix --tracker")
+        raise DeviceError(
+            f"tracker {tracker} does not answer; start one (`python -m tvm.exec.rpc_tracker "
+            f"--host 0.0.0.0 --port {tracker.rsplit(':', 1)[1]}`) or fix --tracker"
+        )
     rec_path = _record(board, port)
     if rec_path.is_file():
         rec = json.loads(rec_path.read_text())
@@ -276,19 +351,36 @@ def start(board: str = "rpi4", host: str = "127.0.0.1", port: int = 9090, tracke
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((host, port))
     except OSError as err:
-        raise DeviceError(f"cannot serve on {host}:{port} ({err.strerror}); choose another --port, or see "
-                          "`tvmnet emulator status` for emulators already running") from err
+        raise DeviceError(
+            f"cannot serve on {host}:{port} ({err.strerror}); choose another --port, or see "
+            "`tvmnet emulator status` for emulators already running"
+        ) from err
     root = prepare(board, say)
     log = root / "logs" / f"{board}-{port}.log"
     log.parent.mkdir(exist_ok=True)
     rec_path.parent.mkdir(exist_ok=True)
     began = time.monotonic()
     with log.open("a") as fh:
-        proc = subprocess.Popen(server_command(board, host, port, tracker, key), stdout=fh, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=root, start_new_session=True)
+        proc = subprocess.Popen(
+            server_command(board, host, port, tracker, key),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=root,
+            start_new_session=True,
+        )
     _CHILDREN[proc.pid] = proc
-    rec = {"board": board, "host": host, "port": port, "pid": proc.pid, "qemu_cpu": spec.qemu_cpu, "log": str(log),
-           "tracker": tracker, "key": (key or board) if tracker else None, "started": time.time()}
+    rec = {
+        "board": board,
+        "host": host,
+        "port": port,
+        "pid": proc.pid,
+        "qemu_cpu": spec.qemu_cpu,
+        "log": str(log),
+        "tracker": tracker,
+        "key": (key or board) if tracker else None,
+        "started": time.time(),
+    }
     rec_path.write_text(json.dumps(rec))
     while not (_registered(tracker, rec["key"], port) if tracker else _answers(host, port)):
         if proc.poll() is not None or time.monotonic() - began > wait:
@@ -311,8 +403,11 @@ def stop(board: str = "rpi4", port: int = 9090) -> str:
     pid = json.loads(rec_path.read_text())["pid"]
     was_alive = _kill(pid)
     rec_path.unlink(missing_ok=True)
-    return f"stopped the emulated {board} on port {port} (pid {pid})" if was_alive else \
-        f"the emulated {board} on port {port} (pid {pid}) had already exited; its record is removed"
+    return (
+        f"stopped the emulated {board} on port {port} (pid {pid})"
+        if was_alive
+        else f"the emulated {board} on port {port} (pid {pid}) had already exited; its record is removed"
+    )
 
 
 def status() -> str:

@@ -1,4 +1,5 @@
 """The reference an artifact is checked against: the PyTorch model (zoo) or ONNX Runtime."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,12 +17,22 @@ def reference_model_config(artifact: Artifact) -> ModelConfig:
     weights = m.get("weights")
     if weights:
         if not Path(weights).is_file():
-            raise WeightsError(f"the artifact was built from weights {weights}, which no longer exist; "
-                               "put them back or rebuild the artifact")
+            raise WeightsError(
+                f"the artifact was built from weights {weights}, which no longer exist; "
+                "put them back or rebuild the artifact"
+            )
         if sha256(Path(weights)) != m.get("weights_sha256"):
-            raise WeightsError(f"weights {weights} changed since the artifact was built; rebuild it with `tvmnet compile`")
-    return ModelConfig(alpha=m["alpha"], resolution=m["resolution"], num_classes=m["num_classes"],
-                       batch=artifact.input_shape[0], weights=Path(weights) if weights else None, seed=m.get("seed") or 0)
+            raise WeightsError(
+                f"weights {weights} changed since the artifact was built; rebuild it with `tvmnet compile`"
+            )
+    return ModelConfig(
+        alpha=m["alpha"],
+        resolution=m["resolution"],
+        num_classes=m["num_classes"],
+        batch=artifact.input_shape[0],
+        weights=Path(weights) if weights else None,
+        seed=m.get("seed") or 0,
+    )
 
 
 class Reference:
@@ -52,7 +63,9 @@ class Reference:
 
             path = Path(m["onnx"])
             if not path.is_file():
-                raise WeightsError(f"the artifact was built from ONNX model {path}, which no longer exists; put it back")
+                raise WeightsError(
+                    f"the artifact was built from ONNX model {path}, which no longer exists; put it back"
+                )
             opts = ort.SessionOptions()
             if threads:
                 opts.intra_op_num_threads = threads

@@ -5,6 +5,7 @@ The board runs TVM's own RPC server (``python -m tvm.exec.rpc_server``, or
 (``python -m tvm.exec.rpc_tracker``) are how tuning spreads over devices. A TVM RPC server
 runs whatever library it is sent: keep it on loopback or a trusted network.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,13 +25,19 @@ def connect(endpoint: Endpoint, session_timeout: float = 0):
     if endpoint.rpc:
         host, port = parse_hostport(endpoint.rpc)
         probe(host, port, endpoint.timeout, "RPC server")
-        return with_deadline(lambda: rpc.connect(host, port, session_timeout=session_timeout), endpoint.timeout,
-                              f"RPC server {host}:{port}")
+        return with_deadline(
+            lambda: rpc.connect(host, port, session_timeout=session_timeout),
+            endpoint.timeout,
+            f"RPC server {host}:{port}",
+        )
     host, port = parse_hostport(endpoint.tracker, "--tracker")
     probe(host, port, endpoint.timeout, "RPC tracker")
     tracker = with_deadline(lambda: rpc.connect_tracker(host, port), endpoint.timeout, f"RPC tracker {host}:{port}")
-    return with_deadline(lambda: tracker.request(endpoint.key, priority=1, session_timeout=session_timeout),
-                          endpoint.timeout, f"a device with key {endpoint.key!r} at tracker {host}:{port}")
+    return with_deadline(
+        lambda: tracker.request(endpoint.key, priority=1, session_timeout=session_timeout),
+        endpoint.timeout,
+        f"a device with key {endpoint.key!r} at tracker {host}:{port}",
+    )
 
 
 _ARCH_MARKERS = {"aarch64": ("aarch64", "arm64"), "x86_64": ("x86_64", "x86-64", "amd64")}
@@ -65,14 +72,18 @@ def open_remote(artifact: Artifact, endpoint: Endpoint, say=print, session_timeo
     from tvm.runtime.vm import VirtualMachine  # runtime only: works where just the TVM runtime is installed
 
     if artifact.target["device"] != "cpu":
-        raise ArtifactError(f"artifact {artifact.path} targets {artifact.target['device']}; RPC deployment is for CPU boards")
+        raise ArtifactError(
+            f"artifact {artifact.path} targets {artifact.target['device']}; RPC deployment is for CPU boards"
+        )
     say(f"connecting to {endpoint}")
     remote = connect(endpoint, session_timeout)
     arch = remote_arch(remote)
     want = artifact.target["arch"]
     if arch is not None and arch != want:
-        raise ArtifactError(f"artifact {artifact.path} is built for {want} but the device at {endpoint} is {arch}; "
-                            f"compile for the board's target (e.g. --target rpi4) -- nothing was uploaded")
+        raise ArtifactError(
+            f"artifact {artifact.path} is built for {want} but the device at {endpoint} is {arch}; "
+            f"compile for the board's target (e.g. --target rpi4) -- nothing was uploaded"
+        )
     t0 = time.perf_counter()
     try:
         name = f"tvmnet_{artifact.path.name}_{int(time.time())}.so"
@@ -81,10 +92,11 @@ def open_remote(artifact: Artifact, endpoint: Endpoint, say=print, session_timeo
         dev = remote.cpu()
         vm = VirtualMachine(rlib, dev)
     except Exception as err:
-        raise DeviceError(f"loading {artifact.library.name} on {endpoint} failed: "
-                          f"{err_line(err)}") from err
-    say(f"uploaded and loaded {artifact.library.name} ({artifact.library.stat().st_size / 1e6:.1f} MB) on "
-        f"{endpoint} [{arch or 'arch unknown'}] in {time.perf_counter() - t0:.1f} s")
+        raise DeviceError(f"loading {artifact.library.name} on {endpoint} failed: {err_line(err)}") from err
+    say(
+        f"uploaded and loaded {artifact.library.name} ({artifact.library.stat().st_size / 1e6:.1f} MB) on "
+        f"{endpoint} [{arch or 'arch unknown'}] in {time.perf_counter() - t0:.1f} s"
+    )
     session = RemoteSession(vm, dev, artifact)
     session.where = f"{endpoint} ({arch or 'unknown arch'})"
     try:
@@ -107,5 +119,3 @@ def deploy(artifact: Artifact, endpoint: Endpoint, samples=4, rtol=1e-4, atol=1e
         timing = session.time(seeded_inputs(artifact.input_shape, 1, seed)[0], number=1, repeat=runs)
         where = session.where
     return report, timing, where, time.perf_counter() - t0
-
-

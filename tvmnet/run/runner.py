@@ -3,6 +3,7 @@
 Both use the VM's stateful interface (``set_input``/``invoke_stateful``/``get_outputs``),
 the only one that works over RPC when ``main`` returns a tuple.
 """
+
 from __future__ import annotations
 
 import logging
@@ -56,8 +57,9 @@ class Session:
 
         self.vm.set_input("main", tvm.runtime.tensor(np.ascontiguousarray(x, np.float32), self.device))
         try:
-            timer = self.vm.time_evaluator("invoke_stateful", self.device, number=number, repeat=repeat,
-                                           min_repeat_ms=min_repeat_ms)
+            timer = self.vm.time_evaluator(
+                "invoke_stateful", self.device, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms
+            )
             res = timer("main")
         except Exception as err:
             raise DeviceError(f"timing the model failed on {self.device}: {err_line(err)}") from err
@@ -75,13 +77,17 @@ def open_local(artifact: Artifact) -> Session:
     spec = TargetSpec.from_json(artifact.target)
     why = spec.host_mismatch()
     if why:
-        raise ArtifactError(f"artifact {artifact.path} cannot run here: {why}; run it on its board with "
-                            f"`tvmnet validate {artifact.path} --rpc HOST:PORT` (or `tvmnet deploy`)")
+        raise ArtifactError(
+            f"artifact {artifact.path} cannot run here: {why}; run it on its board with "
+            f"`tvmnet validate {artifact.path} --rpc HOST:PORT` (or `tvmnet deploy`)"
+        )
     if spec.device == "cuda":
         dev = tvm.cuda(0)
         if not dev.exist:
-            raise DeviceError(f"artifact {artifact.path} is built for CUDA and this machine has no usable NVIDIA GPU; "
-                              "run it on a machine with one")
+            raise DeviceError(
+                f"artifact {artifact.path} is built for CUDA and this machine has no usable NVIDIA GPU; "
+                "run it on a machine with one"
+            )
     else:
         spec.use_threads()
         dev = tvm.cpu(0)
@@ -89,6 +95,7 @@ def open_local(artifact: Artifact) -> Session:
         lib = tvm.runtime.load_module(str(artifact.library))
         vm = VirtualMachine(lib, dev)
     except Exception as err:
-        raise ArtifactError(f"cannot load {artifact.library}: {err_line(err)}; rebuild it with "
-                            "`tvmnet compile`") from err
+        raise ArtifactError(
+            f"cannot load {artifact.library}: {err_line(err)}; rebuild it with `tvmnet compile`"
+        ) from err
     return Session(vm, dev, artifact)

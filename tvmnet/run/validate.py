@@ -1,4 +1,5 @@
 """``validate``: run an artifact on seeded inputs and compare with the reference."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ class Report:
     max_abs: float
     max_rel: float
     top1_agree: int
-    input_sensitivity: float       # max |out(x0) - out(x1)|, must exceed the tolerance by far
+    input_sensitivity: float  # max |out(x0) - out(x1)|, must exceed the tolerance by far
     rtol: float
     atol: float
     reference: str
@@ -41,9 +42,19 @@ class Report:
         ]
 
     def to_json(self) -> dict:
-        return {"samples": self.samples, "max_abs": self.max_abs, "max_rel": self.max_rel, "top1_agree": self.top1_agree,
-                "input_sensitivity": self.input_sensitivity, "rtol": self.rtol, "atol": self.atol, "ok": self.ok,
-                "reference": self.reference, "where": self.where, "failures": self.failures}
+        return {
+            "samples": self.samples,
+            "max_abs": self.max_abs,
+            "max_rel": self.max_rel,
+            "top1_agree": self.top1_agree,
+            "input_sensitivity": self.input_sensitivity,
+            "rtol": self.rtol,
+            "atol": self.atol,
+            "ok": self.ok,
+            "reference": self.reference,
+            "where": self.where,
+            "failures": self.failures,
+        }
 
 
 def seeded_inputs(shape, samples: int, seed: int = 0) -> List[np.ndarray]:
@@ -51,8 +62,16 @@ def seeded_inputs(shape, samples: int, seed: int = 0) -> List[np.ndarray]:
     return [rng.standard_normal(shape).astype(np.float32) for _ in range(samples)]
 
 
-def compare(run: Callable, reference, artifact: Artifact, samples: int = 4, rtol: float = DEFAULT_RTOL,
-            atol: float = DEFAULT_ATOL, seed: int = 0, where: str = "cpu") -> Report:
+def compare(
+    run: Callable,
+    reference,
+    artifact: Artifact,
+    samples: int = 4,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    seed: int = 0,
+    where: str = "cpu",
+) -> Report:
     """Run ``run(x)`` and ``reference(x)`` on the same seeded inputs; the report says whether they agree."""
     if samples < 2:
         raise UsageError(f"--samples {samples}: need at least 2 (to check the output depends on the input)")
@@ -64,8 +83,10 @@ def compare(run: Callable, reference, artifact: Artifact, samples: int = 4, rtol
     max_abs = max(float(np.max(np.abs(o - r))) for o, r in zip(ours, refs))
     max_rel = max(float(np.max(np.abs(o - r)) / max(float(np.max(np.abs(r))), 1e-30)) for o, r in zip(ours, refs))
     within = all(np.allclose(o, r, rtol=rtol, atol=atol) for o, r in zip(ours, refs))
-    top1 = sum(int(np.array_equal(o.reshape(o.shape[0], -1).argmax(1), r.reshape(r.shape[0], -1).argmax(1)))
-               for o, r in zip(ours, refs))
+    top1 = sum(
+        int(np.array_equal(o.reshape(o.shape[0], -1).argmax(1), r.reshape(r.shape[0], -1).argmax(1)))
+        for o, r in zip(ours, refs)
+    )
     sensitivity = float(np.max(np.abs(refs[0] - refs[1])))
     failures = []
     if not within:
@@ -74,6 +95,8 @@ def compare(run: Callable, reference, artifact: Artifact, samples: int = 4, rtol
         failures.append(f"top-1 disagrees on {samples - top1} input(s)")
     tol = atol + rtol * float(np.max(np.abs(refs[0])))
     if sensitivity <= 100 * tol:
-        failures.append(f"the reference output barely depends on the input ({sensitivity:.2e}), so this check "
-                        "cannot tell a right model from a wrong one; use weights with live activations")
+        failures.append(
+            f"the reference output barely depends on the input ({sensitivity:.2e}), so this check "
+            "cannot tell a right model from a wrong one; use weights with live activations"
+        )
     return Report(samples, max_abs, max_rel, top1, sensitivity, rtol, atol, reference.name, where, failures)

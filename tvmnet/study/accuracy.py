@@ -13,6 +13,7 @@ weights); these are the figures of the trained models, read from
 
 A pair neither source lists (alpha 0.6, resolution 96...) has no published figure: ``None``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,12 +34,12 @@ class Published:
 
     alpha: float
     resolution: int
-    source: str                     # "tf-slim" or "paper"
+    source: str  # "tf-slim" or "paper"
     top1: float
     top5: Optional[float]
-    mult_adds_m: Optional[float]    # as the source gives them (million)
+    mult_adds_m: Optional[float]  # as the source gives them (million)
     params_m: Optional[float]
-    where: str                      # checkpoint name or table in the source
+    where: str  # checkpoint name or table in the source
 
     def cite(self) -> str:
         return f"{source_name(self.source)}, {self.where}"
@@ -54,9 +55,16 @@ def _load() -> dict:
     doc = json.loads(text)
     entries: Dict[tuple, Dict[str, Published]] = {}
     for e in doc["entries"]:
-        pub = Published(float(e["alpha"]), int(e["resolution"]), e["source"], float(e["top1"]),
-                        None if e.get("top5") is None else float(e["top5"]), e.get("mult_adds_m"), e.get("params_m"),
-                        e["where"])
+        pub = Published(
+            float(e["alpha"]),
+            int(e["resolution"]),
+            e["source"],
+            float(e["top1"]),
+            None if e.get("top5") is None else float(e["top5"]),
+            e.get("mult_adds_m"),
+            e.get("params_m"),
+            e["where"],
+        )
         entries.setdefault(_key(pub.alpha, pub.resolution), {})[pub.source] = pub
     return {"sources": doc["sources"], "entries": entries}
 
@@ -87,5 +95,6 @@ def lookup(alpha: float, resolution: int, source: str = PRIMARY) -> Optional[Pub
 
 def table(source: Optional[str] = None) -> List[Published]:
     """Every figure (of one source), in the data file's order."""
-    return [p for by_src in _load()["entries"].values() for p in by_src.values()
-            if source is None or p.source == source]
+    return [
+        p for by_src in _load()["entries"].values() for p in by_src.values() if source is None or p.source == source
+    ]

@@ -1,6 +1,7 @@
 """The sweep's table: the Pareto front of latency against published top-1, ``pick`` (the most
 accurate model within a latency budget), and the files (``sweep.json``, the CSV, the plot).
 ``pareto_front`` and ``pick`` are pure functions on the table's rows."""
+
 from __future__ import annotations
 
 import csv
@@ -37,13 +38,17 @@ def label(alpha: float, resolution: int) -> str:
 
 # --------------------------------------------------------------------------------------- the table
 
+
 def sweep_dir(spec: TargetSpec, out: Path = DEFAULT_OUT) -> Path:
     return Path(out) / spec.machine_class()["key"]
 
 
 def same_pair(row: dict, alpha: float, resolution: int, target: str) -> bool:
-    return (round(float(row["alpha"]), 6) == round(float(alpha), 6) and int(row["resolution"]) == int(resolution)
-            and row.get("target") == target)
+    return (
+        round(float(row["alpha"]), 6) == round(float(alpha), 6)
+        and int(row["resolution"]) == int(resolution)
+        and row.get("target") == target
+    )
 
 
 def annotate(row: dict) -> dict:
@@ -74,8 +79,9 @@ def pareto_front(points: Sequence[Tuple[float, Optional[float]]]) -> List[int]:
     front = []
     for i in ok:
         li, ai = points[i]
-        dominated = any(points[j][0] <= li and points[j][1] >= ai and (points[j][0] < li or points[j][1] > ai)
-                        for j in ok if j != i)
+        dominated = any(
+            points[j][0] <= li and points[j][1] >= ai and (points[j][0] < li or points[j][1] > ai) for j in ok if j != i
+        )
         if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: (points[i][0], -points[i][1], i))
@@ -87,16 +93,20 @@ def front_of(rows: Sequence[dict]) -> List[int]:
 
 
 def compile_command(target: str, alpha: float, resolution: int) -> str:
-    return (f"tvmnet compile --target {shlex.quote(target)} --alpha {fmt_alpha(alpha)} --resolution {resolution} "
-            f"-o build/mobilenet-{label(alpha, resolution)}")
+    return (
+        f"tvmnet compile --target {shlex.quote(target)} --alpha {fmt_alpha(alpha)} --resolution {resolution} "
+        f"-o build/mobilenet-{label(alpha, resolution)}"
+    )
 
 
 def _describe(row: dict) -> str:
     paper = f", paper {row['top1_paper']:.1f}%" if row.get("top1_paper") is not None else ""
-    return (f"alpha {fmt_alpha(row['alpha'])} resolution {row['resolution']}: top-1 {row['top1']:.1f}% "
-            f"(top-5 {row['top5']:.1f}%{paper}), median {row['median_ms']:.3f} ms (p90 {row['p90_ms']:.3f}), "
-            f"{row['mult_adds_m']:.0f} M mult-adds, {row['params_m']:.2f} M params, "
-            f"{tuned(row)}")
+    return (
+        f"alpha {fmt_alpha(row['alpha'])} resolution {row['resolution']}: top-1 {row['top1']:.1f}% "
+        f"(top-5 {row['top5']:.1f}%{paper}), median {row['median_ms']:.3f} ms (p90 {row['p90_ms']:.3f}), "
+        f"{row['mult_adds_m']:.0f} M mult-adds, {row['params_m']:.2f} M params, "
+        f"{tuned(row)}"
+    )
 
 
 @dataclass(frozen=True)
@@ -106,8 +116,8 @@ class Pick:
     best: dict
     runner_up: Optional[dict]
     budget_ms: float
-    within: int          # pairs within the budget
-    considered: int      # pairs with a published top-1 and validated numerics
+    within: int  # pairs within the budget
+    considered: int  # pairs with a published top-1 and validated numerics
     target: str
 
     @property
@@ -115,9 +125,11 @@ class Pick:
         return compile_command(self.target, self.best["alpha"], self.best["resolution"])
 
     def lines(self) -> List[str]:
-        out = [f"budget {self.budget_ms:g} ms: {self.within} of {self.considered} measured pairs with a published "
-               f"top-1 run within it (top-1: {accuracy.source_name(accuracy.PRIMARY)})",
-               f"pick:      {_describe(self.best)}"]
+        out = [
+            f"budget {self.budget_ms:g} ms: {self.within} of {self.considered} measured pairs with a published "
+            f"top-1 run within it (top-1: {accuracy.source_name(accuracy.PRIMARY)})",
+            f"pick:      {_describe(self.best)}",
+        ]
         out.append(f"runner-up: {_describe(self.runner_up)}" if self.runner_up else "runner-up: none within the budget")
         out.append(f"build it:  {self.command}")
         return out
@@ -132,20 +144,25 @@ def pick(rows: Sequence[dict], budget_ms: float, target: str = "x86") -> Pick:
     rows = [annotate(dict(r)) for r in rows]
     considered = [r for r in rows if eligible(r)]
     if not considered:
-        raise UsageError(f"none of the {len(rows)} measured pair(s) for target {target} has a published top-1 and "
-                         f"validated numerics; sweep published pairs: `tvmnet sweep --target {shlex.quote(target)}` "
-                         "(alphas 1.0,0.75,0.5,0.25 x resolutions 224,192,160,128)")
+        raise UsageError(
+            f"none of the {len(rows)} measured pair(s) for target {target} has a published top-1 and "
+            f"validated numerics; sweep published pairs: `tvmnet sweep --target {shlex.quote(target)}` "
+            "(alphas 1.0,0.75,0.5,0.25 x resolutions 224,192,160,128)"
+        )
     within = [r for r in considered if r["median_ms"] <= budget_ms]
     if not within:
         f = min(considered, key=lambda r: (r["median_ms"], -r["top1"]))
-        raise BudgetError(f"no measured pair runs within {budget_ms:g} ms on {target}: the fastest is "
-                          f"{label(f['alpha'], f['resolution'])} (alpha {fmt_alpha(f['alpha'])}, resolution {f['resolution']}) "
-                          f"at {f['median_ms']:.3f} ms median; raise --budget-ms to at least {f['median_ms']:.3f}")
+        raise BudgetError(
+            f"no measured pair runs within {budget_ms:g} ms on {target}: the fastest is "
+            f"{label(f['alpha'], f['resolution'])} (alpha {fmt_alpha(f['alpha'])}, resolution {f['resolution']}) "
+            f"at {f['median_ms']:.3f} ms median; raise --budget-ms to at least {f['median_ms']:.3f}"
+        )
     ranked = sorted(within, key=lambda r: (-r["top1"], r["median_ms"], -r["alpha"], -r["resolution"]))
     return Pick(ranked[0], ranked[1] if len(ranked) > 1 else None, budget_ms, len(within), len(considered), target)
 
 
 # --------------------------------------------------------------------------------------- files
+
 
 def load_sweep(path: Path) -> dict:
     """The sweep document at ``path`` ({"rows": []} when there is none yet)."""
@@ -157,8 +174,10 @@ def load_sweep(path: Path) -> dict:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("rows"), list):
             raise ValueError(f"format {doc.get('format') if isinstance(doc, dict) else None!r}, expected {FORMAT}")
     except (OSError, ValueError) as err:
-        raise UsageError(f"sweep file {path} is corrupt or not a tvmnet sweep ({err}); move it away or pass "
-                         "another --out (it was left untouched)") from err
+        raise UsageError(
+            f"sweep file {path} is corrupt or not a tvmnet sweep ({err}); move it away or pass "
+            "another --out (it was left untouched)"
+        ) from err
     return doc
 
 
@@ -181,17 +200,38 @@ def load_rows(spec: TargetSpec, out: Path = DEFAULT_OUT, target_arg: Optional[st
     out_opt = "" if Path(out) == DEFAULT_OUT else f" --out {shlex.quote(str(out))}"
     cmd = f"tvmnet sweep --target {shlex.quote(name)}{out_opt}"
     if not path.is_file():
-        raise UsageError(f"no sweep for machine class {spec.machine_class()['key']} ({path} does not exist); "
-                         f"measure one first: `{cmd}`")
+        raise UsageError(
+            f"no sweep for machine class {spec.machine_class()['key']} ({path} does not exist); "
+            f"measure one first: `{cmd}`"
+        )
     rows = rows_for(load_sweep(path), spec.name)
     if not rows:
         raise UsageError(f"{path} holds no pair measured for target {name}; measure them first: `{cmd}`")
     return path, rows
 
 
-CSV_COLUMNS = ["alpha", "resolution", "mult_adds_m", "params_m", "top1", "top5", "top1_source", "top1_paper",
-               "median_ms", "p90_ms", "kernels_tuned", "kernels_total", "tuning_match", "tuning_class", "pareto",
-               "validated", "max_abs_error", "target", "device", "measured_at"]
+CSV_COLUMNS = [
+    "alpha",
+    "resolution",
+    "mult_adds_m",
+    "params_m",
+    "top1",
+    "top5",
+    "top1_source",
+    "top1_paper",
+    "median_ms",
+    "p90_ms",
+    "kernels_tuned",
+    "kernels_total",
+    "tuning_match",
+    "tuning_class",
+    "pareto",
+    "validated",
+    "max_abs_error",
+    "target",
+    "device",
+    "measured_at",
+]
 
 
 def to_csv(rows: Sequence[dict], front: Sequence[int]) -> str:
@@ -216,18 +256,22 @@ def tuned(row: dict) -> str:
 
 def format_table(rows: Sequence[dict], front: Sequence[int], title: str) -> str:
     on = set(front)
-    lines = [title,
-             f"top-1: {accuracy.source_name(accuracy.PRIMARY)} table (float checkpoints mobilenet_v1_2018_02_22), "
-             "the one source covering all 16 pairs; 'paper': Howard et al. 2017, Tables 6 and 7, where published",
-             f"{'alpha':>5} {'res':>4} {'mult-adds M':>11} {'params M':>8}  {'top-1 %':<20} {'paper %':>7} "
-             f"{'median ms':>9} {'p90 ms':>8} {'tuned':>7}  {'front':<5} numerics"]
+    lines = [
+        title,
+        f"top-1: {accuracy.source_name(accuracy.PRIMARY)} table (float checkpoints mobilenet_v1_2018_02_22), "
+        "the one source covering all 16 pairs; 'paper': Howard et al. 2017, Tables 6 and 7, where published",
+        f"{'alpha':>5} {'res':>4} {'mult-adds M':>11} {'params M':>8}  {'top-1 %':<20} {'paper %':>7} "
+        f"{'median ms':>9} {'p90 ms':>8} {'tuned':>7}  {'front':<5} numerics",
+    ]
     for i, r in enumerate(rows):
         top1 = f"{r['top1']:.1f}" if r.get("top1") is not None else accuracy.NO_FIGURE
         paper = f"{r['top1_paper']:.1f}" if r.get("top1_paper") is not None else "-"
-        lines.append(f"{fmt_alpha(r['alpha']):>5} {r['resolution']:>4} {r['mult_adds_m']:>11.1f} {r['params_m']:>8.2f}  "
-                     f"{top1:<20} {paper:>7} {r['median_ms']:>9.3f} {r['p90_ms']:>8.3f} "
-                     f"{str(r.get('kernels_tuned', 0)) + '/' + str(r.get('kernels_total', '?')):>7}  "
-                     f"{'yes' if i in on else '':<5} {'ok' if r.get('validated') else 'FAILED'}")
+        lines.append(
+            f"{fmt_alpha(r['alpha']):>5} {r['resolution']:>4} {r['mult_adds_m']:>11.1f} {r['params_m']:>8.2f}  "
+            f"{top1:<20} {paper:>7} {r['median_ms']:>9.3f} {r['p90_ms']:>8.3f} "
+            f"{str(r.get('kernels_tuned', 0)) + '/' + str(r.get('kernels_total', '?')):>7}  "
+            f"{'yes' if i in on else '':<5} {'ok' if r.get('validated') else 'FAILED'}"
+        )
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ the front, and ``pick`` never chooses it.
 
 ``pareto_front`` and ``pick`` are pure functions on the table.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -75,15 +76,15 @@ class SweepOptions:
     alphas: tuple = DEFAULT_ALPHAS
     resolutions: tuple = DEFAULT_RESOLUTIONS
     out: Path = DEFAULT_OUT
-    force: bool = False                  # rebuild pairs measured before
-    tune_minutes: float = 0.0            # > 0: tune each model first (at most this long) where this class's log lacks kernels
-    rpc: Optional[Endpoint] = None       # time on a board (a server, or a tracker and key)
-    samples: int = 2                     # seeded inputs for the numerics check
-    repeat: int = 20                     # timed repeats (median and p90 over them)
-    min_repeat_ms: int = 50              # each repeat runs the model at least this long (many runs for small models)
-    seed: int = 0                        # seed of the models' initialisation and of the inputs
-    target_arg: Optional[str] = None     # how the user named the target, for printed commands
-    progress: bool = True                # tuning progress bar
+    force: bool = False  # rebuild pairs measured before
+    tune_minutes: float = 0.0  # > 0: tune each model first (at most this long) where this class's log lacks kernels
+    rpc: Optional[Endpoint] = None  # time on a board (a server, or a tracker and key)
+    samples: int = 2  # seeded inputs for the numerics check
+    repeat: int = 20  # timed repeats (median and p90 over them)
+    min_repeat_ms: int = 50  # each repeat runs the model at least this long (many runs for small models)
+    seed: int = 0  # seed of the models' initialisation and of the inputs
+    target_arg: Optional[str] = None  # how the user named the target, for printed commands
+    progress: bool = True  # tuning progress bar
 
     def __post_init__(self):
         alphas = _unique(check_alpha(a) for a in self.alphas)
@@ -94,7 +95,9 @@ class SweepOptions:
         object.__setattr__(self, "resolutions", resolutions)
         object.__setattr__(self, "out", Path(self.out))
         if not (self.tune_minutes >= 0 and math.isfinite(self.tune_minutes)):
-            raise UsageError(f"--tune-minutes {self.tune_minutes} must be 0 (no tuning) or a positive number of minutes")
+            raise UsageError(
+                f"--tune-minutes {self.tune_minutes} must be 0 (no tuning) or a positive number of minutes"
+            )
         if self.samples < 2:
             raise UsageError(f"--samples {self.samples}: need at least 2 (to check the output depends on the input)")
         if self.repeat < 1 or self.min_repeat_ms < 0:
@@ -103,16 +106,22 @@ class SweepOptions:
         if self.rpc is None:
             why = self.target.host_mismatch()
             if why:
-                raise UsageError(f"target {name} cannot be timed on this machine ({why}) and tvmnet has no estimate "
-                                 f"for a board without one; pass --rpc HOST:PORT or --tracker HOST:PORT --key KEY "
-                                 f"to measure on the board (`tvmnet emulator start` for an emulated one)")
+                raise UsageError(
+                    f"target {name} cannot be timed on this machine ({why}) and tvmnet has no estimate "
+                    f"for a board without one; pass --rpc HOST:PORT or --tracker HOST:PORT --key KEY "
+                    f"to measure on the board (`tvmnet emulator start` for an emulated one)"
+                )
         else:
             if self.target.device != "cpu":
-                raise UsageError(f"target {name} is a {self.target.device} target; sweeping over RPC is for CPU boards "
-                                 "(run the sweep on the GPU machine without --rpc)")
+                raise UsageError(
+                    f"target {name} is a {self.target.device} target; sweeping over RPC is for CPU boards "
+                    "(run the sweep on the GPU machine without --rpc)"
+                )
             if self.tune_minutes > 0 and not self.rpc.tracker:
-                raise UsageError("--tune-minutes on a board needs --tracker HOST:PORT --key KEY (MetaSchedule measures "
-                                 "through a tracker); or sweep with --tune-minutes 0")
+                raise UsageError(
+                    "--tune-minutes on a board needs --tracker HOST:PORT --key KEY (MetaSchedule measures "
+                    "through a tracker); or sweep with --tune-minutes 0"
+                )
 
     @property
     def target_name(self) -> str:
@@ -135,16 +144,22 @@ class SweepOptions:
 
     def display(self) -> str:
         where = "locally" if self.rpc is None else f"on {self.rpc}"
-        tune = (f"tune up to {self.tune_minutes:g} min per model where this class's log lacks kernels"
-                if self.tune_minutes > 0 else "no tuning (the logs as they are)")
-        return (f"sweep: alpha {', '.join(fmt_alpha(a) for a in self.alphas)} x resolution "
-                f"{', '.join(str(r) for r in self.resolutions)} ({len(self.pairs())} pairs), seed {self.seed}\n"
-                f"target: {self.target_name} ({self.target.description}), machine class {self.class_key}, "
-                f"measured {where}; {tune}\n"
-                f"results: {self.path}" + ("; --force: rebuilding measured pairs" if self.force else ""))
+        tune = (
+            f"tune up to {self.tune_minutes:g} min per model where this class's log lacks kernels"
+            if self.tune_minutes > 0
+            else "no tuning (the logs as they are)"
+        )
+        return (
+            f"sweep: alpha {', '.join(fmt_alpha(a) for a in self.alphas)} x resolution "
+            f"{', '.join(str(r) for r in self.resolutions)} ({len(self.pairs())} pairs), seed {self.seed}\n"
+            f"target: {self.target_name} ({self.target.description}), machine class {self.class_key}, "
+            f"measured {where}; {tune}\n"
+            f"results: {self.path}" + ("; --force: rebuilding measured pairs" if self.force else "")
+        )
 
 
 # --------------------------------------------------------------------------------------- the sweep
+
 
 @dataclass
 class SweepResult:
@@ -154,11 +169,11 @@ class SweepResult:
     target: str
     machine_class: str
     where: str
-    rows: List[dict] = field(default_factory=list)     # every row of this target in the file
-    front: List[int] = field(default_factory=list)     # indices into rows
+    rows: List[dict] = field(default_factory=list)  # every row of this target in the file
+    front: List[int] = field(default_factory=list)  # indices into rows
     measured: int = 0
     skipped: int = 0
-    failed: List[str] = field(default_factory=list)    # pairs whose numerics failed
+    failed: List[str] = field(default_factory=list)  # pairs whose numerics failed
     interrupted: bool = False
     seconds: float = 0.0
     plotted: dict = field(default_factory=dict)
@@ -209,17 +224,30 @@ def _measure(opts: SweepOptions, alpha: float, resolution: int, tag: str, say) -
             from tvmnet.tune.options import TuneOptions
             from tvmnet.tune.search import tune_model
 
-            say(f"{tag}: this class's log has {have}/{total} kernels of the model; tuning for up to "
-                f"{opts.tune_minutes:g} min")
-            res = tune_model(TuneOptions(model=model, target=spec, trials=100000, minutes=opts.tune_minutes,
-                                         rpc=opts.rpc, progress=opts.progress, only_untuned=True), say=say)
+            say(
+                f"{tag}: this class's log has {have}/{total} kernels of the model; tuning for up to "
+                f"{opts.tune_minutes:g} min"
+            )
+            res = tune_model(
+                TuneOptions(
+                    model=model,
+                    target=spec,
+                    trials=100000,
+                    minutes=opts.tune_minutes,
+                    rpc=opts.rpc,
+                    progress=opts.progress,
+                    only_untuned=True,
+                ),
+                say=say,
+            )
             tuned = {"trials": res.trials_run, "seconds": round(res.seconds, 1), "estimate_ms": res.estimate_ms}
             if res.interrupted:
                 return None
     quiet = lambda msg: log.info("%s: %s", tag, msg)  # noqa: E731 - compile's steps: --verbose shows them
     with tempfile.TemporaryDirectory(prefix="tvmnet-sweep-") as tmp:
-        art = compile_model(CompileOptions(model=model, target=spec, output=Path(tmp) / "mnet", tuning_log="auto"),
-                            progress=quiet)
+        art = compile_model(
+            CompileOptions(model=model, target=spec, output=Path(tmp) / "mnet", tuning_log="auto"), progress=quiet
+        )
         reference = Reference(art)
         x = seeded_inputs(art.input_shape, 1, opts.seed)[0]
         if opts.rpc is None:
@@ -239,31 +267,57 @@ def _measure(opts: SweepOptions, alpha: float, resolution: int, tag: str, say) -
         import tvm
 
         row = {
-            "alpha": alpha, "resolution": resolution, "target": spec.name, "target_dict": spec.target,
-            "device": device, "seed": opts.seed,
-            "mult_adds": info["macs"], "params": info["params"],
-            "mult_adds_m": round(info["macs"] / 1e6, 1), "params_m": round(info["params"] / 1e6, 2),
-            "median_ms": round(timing.median_ms, 4), "p90_ms": round(timing.p90_ms, 4), "repeats": timing.runs,
-            "kernels_tuned": tun.get("kernels_tuned", 0), "kernels_total": tun.get("kernels_total"),
-            "tuning_match": tun.get("match"), "tuning_class": tun.get("class"),
-            "kernels_by_source": tun.get("kernels_by_source", {}), "tuned_in_sweep": tuned,
+            "alpha": alpha,
+            "resolution": resolution,
+            "target": spec.name,
+            "target_dict": spec.target,
+            "device": device,
+            "seed": opts.seed,
+            "mult_adds": info["macs"],
+            "params": info["params"],
+            "mult_adds_m": round(info["macs"] / 1e6, 1),
+            "params_m": round(info["params"] / 1e6, 2),
+            "median_ms": round(timing.median_ms, 4),
+            "p90_ms": round(timing.p90_ms, 4),
+            "repeats": timing.runs,
+            "kernels_tuned": tun.get("kernels_tuned", 0),
+            "kernels_total": tun.get("kernels_total"),
+            "tuning_match": tun.get("match"),
+            "tuning_class": tun.get("class"),
+            "kernels_by_source": tun.get("kernels_by_source", {}),
+            "tuned_in_sweep": tuned,
             "validated": report.ok,
-            "validation": {"samples": report.samples, "max_abs": report.max_abs, "max_rel": report.max_rel,
-                           "top1_agree": report.top1_agree, "reference": report.reference, "failures": report.failures},
-            "compile_seconds": art.metadata.get("compile_seconds"), "seconds": round(time.perf_counter() - t0, 1),
-            "measured_at": _now(), "tvm_version": tvm.__version__, "tvmnet_version": __version__,
+            "validation": {
+                "samples": report.samples,
+                "max_abs": report.max_abs,
+                "max_rel": report.max_rel,
+                "top1_agree": report.top1_agree,
+                "reference": report.reference,
+                "failures": report.failures,
+            },
+            "compile_seconds": art.metadata.get("compile_seconds"),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "measured_at": _now(),
+            "tvm_version": tvm.__version__,
+            "tvmnet_version": __version__,
         }
     return annotate(row)
 
 
 def _pair_line(tag: str, row: dict) -> str:
-    top1 = (f"top-1 {row['top1']:.1f}% (TF model garden)" if row.get("top1") is not None
-            else f"top-1: {accuracy.NO_FIGURE}")
+    top1 = (
+        f"top-1 {row['top1']:.1f}% (TF model garden)" if row.get("top1") is not None else f"top-1: {accuracy.NO_FIGURE}"
+    )
     v = row["validation"]
-    numerics = (f"numerics ok (max abs {v['max_abs']:.1e})" if row["validated"]
-                else "numerics FAILED: " + "; ".join(v["failures"]))
-    return (f"{tag}: median {row['median_ms']:.3f} ms (p90 {row['p90_ms']:.3f}), {top1}, {tuned(row)}, "
-            f"{numerics}; {row['seconds']:.1f} s")
+    numerics = (
+        f"numerics ok (max abs {v['max_abs']:.1e})"
+        if row["validated"]
+        else "numerics FAILED: " + "; ".join(v["failures"])
+    )
+    return (
+        f"{tag}: median {row['median_ms']:.3f} ms (p90 {row['p90_ms']:.3f}), {top1}, {tuned(row)}, "
+        f"{numerics}; {row['seconds']:.1f} s"
+    )
 
 
 def run_sweep(opts: SweepOptions, say: Callable[[str], None] = print) -> SweepResult:
@@ -277,25 +331,37 @@ def run_sweep(opts: SweepOptions, say: Callable[[str], None] = print) -> SweepRe
         import tvm
 
         if not tvm.cuda(0).exist:
-            raise DeviceError(f"target {spec.name} is timed on a local NVIDIA GPU and this machine has none; "
-                              "run `tvmnet sweep` on a machine with one")
+            raise DeviceError(
+                f"target {spec.name} is timed on a local NVIDIA GPU and this machine has none; "
+                "run `tvmnet sweep` on a machine with one"
+            )
     t0 = time.perf_counter()
     directory = opts.directory
-    doc = load_sweep(opts.path)     # a corrupt file stops here, before any work
+    doc = load_sweep(opts.path)  # a corrupt file stops here, before any work
     directory.mkdir(parents=True, exist_ok=True)
     where = f"{cpu_model()}" if opts.rpc is None else f"measured over RPC on {opts.rpc}"
-    doc.update({"format": FORMAT, "machine_class": spec.machine_class(), "host_cpu": cpu_model(),
-                "accuracy_source": accuracy.PRIMARY, "accuracy_citation": accuracy.citation(accuracy.PRIMARY)})
-    result = SweepResult(opts.path, directory / CSV_FILE, directory / PLOT_FILE, opts.target_name, opts.class_key,
-                         where)
+    doc.update(
+        {
+            "format": FORMAT,
+            "machine_class": spec.machine_class(),
+            "host_cpu": cpu_model(),
+            "accuracy_source": accuracy.PRIMARY,
+            "accuracy_citation": accuracy.citation(accuracy.PRIMARY),
+        }
+    )
+    result = SweepResult(
+        opts.path, directory / CSV_FILE, directory / PLOT_FILE, opts.target_name, opts.class_key, where
+    )
     pairs = opts.pairs()
     for i, (alpha, res) in enumerate(pairs, 1):
         tag = f"[{i}/{len(pairs)}] {label(alpha, res)}"
         old = next((r for r in doc["rows"] if same_pair(r, alpha, res, spec.name)), None)
         if old is not None and old.get("validated") and not opts.force:
             result.skipped += 1
-            say(f"{tag}: measured before ({old['median_ms']:.3f} ms median, {old.get('measured_at')}); skipped "
-                "(--force measures it again)")
+            say(
+                f"{tag}: measured before ({old['median_ms']:.3f} ms median, {old.get('measured_at')}); skipped "
+                "(--force measures it again)"
+            )
             continue
         row = _measure(opts, alpha, res, tag, say)
         if row is None:

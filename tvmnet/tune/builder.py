@@ -11,6 +11,7 @@ Two problems, both in ``LocalBuilder``:
    ~4 s), which dominates small batches. Fix: ``PersistentBuilder`` keeps one pool for the
    whole tuning run and restarts it only after a worker dies.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -88,10 +89,17 @@ def export_shared(rt_mod, cross_compiler=None) -> str:
 def make_builder(spec, max_workers=None, timeout_sec: float = 60.0, shared_library: bool = False):
     from tvm.s_tir.meta_schedule.builder import local_builder as lb
 
-    f_export = partial(export_shared, cross_compiler=spec.cross_compiler) if (shared_library or spec.cross_compiler) else None
-    return pool_builder(spec, lambda x: lb._worker_func(*x),
-                        lambda b: (None, f_export, b.mod, b.target, lb._serialize_params(b.params)),
-                        "build", max_workers, timeout_sec)
+    f_export = (
+        partial(export_shared, cross_compiler=spec.cross_compiler) if (shared_library or spec.cross_compiler) else None
+    )
+    return pool_builder(
+        spec,
+        lambda x: lb._worker_func(*x),
+        lambda b: (None, f_export, b.mod, b.target, lb._serialize_params(b.params)),
+        "build",
+        max_workers,
+        timeout_sec,
+    )
 
 
 def pool_builder(spec, work, job_of, what: str, max_workers=None, timeout_sec: float = 60.0):

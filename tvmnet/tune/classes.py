@@ -2,6 +2,7 @@
 vector width, cores), the nearest and the transfer classes, and ``choose_logs``: per kernel,
 the exact class's record (its ``in_situ/`` picks first), else the estimated log, else the
 nearest class's, and the one line ``compile`` prints about it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -41,8 +42,12 @@ def class_distance(a: dict, b: dict) -> Optional[int]:
     if a["arch"] != b["arch"]:
         return None
     mcpu = a["mcpu"] != b["mcpu"]
-    return (8 * (a["isa"] != b["isa"]) + 4 * mcpu + 2 * (a["cores"] != b["cores"])
-            + (mcpu and cpu_vendor(a) != cpu_vendor(b)))
+    return (
+        8 * (a["isa"] != b["isa"])
+        + 4 * mcpu
+        + 2 * (a["cores"] != b["cores"])
+        + (mcpu and cpu_vendor(a) != cpu_vendor(b))
+    )
 
 
 _VECTOR_BITS = {"sse": 128, "neon": 128, "neon-dotprod": 128, "generic": 128, "avx2": 256, "avx512": 512}
@@ -64,9 +69,17 @@ def transfer_classes(spec: TargetSpec, *roots: Path) -> List[Tuple[dict, Path]]:
     if mine["arch"] not in CPU_ARCHES:
         return []
     bits = _VECTOR_BITS.get(mine["isa"], 128)
-    ranked = [(abs(_VECTOR_BITS.get(info["isa"], 128) - bits), abs(int(info["cores"] or 0) - int(mine["cores"] or 0)),
-               info["key"], info, d) for info, d in list_classes(*roots)
-              if info.get("arch") in CPU_ARCHES and info["arch"] != mine["arch"]]
+    ranked = [
+        (
+            abs(_VECTOR_BITS.get(info["isa"], 128) - bits),
+            abs(int(info["cores"] or 0) - int(mine["cores"] or 0)),
+            info["key"],
+            info,
+            d,
+        )
+        for info, d in list_classes(*roots)
+        if info.get("arch") in CPU_ARCHES and info["arch"] != mine["arch"]
+    ]
     return [(info, d) for *_, info, d in sorted(ranked, key=lambda r: r[:3])]
 
 
@@ -79,8 +92,11 @@ def transfer_class(spec: TargetSpec, *roots: Path) -> Optional[Tuple[dict, Path]
 def nearest_classes(spec: TargetSpec, *roots: Path) -> List[Tuple[dict, Path]]:
     """The *other* classes of this architecture with a log under the roots, nearest first."""
     mine = spec.machine_class()
-    ranked = [(class_distance(mine, info), info["key"], info, d) for info, d in list_classes(*roots)
-              if info["key"] != mine["key"]]
+    ranked = [
+        (class_distance(mine, info), info["key"], info, d)
+        for info, d in list_classes(*roots)
+        if info["key"] != mine["key"]
+    ]
     return [(info, d) for _, _, info, d in sorted((r for r in ranked if r[0] is not None), key=lambda r: r[:2])]
 
 
@@ -106,28 +122,34 @@ def nearest_class(spec: TargetSpec, *roots: Path) -> Optional[Tuple[dict, Path]]
 class LogChoice:
     """What ``compile`` applies: a database assembled kernel by kernel from the logs."""
 
-    database: object                  # MetaSchedule MemoryDatabase, or None
+    database: object  # MetaSchedule MemoryDatabase, or None
     this_class: str
-    match: Optional[str]              # "exact", "exact+nearest", "nearest", "transfer", "given" or None (none applied)
-    path: Optional[Path] = None       # the main log applied
-    log_class: Optional[str] = None   # its class
+    match: Optional[str]  # "exact", "exact+nearest", "nearest", "transfer", "given" or None (none applied)
+    path: Optional[Path] = None  # the main log applied
+    log_class: Optional[str] = None  # its class
     available: List[str] = field(default_factory=list)
-    by_source: Dict[str, int] = field(default_factory=dict)   # kernels taken from each class / path
+    by_source: Dict[str, int] = field(default_factory=dict)  # kernels taken from each class / path
     kernels_total: int = 0
-    in_situ: int = 0                  # kernels whose record is a `tvmnet refine` pick (in_situ/)
+    in_situ: int = 0  # kernels whose record is a `tvmnet refine` pick (in_situ/)
 
     @property
     def kernels_tuned(self) -> int:
         return sum(self.by_source.values())
 
     def metadata(self) -> dict:
-        return {"log": str(self.path) if self.path else None, "class": self.log_class, "match": self.match,
-                "this_class": self.this_class, "kernels_total": self.kernels_total,
-                "kernels_tuned": self.kernels_tuned, "kernels_by_source": dict(self.by_source),
-                "kernels_in_situ": self.in_situ}
+        return {
+            "log": str(self.path) if self.path else None,
+            "class": self.log_class,
+            "match": self.match,
+            "this_class": self.this_class,
+            "kernels_total": self.kernels_total,
+            "kernels_tuned": self.kernels_tuned,
+            "kernels_by_source": dict(self.by_source),
+            "kernels_in_situ": self.in_situ,
+        }
 
 
-IN_SITU_DIR = "in_situ"   # in a class's database directory: the records `tvmnet refine` picked
+IN_SITU_DIR = "in_situ"  # in a class's database directory: the records `tvmnet refine` picked
 
 
 def _in_situ_database(path: Path):
@@ -151,13 +173,13 @@ def choose_logs(spec: TargetSpec, tuning_log: Union[Path, str, None], tasks) -> 
     choice = LogChoice(None, mine, None, kernels_total=len(tasks))
     if tuning_log is None:
         return choice
-    sources: List[Tuple[str, Path, str]] = []     # (name, database, how it relates to this machine)
+    sources: List[Tuple[str, Path, str]] = []  # (name, database, how it relates to this machine)
     if tuning_log == "auto":
         choice.available = [info["key"] for info, _ in list_classes(TUNING_LOGS_DIR)]
         exact = database_dir(spec)
         if (exact / RECORD_FILE).is_file():
             sources.append((mine, exact, "exact"))
-        guess = database_dir(spec, estimated=True)   # after any measured log of the class: measured wins
+        guess = database_dir(spec, estimated=True)  # after any measured log of the class: measured wins
         if (guess / RECORD_FILE).is_file():
             sources.append((f"{mine} (estimated)", guess, "estimated"))
         # a kernel this class lacks comes from the nearest class that has it (a new class's log
@@ -174,8 +196,8 @@ def choose_logs(spec: TargetSpec, tuning_log: Union[Path, str, None], tasks) -> 
     target = spec.tvm_target()
     mem = ms.database.MemoryDatabase()
     remaining = list(tasks)
-    for name, path, how in sources:     # each kernel from the first source that has it; a log is
-        if not remaining:               # opened only while kernels are left
+    for name, path, how in sources:  # each kernel from the first source that has it; a log is
+        if not remaining:  # opened only while kernels are left
             break
         db = open_database(path)
         # refine's picks were timed in place on this machine: they serve its own class (or a given log) only

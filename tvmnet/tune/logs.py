@@ -13,6 +13,7 @@ MetaSchedule's lookups ignore the target (apache/tvm #15549), so one database ne
 classes. ``compile`` applies the exact class; kernels it lacks (or all of them, when this
 class has no log) take the nearest class's schedules, and it says so.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -32,7 +33,7 @@ PRUNED_FILE = "pruned_trials.json"
 CLASS_FILE = "class.json"
 
 
-ESTIMATED_DIR = "estimated"   # <root>/estimated/<class>/: logs scored by the cost proxy, never measured
+ESTIMATED_DIR = "estimated"  # <root>/estimated/<class>/: logs scored by the cost proxy, never measured
 
 
 def database_dir(spec: TargetSpec, log_dir: Optional[Path] = None, estimated: bool = False) -> Path:
@@ -49,8 +50,13 @@ def write_class_file(path: Path, spec: TargetSpec, measured_on: str, estimated: 
         return
     import tvm
 
-    info = dict(spec.machine_class(), target=spec.target, measured_on=measured_on, tvm=tvm.__version__,
-                created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    info = dict(
+        spec.machine_class(),
+        target=spec.target,
+        measured_on=measured_on,
+        tvm=tvm.__version__,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
     if estimated:
         info["estimated"] = True
     f.write_text(json.dumps(info, indent=2) + "\n")
@@ -80,9 +86,11 @@ def list_classes(*roots: Path) -> List[Tuple[dict, Path]]:
 
 
 def _no_blank_line(path: Path, line: str, lineno: int) -> None:
-    if not line.strip():   # MetaSchedule's JSON loader segfaults on an empty line (TVM 0.27, measured)
-        raise TuningLogError(f"tuning log {path} has an empty line (line {lineno}), which crashes MetaSchedule's "
-                             "loader; it was left untouched: delete the empty line")
+    if not line.strip():  # MetaSchedule's JSON loader segfaults on an empty line (TVM 0.27, measured)
+        raise TuningLogError(
+            f"tuning log {path} has an empty line (line {lineno}), which crashes MetaSchedule's "
+            "loader; it was left untouched: delete the empty line"
+        )
 
 
 def check_database_files(path: Path) -> int:
@@ -90,12 +98,16 @@ def check_database_files(path: Path) -> int:
     path = Path(path)
     wl, rec = path / WORKLOAD_FILE, path / RECORD_FILE
     if not path.is_dir():
-        raise TuningLogError(f"tuning log {path} is not a directory; pass the directory that holds "
-                             f"{WORKLOAD_FILE} and {RECORD_FILE}, or run `tvmnet tune` to create it")
+        raise TuningLogError(
+            f"tuning log {path} is not a directory; pass the directory that holds "
+            f"{WORKLOAD_FILE} and {RECORD_FILE}, or run `tvmnet tune` to create it"
+        )
     if not wl.is_file() or not rec.is_file():
         missing = [p.name for p in (wl, rec) if not p.is_file()]
-        raise TuningLogError(f"tuning log {path} lacks {', '.join(missing)}; pass a MetaSchedule JSON database "
-                             "directory, or run `tvmnet tune` to create one")
+        raise TuningLogError(
+            f"tuning log {path} lacks {', '.join(missing)}; pass a MetaSchedule JSON database "
+            "directory, or run `tvmnet tune` to create one"
+        )
     n_workloads = 0
     for lineno, line in enumerate(wl.read_text(errors="replace").splitlines(), 1):
         _no_blank_line(wl, line, lineno)
@@ -105,21 +117,30 @@ def check_database_files(path: Path) -> int:
         except ValueError:
             ok = False
         if not ok:
-            raise TuningLogError(f"tuning log {wl} is corrupt or not a MetaSchedule workload file (line {lineno}); "
-                                 "it was left untouched: move it away or pass another --log-dir")
+            raise TuningLogError(
+                f"tuning log {wl} is corrupt or not a MetaSchedule workload file (line {lineno}); "
+                "it was left untouched: move it away or pass another --log-dir"
+            )
         n_workloads += 1
     records = 0
     for lineno, line in enumerate(rec.read_text(errors="replace").splitlines(), 1):
         _no_blank_line(rec, line, lineno)
         try:
             item = json.loads(line)
-            ok = (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int)
-                  and 0 <= item[0] < n_workloads and isinstance(item[1], list))
+            ok = (
+                isinstance(item, list)
+                and len(item) == 2
+                and isinstance(item[0], int)
+                and 0 <= item[0] < n_workloads
+                and isinstance(item[1], list)
+            )
         except ValueError:
             ok = False
         if not ok:
-            raise TuningLogError(f"tuning log {rec} is corrupt or not a MetaSchedule record file (line {lineno}); "
-                                 "it was left untouched: move it away or pass another --log-dir")
+            raise TuningLogError(
+                f"tuning log {rec} is corrupt or not a MetaSchedule record file (line {lineno}); "
+                "it was left untouched: move it away or pass another --log-dir"
+            )
         records += 1
     return records
 
@@ -134,11 +155,14 @@ def open_database(path: Path, create: bool = False):
         (path / RECORD_FILE).touch()
     check_database_files(path)
     try:
-        return ms.database.JSONDatabase(path_workload=str(path / WORKLOAD_FILE),
-                                        path_tuning_record=str(path / RECORD_FILE), allow_missing=False)
+        return ms.database.JSONDatabase(
+            path_workload=str(path / WORKLOAD_FILE), path_tuning_record=str(path / RECORD_FILE), allow_missing=False
+        )
     except Exception as err:
-        raise TuningLogError(f"tuning log {path} cannot be loaded by MetaSchedule ({err_line(err)}); "
-                             "it was left untouched: move it away or pass another log") from err
+        raise TuningLogError(
+            f"tuning log {path} cannot be loaded by MetaSchedule ({err_line(err)}); "
+            "it was left untouched: move it away or pass another log"
+        ) from err
 
 
 def best_record(db, task, target):
@@ -159,6 +183,7 @@ def copy_record(db, rec, mod=None) -> None:
 
 
 # --------------------------------------------------------------------------------------- pruning
+
 
 def wl_key(workload) -> str:
     import tvm_ffi
@@ -219,9 +244,14 @@ def nearest_kernel_records(db, mod, top_k: int, pool: Optional[list] = None) -> 
     import tvm_ffi
 
     sig, dims, own = kernel_signature(mod), _dims(mod), str(tvm_ffi.structural_hash(mod))
-    scored = sorted(((sum(abs(math.log(max(a, 1) / max(b, 1))) for a, b in zip(dims, d)), wl)
-                     for key, s, d, wl in (kernel_pool(db) if pool is None else pool) if s == sig and key != own),
-                    key=lambda v: v[0])
+    scored = sorted(
+        (
+            (sum(abs(math.log(max(a, 1) / max(b, 1))) for a, b in zip(dims, d)), wl)
+            for key, s, d, wl in (kernel_pool(db) if pool is None else pool)
+            if s == sig and key != own
+        ),
+        key=lambda v: v[0],
+    )
     return [r for _, wl in scored[:top_k] for r in db.get_top_k(wl, 1)]
 
 
@@ -239,19 +269,23 @@ def merge_databases(src: Path, dest: Path, say=print) -> int:
     check_database_files(src)
     a, b = read_class(src), read_class(dest) if dest.exists() else None
     if a is None:
-        raise TuningLogError(f"tuning log {src} has no {CLASS_FILE}, so its machine class is unknown; only merge "
-                             "databases written by `tvmnet tune`")
+        raise TuningLogError(
+            f"tuning log {src} has no {CLASS_FILE}, so its machine class is unknown; only merge "
+            "databases written by `tvmnet tune`"
+        )
     if b is not None and a["key"] != b["key"]:
-        raise TuningLogError(f"cannot merge {src} (class {a['key']}) into {dest} (class {b['key']}): a log is "
-                             "valid only on the machine class it was measured on; pick the matching directory")
-    sdb, ddb = open_database(src), open_database(dest, create=True)   # both checked by open_database
+        raise TuningLogError(
+            f"cannot merge {src} (class {a['key']}) into {dest} (class {b['key']}): a log is "
+            "valid only on the machine class it was measured on; pick the matching directory"
+        )
+    sdb, ddb = open_database(src), open_database(dest, create=True)  # both checked by open_database
     if b is None:
         shutil.copy2(src / CLASS_FILE, dest / CLASS_FILE)
     added, known = 0, {}
     for rec in sdb.get_all_tuning_records():
         wl = ddb.commit_workload(rec.workload.mod)
         key = wl_key(wl)
-        if key not in known:        # records dest already holds are not added twice (merging is idempotent)
+        if key not in known:  # records dest already holds are not added twice (merging is idempotent)
             known[key] = known_traces(ddb, wl)
         if str(rec.trace) in known[key]:
             continue

@@ -1,6 +1,7 @@
 """Measuring candidates outside MetaSchedule's search loop: tune contexts with only the target's
 tensor intrinsics, build-run-commit of a batch, replaying records of other kernels or classes,
 and re-timing a class's best records."""
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,12 @@ def _ignore_sigint():
 def make_runner(opts: TuneOptions):
     from tvm.s_tir import meta_schedule as ms
 
-    evaluator = ms.runner.EvaluatorConfig(number=opts.number, repeat=opts.repeats, min_repeat_ms=0,
-                                          enable_cpu_cache_flush=opts.target.is_cpu and opts.rpc is None)
+    evaluator = ms.runner.EvaluatorConfig(
+        number=opts.number,
+        repeat=opts.repeats,
+        min_repeat_ms=0,
+        enable_cpu_cache_flush=opts.target.is_cpu and opts.rpc is None,
+    )
     if opts.rpc is None:
         return ms.runner.LocalRunner(timeout_sec=opts.timeout, evaluator_config=evaluator, initializer=_ignore_sigint)
     from tvmnet.tune.remote import make_rpc_runner
@@ -55,12 +60,13 @@ def measure_and_commit(mod, candidates, traces, db, builder, runner, target, ctx
     device_type = {"llvm": "cpu"}.get(target.kind.name, target.kind.name)
     built = builder.build([ms.builder.BuilderInput(c.sch.mod, target) for c in candidates])
     ok = [i for i, b in enumerate(built) if not b.error_msg]
-    futures = runner.run([ms.runner.RunnerInput(built[i].artifact_path, device_type, candidates[i].args_info)
-                          for i in ok])
+    futures = runner.run(
+        [ms.runner.RunnerInput(built[i].artifact_path, device_type, candidates[i].args_info) for i in ok]
+    )
     results = [ms.runner.RunnerResult(None, built[i].error_msg) for i in range(len(built))]
     for i, fut in zip(ok, futures):
         results[i] = fut.result()
-    for i in ok:   # what tune_tasks' RemoveBuildArtifact callback does for its own batches
+    for i in ok:  # what tune_tasks' RemoveBuildArtifact callback does for its own batches
         shutil.rmtree(os.path.dirname(built[i].artifact_path), ignore_errors=True)
     workload = db.commit_workload(mod)
     for trace, cand, res in zip(traces, candidates, results):
@@ -71,8 +77,19 @@ def measure_and_commit(mod, candidates, traces, db, builder, runner, target, ctx
     return results, built
 
 
-def measure_per_task(tasks, contexts, candidates_for, db, builder, runner, target, cost_model=None, on_batch=None,
-                      should_stop=lambda: False, limit: Optional[int] = None) -> int:
+def measure_per_task(
+    tasks,
+    contexts,
+    candidates_for,
+    db,
+    builder,
+    runner,
+    target,
+    cost_model=None,
+    on_batch=None,
+    should_stop=lambda: False,
+    limit: Optional[int] = None,
+) -> int:
     """For each task, measure the (schedule, trace) pairs ``candidates_for(task, ctx)`` gives,
     as one batch, and commit them (``measure_and_commit``). Stops when ``should_stop()`` or
     after ``limit`` candidates. Returns the number measured."""
@@ -84,13 +101,16 @@ def measure_per_task(tasks, contexts, candidates_for, db, builder, runner, targe
             break
         pairs = candidates_for(task, ctx)
         if limit is not None:
-            pairs = pairs[:limit - measured]
+            pairs = pairs[: limit - measured]
         if not pairs:
             continue
-        candidates = [ms.MeasureCandidate(sch, ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True))
-                      for sch, _ in pairs]
-        results = measure_and_commit(task.dispatched[0], candidates, [t for _, t in pairs], db, builder, runner,
-                                      target, ctx, cost_model)
+        candidates = [
+            ms.MeasureCandidate(sch, ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True))
+            for sch, _ in pairs
+        ]
+        results = measure_and_commit(
+            task.dispatched[0], candidates, [t for _, t in pairs], db, builder, runner, target, ctx, cost_model
+        )
         measured += len(candidates)
         if on_batch is not None:
             on_batch(task_id, results[0], results[1])
@@ -130,17 +150,29 @@ def replay_on(mod, records, name: str = "") -> list:
     return pairs
 
 
-def replay_records(tasks, contexts, records_for, db, builder, runner, target, cost_model, on_batch,
-                    should_stop, limit: Optional[int] = None) -> int:
+def replay_records(
+    tasks,
+    contexts,
+    records_for,
+    db,
+    builder,
+    runner,
+    target,
+    cost_model,
+    on_batch,
+    should_stop,
+    limit: Optional[int] = None,
+) -> int:
     def candidates_for(task, ctx):
         mod = task.dispatched[0]
         return [(sch, rec.trace) for sch, rec in replay_on(mod, records_for(mod), task.task_name)]
 
-    return measure_per_task(tasks, contexts, candidates_for, db, builder, runner, target, cost_model, on_batch,
-                             should_stop, limit)
+    return measure_per_task(
+        tasks, contexts, candidates_for, db, builder, runner, target, cost_model, on_batch, should_stop, limit
+    )
 
 
-RETIME_TOP_K = 2      # a resumed tune re-measures this many of each kernel's best records
+RETIME_TOP_K = 2  # a resumed tune re-measures this many of each kernel's best records
 
 
 def retime_records(tasks, db, builder, runner, target, top_k: int = RETIME_TOP_K, should_stop=lambda: False):

@@ -1,4 +1,5 @@
 """The tune's progress bar, failure count, end-to-end estimate and journal, fed batch by batch."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,17 @@ from tvmnet.tune.logs import best_record
 class Progress:
     """Progress bar, failures and end-to-end estimate, fed batch by batch."""
 
-    def __init__(self, tasks, weights, target, db, budget, enabled, journal: Optional[Path] = None,
-                 record_file: Optional[Path] = None):
+    def __init__(
+        self,
+        tasks,
+        weights,
+        target,
+        db,
+        budget,
+        enabled,
+        journal: Optional[Path] = None,
+        record_file: Optional[Path] = None,
+    ):
         from tqdm import tqdm
 
         self.tasks, self.weights, self.target = tasks, weights, target
@@ -26,11 +36,17 @@ class Progress:
                 self.best[i] = sum(secs) / len(secs)
         self.done = 0
         self.failed = 0
-        self.failed_batches = 0      # consecutive batches in which every candidate failed
+        self.failed_batches = 0  # consecutive batches in which every candidate failed
         self.first_error = None
         self.journal, self.record_file, self.t0 = journal, record_file, time.perf_counter()
-        self.bar = tqdm(total=budget, unit="trial", file=sys.stderr, disable=not enabled, dynamic_ncols=True,
-                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}] {postfix}")
+        self.bar = tqdm(
+            total=budget,
+            unit="trial",
+            file=sys.stderr,
+            disable=not enabled,
+            dynamic_ncols=True,
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}] {postfix}",
+        )
         self._post()
 
     def estimate_ms(self) -> Optional[float]:
@@ -58,16 +74,25 @@ class Progress:
                 self.best[task_id] = mean
         self.done += n
         if self.bar.total is not None and self.done > self.bar.total:
-            self.bar.total = self.done    # the last batch may overshoot the budget
+            self.bar.total = self.done  # the last batch may overshoot the budget
         self.bar.update(n)
         self._post()
         self.failed_batches = self.failed_batches + 1 if n and batch_failed == n else 0
-        if self.journal is not None:   # when each batch landed: tuning curves against time
+        if self.journal is not None:  # when each batch landed: tuning curves against time
             with open(self.journal, "a") as f:
                 lines = sum(1 for _ in open(self.record_file)) if self.record_file else None
-                f.write(json.dumps({"seconds": round(time.perf_counter() - self.t0, 1), "trials": self.done,
-                                    "record_lines": lines, "task": self.tasks[task_id].task_name,
-                                    "estimate_ms": self.estimate_ms()}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "seconds": round(time.perf_counter() - self.t0, 1),
+                            "trials": self.done,
+                            "record_lines": lines,
+                            "task": self.tasks[task_id].task_name,
+                            "estimate_ms": self.estimate_ms(),
+                        }
+                    )
+                    + "\n"
+                )
 
     def close(self):
         self.bar.close()

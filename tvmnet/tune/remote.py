@@ -1,5 +1,6 @@
 """MetaSchedule's runner on remote boards: candidates measured on the boards registered under
 a tracker key (``tvmnet tune --tracker HOST:PORT --key KEY``)."""
+
 from __future__ import annotations
 
 from tvmnet.core.endpoint import Endpoint, parse_hostport, probe, with_deadline
@@ -26,8 +27,11 @@ def create_session_fail_fast(rpc_config):
     costs ``timeout`` seconds per candidate)."""
     rpc_config.count_num_servers(allow_missing=False)
     # a board that dies after the count leaves the request pending for ever: bound it
-    return with_deadline(rpc_config.connect_server, float(rpc_config.session_timeout_sec),
-                          f"a device with key {rpc_config.tracker_key!r}")
+    return with_deadline(
+        rpc_config.connect_server,
+        float(rpc_config.session_timeout_sec),
+        f"a device with key {rpc_config.tracker_key!r}",
+    )
 
 
 def make_rpc_runner(cfg: Endpoint, evaluator, timeout: float):
@@ -35,15 +39,29 @@ def make_rpc_runner(cfg: Endpoint, evaluator, timeout: float):
     from tvm.s_tir import meta_schedule as ms
 
     if not cfg.tracker:
-        raise UsageError("tuning over RPC needs a tracker: start `python -m tvm.exec.rpc_tracker`, register the "
-                         "boards with --tracker/--key, then pass --tracker HOST:PORT --key KEY")
+        raise UsageError(
+            "tuning over RPC needs a tracker: start `python -m tvm.exec.rpc_tracker`, register the "
+            "boards with --tracker/--key, then pass --tracker HOST:PORT --key KEY"
+        )
     host, port = parse_hostport(cfg.tracker, "--tracker")
     probe(host, port, cfg.timeout, "RPC tracker")
-    rpc_config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=cfg.key,
-                                     session_priority=1, session_timeout_sec=int(max(timeout, 10)))
+    rpc_config = ms.runner.RPCConfig(
+        tracker_host=host,
+        tracker_port=port,
+        tracker_key=cfg.key,
+        session_priority=1,
+        session_timeout_sec=int(max(timeout, 10)),
+    )
     if with_deadline(rpc_config.count_num_servers, cfg.timeout, f"RPC tracker {cfg.tracker}") == 0:
-        raise DeviceError(f"no board is registered under key {cfg.key!r} at tracker {cfg.tracker}; start one with "
-                          f"`python -m tvm.exec.rpc_server --tracker {cfg.tracker} --key {cfg.key}` (or "
-                          f"`tvmnet emulator start --tracker {cfg.tracker} --key {cfg.key}`)")
-    return ms.runner.RPCRunner(rpc_config=rpc_config, evaluator_config=evaluator, max_workers=1,
-                               f_alloc_argument=alloc_argument_from_host, f_create_session=create_session_fail_fast)
+        raise DeviceError(
+            f"no board is registered under key {cfg.key!r} at tracker {cfg.tracker}; start one with "
+            f"`python -m tvm.exec.rpc_server --tracker {cfg.tracker} --key {cfg.key}` (or "
+            f"`tvmnet emulator start --tracker {cfg.tracker} --key {cfg.key}`)"
+        )
+    return ms.runner.RPCRunner(
+        rpc_config=rpc_config,
+        evaluator_config=evaluator,
+        max_workers=1,
+        f_alloc_argument=alloc_argument_from_host,
+        f_create_session=create_session_fail_fast,
+    )

@@ -1,5 +1,6 @@
 """The task scheduler that decides which kernel gets the next batch, and one MetaSchedule run
 (``tune_tasks``) under it."""
+
 from __future__ import annotations
 
 import logging
@@ -12,7 +13,7 @@ log = logging.getLogger(__name__)
 # every kernel with at least this share of the estimated latency gets one batch of the search
 COVER_SHARE = 0.01
 
-FIRST_PASS = 16       # candidates per kernel in the first pass (the main search's batches are --batch)
+FIRST_PASS = 16  # candidates per kernel in the first pass (the main search's batches are --batch)
 
 
 def first_pass_size(batch: int, budget: int, n_tasks: int) -> int:
@@ -34,8 +35,14 @@ def uncovered_task(cost: dict, alive, searched, min_share: float) -> Optional[in
     return max(left, key=cost.get) if left else None
 
 
-def safe_point_scheduler(should_stop: Callable[[], bool], best_seconds: Callable[[int], Optional[float]], seed: int,
-               alpha: float = 0.2, window: int = 3, min_share: float = 0.0):
+def safe_point_scheduler(
+    should_stop: Callable[[], bool],
+    best_seconds: Callable[[int], Optional[float]],
+    seed: int,
+    alpha: float = 0.2,
+    window: int = 3,
+    min_share: float = 0.0,
+):
     """A task scheduler that picks tasks by TVM's gradient rule (``GradientBased``: expected
     gain of the task's weighted latency, so trials go where the time is) and
 
@@ -64,15 +71,15 @@ def safe_point_scheduler(should_stop: Callable[[], bool], best_seconds: Callable
         def __init__(self):
             super().__init__()
             self.rng = random.Random(seed)
-            self.history = None       # best latency after each join, per task
+            self.history = None  # best latency after each join, per task
             self.first_round = 0
-            self.searched = set()     # kernels this search has given a batch
+            self.searched = set()  # kernels this search has given a batch
 
         def next_task_id(self) -> int:
             outer = self._outer()
             tasks = outer.tasks_
             n = len(tasks)
-            if self.history is None:   # kernels already measured here start with their best time
+            if self.history is None:  # kernels already measured here start with their best time
                 self.history = [[best_seconds(i)] if best_seconds(i) is not None else [] for i in range(n)]
             for i in range(n):
                 if tasks[i].runner_futures is not None:
@@ -84,7 +91,7 @@ def safe_point_scheduler(should_stop: Callable[[], bool], best_seconds: Callable
             alive = [i for i in range(n) if not tasks[i].is_terminated]
             if not alive:
                 return -1
-            while self.first_round < n:          # every kernel without a time here once, in order
+            while self.first_round < n:  # every kernel without a time here once, in order
                 i = self.first_round
                 self.first_round += 1
                 if i in alive and not self.history[i]:
@@ -108,22 +115,47 @@ def safe_point_scheduler(should_stop: Callable[[], bool], best_seconds: Callable
             return pick
 
         def _uncovered(self, tasks, alive) -> Optional[int]:
-            cost = {i: self.history[i][-1] * float(tasks[i].task_weight) for i in range(len(tasks))
-                    if self.history[i] and self.history[i][-1] < 1e9}
+            cost = {
+                i: self.history[i][-1] * float(tasks[i].task_weight)
+                for i in range(len(tasks))
+                if self.history[i] and self.history[i][-1] < 1e9
+            }
             return uncovered_task(cost, alive, self.searched, min_share)
 
     return SafePointGradient()
 
 
-def tune_subset(ms, contexts, weights, work_dir, trials, per_task, per_iter, builder, runner, db, cost_model,
-                 progress_callback, scheduler) -> None:
+def tune_subset(
+    ms,
+    contexts,
+    weights,
+    work_dir,
+    trials,
+    per_task,
+    per_iter,
+    builder,
+    runner,
+    db,
+    cost_model,
+    progress_callback,
+    scheduler,
+) -> None:
     """One MetaSchedule run (``tune_tasks``) over some tune contexts; records go to ``db``."""
-    quiet_metaschedule()   # creating tune contexts sets MetaSchedule's loggers back to INFO
-    ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
-                       max_trials_per_task=per_task, num_trials_per_iter=per_iter, builder=builder, runner=runner,
-                       database=db, cost_model=cost_model,
-                       measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [progress_callback],
-                       task_scheduler=scheduler)
+    quiet_metaschedule()  # creating tune contexts sets MetaSchedule's loggers back to INFO
+    ms.tune.tune_tasks(
+        tasks=contexts,
+        task_weights=weights,
+        work_dir=str(work_dir),
+        max_trials_global=trials,
+        max_trials_per_task=per_task,
+        num_trials_per_iter=per_iter,
+        builder=builder,
+        runner=runner,
+        database=db,
+        cost_model=cost_model,
+        measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [progress_callback],
+        task_scheduler=scheduler,
+    )
 
 
 def quiet_metaschedule():

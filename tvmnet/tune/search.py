@@ -13,6 +13,7 @@ kernels of the folded, GEMM-lowered graph, into this machine class's database (`
 
 MetaSchedule's text logs go to ``~/.cache/tvmnet/tune/<class>/logs``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -79,32 +80,38 @@ def tune_model(opts: TuneOptions, say=print, measurer: Optional[Measurer] = None
 
     from tvmnet.tune.builder import make_builder
 
-    started = time.perf_counter()   # --minutes counts from here: import, lowering and set-up included
+    started = time.perf_counter()  # --minutes counts from here: import, lowering and set-up included
     spec = opts.target
     db_path = opts.database
     spec.check_toolchain()
     if opts.rpc is None and spec.is_cpu and not opts.estimate:
-        spec.use_threads()   # the runner's worker processes inherit it
+        spec.use_threads()  # the runner's worker processes inherit it
     if opts.rpc is None and not opts.estimate:
         why = spec.host_mismatch()
         if why:
-            raise UsageError(f"target {spec.name} cannot be measured on this machine ({why}); tune on the board with "
-                             "--tracker HOST:PORT --key KEY, or without it with --estimate (the cost proxy scores the "
-                             "GEMM and stem kernels)")
+            raise UsageError(
+                f"target {spec.name} cannot be measured on this machine ({why}); tune on the board with "
+                "--tracker HOST:PORT --key KEY, or without it with --estimate (the cost proxy scores the "
+                "GEMM and stem kernels)"
+            )
         if spec.device == "cuda":
             import tvm
 
             if not tvm.cuda(0).exist:
-                raise DeviceError(f"tuning {spec.name} measures on a local NVIDIA GPU and this machine has none; "
-                                  "run `tvmnet tune` on a machine with one")
+                raise DeviceError(
+                    f"tuning {spec.name} measures on a local NVIDIA GPU and this machine has none; "
+                    "run `tvmnet tune` on a machine with one"
+                )
     if opts.estimate and measurer is None:
-        raise UsageError("TuneOptions(estimate=True) scores candidates with the cost proxy: pass "
-                         "measurer=tvmnet.proxy.tuning.proxy_measurer(target), or run `tvmnet tune --estimate`")
-    if measurer is not None:   # e.g. the cost proxy: nothing runs, the builder's workers score each candidate
+        raise UsageError(
+            "TuneOptions(estimate=True) scores candidates with the cost proxy: pass "
+            "measurer=tvmnet.proxy.tuning.proxy_measurer(target), or run `tvmnet tune --estimate`"
+        )
+    if measurer is not None:  # e.g. the cost proxy: nothing runs, the builder's workers score each candidate
         builder, runner, measured_on = measurer.builder, measurer.runner, measurer.measured_on
     else:
-        runner = make_runner(opts)   # an unreachable tracker fails here, before any file is created
-        builder = make_builder(spec, shared_library=opts.rpc is not None)   # its worker pool starts on first use
+        runner = make_runner(opts)  # an unreachable tracker fails here, before any file is created
+        builder = make_builder(spec, shared_library=opts.rpc is not None)  # its worker pool starts on first use
         measured_on = cpu_model() if opts.rpc is None else f"RPC boards: {opts.rpc}"
     db = open_database(db_path, create=True)
     write_class_file(db_path, spec, measured_on=measured_on, estimated=opts.estimate)
@@ -113,11 +120,13 @@ def tune_model(opts: TuneOptions, say=print, measurer: Optional[Measurer] = None
     say("extracting tuning tasks")
     _, tasks = prepare_tasks(opts)
     if opts.kernels:
-        exact = [t for t in tasks if t.task_name == opts.kernels]   # an exact name: that kernel only
+        exact = [t for t in tasks if t.task_name == opts.kernels]  # an exact name: that kernel only
         tasks = exact or [t for t in tasks if opts.kernels in t.task_name]
         if not tasks:
-            raise UsageError(f"no kernel name contains {opts.kernels!r}; kernels are named like "
-                             "fused_matmul_add1_relu11 or fused_conv2d1_add_relu1")
+            raise UsageError(
+                f"no kernel name contains {opts.kernels!r}; kernels are named like "
+                "fused_matmul_add1_relu11 or fused_conv2d1_add_relu1"
+            )
     if measurer is not None and measurer.select is not None:
         tasks = measurer.select(tasks, say)
     weights = [float(t.weight) for t in tasks]
@@ -126,8 +135,10 @@ def tune_model(opts: TuneOptions, say=print, measurer: Optional[Measurer] = None
     before = sum(min(c, per_task) for c in existing)
     todo = [i for i, c in enumerate(existing) if c < per_task and not (opts.only_untuned and c)]
     budget = max(0, opts.trials - before)
-    say(f"{len(tasks)} tasks, per-task cap {per_task}; {before} trials already in {db_path}; "
-        f"{budget} to run over {len(todo)} unfinished tasks")
+    say(
+        f"{len(tasks)} tasks, per-task cap {per_task}; {before} trials already in {db_path}; "
+        f"{budget} to run over {len(todo)} unfinished tasks"
+    )
     result = TuneResult(db_path, len(tasks), 0, before, 0, 0.0, False, None)
     resumed = [tasks[i] for i in todo if existing[i]] if opts.retime and not opts.estimate and budget else []
     if resumed:
@@ -142,11 +153,14 @@ def tune_model(opts: TuneOptions, say=print, measurer: Optional[Measurer] = None
     class_key = spec.machine_class()["key"]
     work_dir = CACHE_DIR / "tune" / class_key
     work_dir.mkdir(parents=True, exist_ok=True)
-    journal = work_dir / "journals" / f"{time.strftime('%Y%m%d-%H%M%S')}-a{opts.model.alpha:g}-r{opts.model.resolution}.jsonl"
+    journal = (
+        work_dir / "journals" / f"{time.strftime('%Y%m%d-%H%M%S')}-a{opts.model.alpha:g}-r{opts.model.resolution}.jsonl"
+    )
     journal.parent.mkdir(exist_ok=True)
     result.journal = journal
-    progress = Progress(tasks, weights, target, db, budget, opts.progress, journal=journal,
-                         record_file=db_path / RECORD_FILE)
+    progress = Progress(
+        tasks, weights, target, db, budget, opts.progress, journal=journal, record_file=db_path / RECORD_FILE
+    )
     if budget == 0 or not todo:
         progress.close()
         result.estimate_ms = progress.estimate_ms()
@@ -157,22 +171,28 @@ def tune_model(opts: TuneOptions, say=print, measurer: Optional[Measurer] = None
     t0 = time.perf_counter()
     quiet_metaschedule()
     contexts, ctx_weights = tune_contexts(
-        sub_tasks, work_dir,
-        strategy=ms.search_strategy.EvolutionarySearch(population_size=opts.population), seed=opts.seed)
-    cost_model = ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(), adaptive_training=True,
-                                        num_tuning_cores=None)
+        sub_tasks,
+        work_dir,
+        strategy=ms.search_strategy.EvolutionarySearch(population_size=opts.population),
+        seed=opts.seed,
+    )
+    cost_model = ms.cost_model.XGBModel(
+        extractor=ms.feature_extractor.PerStoreFeature(), adaptive_training=True, num_tuning_cores=None
+    )
 
     stop = {"signal": None}
 
     def on_signal(signum, frame):
         if stop["signal"] is None:
-            progress.bar.write(f"[tvmnet] {signal.Signals(signum).name}: stopping after the batch in flight "
-                               "(its records are kept)", file=sys.stderr)
+            progress.bar.write(
+                f"[tvmnet] {signal.Signals(signum).name}: stopping after the batch in flight (its records are kept)",
+                file=sys.stderr,
+            )
         stop["signal"] = signum
 
     deadline = None if opts.minutes is None else started + 60 * opts.minutes
 
-    decisions = []   # when should_stop was asked: once per batch, so their spacing is a batch's duration
+    decisions = []  # when should_stop was asked: once per batch, so their spacing is a batch's duration
 
     def should_stop() -> bool:
         now = time.perf_counter()
@@ -198,36 +218,69 @@ def tune_model(opts: TuneOptions, say=print, measurer: Optional[Measurer] = None
                 continue
             warmed.append(info["key"])
             again = "scoring with the cost proxy" if opts.estimate else "re-measuring here"
-            say(f"warm start: {again} the best {opts.warm_top_k} schedule(s) per kernel of class "
-                f"{info['key']} ({src_path}) for {len(mine)} kernel(s) without records")
+            say(
+                f"warm start: {again} the best {opts.warm_top_k} schedule(s) per kernel of class "
+                f"{info['key']} ({src_path}) for {len(mine)} kernel(s) without records"
+            )
             result.warm_measured += warm_start(
-                [sub_tasks[j] for j in mine], [contexts[j] for j in mine], src_db, db, builder, runner, target,
-                opts.warm_top_k, cost_model, should_stop=should_stop,
-                on_batch=lambda k, res, built, mine=mine: progress.update(todo[mine[k]], res, built))
+                [sub_tasks[j] for j in mine],
+                [contexts[j] for j in mine],
+                src_db,
+                db,
+                builder,
+                runner,
+                target,
+                opts.warm_top_k,
+                cost_model,
+                should_stop=should_stop,
+                on_batch=lambda k, res, built, mine=mine: progress.update(todo[mine[k]], res, built),
+            )
         result.warm_from = ", ".join(warmed) or None
         near = [j for j, i in enumerate(todo) if progress.best[i] is None]
         if opts.warm_start and near and len(db) and not should_stop():
             n = warm_start_nearest(
-                [sub_tasks[j] for j in near], [contexts[j] for j in near], db, builder, runner, target,
-                opts.warm_top_k, cost_model, should_stop=should_stop, limit=budget - progress.done,
-                on_batch=lambda k, res, built: progress.update(todo[near[k]], res, built))
+                [sub_tasks[j] for j in near],
+                [contexts[j] for j in near],
+                db,
+                builder,
+                runner,
+                target,
+                opts.warm_top_k,
+                cost_model,
+                should_stop=should_stop,
+                limit=budget - progress.done,
+                on_batch=lambda k, res, built: progress.update(todo[near[k]], res, built),
+            )
             if n:
-                say(f"warm start from this class's own log: {n} schedule(s) of the same layers of other models "
-                    f"(the {opts.warm_top_k} nearest shapes per kernel) re-measured for {len(near)} kernel(s)")
+                say(
+                    f"warm start from this class's own log: {n} schedule(s) of the same layers of other models "
+                    f"(the {opts.warm_top_k} nearest shapes per kernel) re-measured for {len(near)} kernel(s)"
+                )
             result.warm_measured += n
             result.warm_nearest = n
         if opts.seeds and budget >= SEED_MIN_TRIALS_PER_TASK * len(todo) and not should_stop():
             isa = spec.vector_isa()
             gemms = sum(1 for t in sub_tasks if gemm_shape(t.dispatched[0]) is not None)
             if gemms:
-                say(f"seeding: {'scoring' if opts.estimate else 'measuring'} our register-blocked micro-kernels "
-                    f"({isa}) for {gemms} GEMM kernel(s) before the search")
+                say(
+                    f"seeding: {'scoring' if opts.estimate else 'measuring'} our register-blocked micro-kernels "
+                    f"({isa}) for {gemms} GEMM kernel(s) before the search"
+                )
                 result.seeds_measured = seed_schedules(
-                    sub_tasks, contexts, db, builder, runner, target, isa, cost_model, should_stop=should_stop,
+                    sub_tasks,
+                    contexts,
+                    db,
+                    builder,
+                    runner,
+                    target,
+                    isa,
+                    cost_model,
+                    should_stop=should_stop,
                     limit=budget - progress.done,
                     # at most half of a kernel's share of the budget, so every kernel gets its seeds
                     per_kernel=max(SEED_MIN_TRIALS_PER_TASK, budget // (2 * len(todo))),
-                    on_batch=lambda k, res, built: progress.update(todo[k], res, built))
+                    on_batch=lambda k, res, built: progress.update(todo[k], res, built),
+                )
         timeless = [j for j, i in enumerate(todo) if progress.best[i] is None]
         first = first_pass_size(opts.trials_per_iter, budget - progress.done, len(timeless))
         if first and timeless and not should_stop():
@@ -240,18 +293,40 @@ def tune_model(opts: TuneOptions, say=print, measurer: Optional[Measurer] = None
             sub = [todo[j] for j in timeless]
             quiet_metaschedule()
             replay, _ = tune_contexts(
-                [sub_tasks[j] for j in timeless], work_dir,
-                strategy=ms.search_strategy.ReplayTrace(), seed=opts.seed)
-            tune_subset(ms, replay, [ctx_weights[j] for j in timeless], work_dir,
-                         min(budget - progress.done, first * len(timeless)), first, first, builder, runner, db,
-                         cost_model, progress_callback(progress, sub),
-                         safe_point_scheduler(should_stop, lambda k: progress.best[sub[k]], opts.seed))
+                [sub_tasks[j] for j in timeless], work_dir, strategy=ms.search_strategy.ReplayTrace(), seed=opts.seed
+            )
+            tune_subset(
+                ms,
+                replay,
+                [ctx_weights[j] for j in timeless],
+                work_dir,
+                min(budget - progress.done, first * len(timeless)),
+                first,
+                first,
+                builder,
+                runner,
+                db,
+                cost_model,
+                progress_callback(progress, sub),
+                safe_point_scheduler(should_stop, lambda k: progress.best[sub[k]], opts.seed),
+            )
         remaining = budget - progress.done
         if remaining > 0 and not should_stop():
-            tune_subset(ms, contexts, ctx_weights, work_dir, remaining, per_task,
-                         min(opts.trials_per_iter, per_task), builder, runner, db, cost_model,
-                         progress_callback(progress, todo),
-                         safe_point_scheduler(should_stop, lambda j: progress.best[todo[j]], opts.seed, min_share=COVER_SHARE))
+            tune_subset(
+                ms,
+                contexts,
+                ctx_weights,
+                work_dir,
+                remaining,
+                per_task,
+                min(opts.trials_per_iter, per_task),
+                builder,
+                runner,
+                db,
+                cost_model,
+                progress_callback(progress, todo),
+                safe_point_scheduler(should_stop, lambda j: progress.best[todo[j]], opts.seed, min_share=COVER_SHARE),
+            )
     except Exception as err:  # noqa: BLE001 - becomes a one-line error; records so far stay in the database
         _raise_stopped(err, progress, db_path)
     finally:
@@ -274,15 +349,26 @@ def _retime(tasks, db_path, db, builder, runner, target, result, started, opts, 
     day, another load on this VM: its speed drifts by 20-40% between sessions), are measured
     again now and replace that kernel's earlier records, so that this run's candidates compete
     with times taken under the same conditions. Returns the database to go on with."""
-    say(f"re-timing: {len(tasks)} kernel(s) have records from earlier runs; re-measuring their best "
-        f"{RETIME_TOP_K} schedule(s) here first (their old times are not compared with new ones; --no-retime keeps them)")
+    say(
+        f"re-timing: {len(tasks)} kernel(s) have records from earlier runs; re-measuring their best "
+        f"{RETIME_TOP_K} schedule(s) here first (their old times are not compared with new ones; --no-retime keeps them)"
+    )
     flag = {}
     deadline = None if opts.minutes is None else started + 60 * opts.minutes
-    old = {sig: signal.signal(sig, lambda signum, frame: flag.setdefault("signal", signum))
-           for sig in (signal.SIGTERM, signal.SIGINT)}
+    old = {
+        sig: signal.signal(sig, lambda signum, frame: flag.setdefault("signal", signum))
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
     try:
-        fresh = retime_records(tasks, db, builder, runner, target, RETIME_TOP_K,
-                               lambda: "signal" in flag or (deadline is not None and time.perf_counter() > deadline))
+        fresh = retime_records(
+            tasks,
+            db,
+            builder,
+            runner,
+            target,
+            RETIME_TOP_K,
+            lambda: "signal" in flag or (deadline is not None and time.perf_counter() > deadline),
+        )
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
@@ -295,18 +381,23 @@ def _retime(tasks, db_path, db, builder, runner, target, result, started, opts, 
     if n:
         dropped, backup = replace_kernel_records(db_path, fresh)
         result.retimed = n
-        say(f"re-timed {n} schedule(s); the {dropped} earlier record(s) of those kernels left the database "
-            f"(still counted as trials; the database before is in {backup})")
+        say(
+            f"re-timed {n} schedule(s); the {dropped} earlier record(s) of those kernels left the database "
+            f"(still counted as trials; the database before is in {backup})"
+        )
     return open_database(db_path)
 
 
 def _raise_stopped(err, progress, db_path):
-    if progress.failed_batches >= 2:   # the device or the toolchain is broken
+    if progress.failed_batches >= 2:  # the device or the toolchain is broken
         first = (progress.first_error or "").splitlines()
         why = next((l for l in reversed(first) if l.strip()), "unknown error")
-        raise DeviceError(f"tuning stopped: every candidate of the last two batches failed ({why[:200]}); "
-                          f"{progress.done - progress.failed} measured records are kept in {db_path}; fix the "
-                          "device (is it alive?) and rerun the same command to resume") from err
+        raise DeviceError(
+            f"tuning stopped: every candidate of the last two batches failed ({why[:200]}); "
+            f"{progress.done - progress.failed} measured records are kept in {db_path}; fix the "
+            "device (is it alive?) and rerun the same command to resume"
+        ) from err
     msg = err_line(err)
-    raise TuningLogError(f"tuning stopped: {msg}; records measured so far are in {db_path}; "
-                         "rerun the same command to resume") from err
+    raise TuningLogError(
+        f"tuning stopped: {msg}; records measured so far are in {db_path}; rerun the same command to resume"
+    ) from err

@@ -31,6 +31,7 @@ GEMM 1.3-1.5x faster than the best of a 2000-trial tune, the 49x512x1024 one 1.2
 the padding made per output row, lost to MetaSchedule's own depthwise schedules here,
 1.2-1.8x slower, so there is none.)
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,8 +49,8 @@ LANES = {"avx512": 16, "avx2": 8, "sse": 4, "neon": 4, "neon-dotprod": 4}
 ACC_REGS = {"avx512": 28, "avx2": 12, "sse": 12, "neon": 24, "neon-dotprod": 24}
 
 ROW_TILES = (4, 5, 6, 7, 8, 14)
-PAD_WASTE = 0.05                # a row tile that does not divide M pads it by at most this share
-COL_VECTORS = (1, 2, 3, 4)      # nj = lanes * this
+PAD_WASTE = 0.05  # a row tile that does not divide M pads it by at most this share
+COL_VECTORS = (1, 2, 3, 4)  # nj = lanes * this
 DEPTH_TILES = (4, 8)
 
 
@@ -81,9 +82,9 @@ def register_blocked_gemm(func, mi: int, nj: int, kk: int):
     sch = s_tir.Schedule(func)
     block = sch.get_sblock("matmul")
     if int(sch.get(sch.get_loops(block)[1]).extent) % mi:
-        sch.pad_einsum(block, [1, mi, 1, 1])    # M up to a multiple of mi; the epilogue keeps the real rows
-    after = []                     # the elementwise chain after the GEMM (bias, ReLU): by consumers, not
-    consumers = sch.get_consumers(block)   # the root's children (layout rewrites add blocks there)
+        sch.pad_einsum(block, [1, mi, 1, 1])  # M up to a multiple of mi; the epilogue keeps the real rows
+    after = []  # the elementwise chain after the GEMM (bias, ReLU): by consumers, not
+    consumers = sch.get_consumers(block)  # the root's children (layout rewrites add blocks there)
     while len(consumers) == 1:
         after.append(consumers[0])
         consumers = sch.get_consumers(consumers[0])
@@ -95,9 +96,9 @@ def register_blocked_gemm(func, mi: int, nj: int, kk: int):
     sch.reorder(jo, io, ko, ki, ii, ji)
     outer = sch.fuse(jo, io)
     sch.parallel(outer)
-    for b in after[:-1]:           # bias add, ... : into the last elementwise block
+    for b in after[:-1]:  # bias add, ... : into the last elementwise block
         sch.compute_inline(b)
-    if after:                      # the epilogue runs on each tile while it is in cache
+    if after:  # the epilogue runs on each tile while it is in cache
         sch.reverse_compute_at(after[-1], outer, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(after[-1])[-1])
     sch.vectorize(ji)
@@ -118,7 +119,7 @@ def gemm_tiles(m: int, n: int, k: int, isa: str) -> List[Tuple[int, int, int]]:
             continue
         for v in COL_VECTORS:
             nj = lanes * v
-            if n % nj or mi * v > regs or mi * v < (8 if m % mi else 4):   # padding pays for full blocks only
+            if n % nj or mi * v > regs or mi * v < (8 if m % mi else 4):  # padding pays for full blocks only
                 continue
             for kk in DEPTH_TILES:
                 if k % kk == 0:
@@ -160,8 +161,20 @@ def packed_seeds(task, work_dir: Path, isa: str) -> list:
     return [p for p in (postprocessed(sch, ctx, task.task_name) for sch in grid) if p is not None]
 
 
-def seed_schedules(tasks, contexts, db, builder, runner, target, isa: str, cost_model=None, on_batch=None,
-                   should_stop=lambda: False, limit: Optional[int] = None, per_kernel: Optional[int] = None) -> int:
+def seed_schedules(
+    tasks,
+    contexts,
+    db,
+    builder,
+    runner,
+    target,
+    isa: str,
+    cost_model=None,
+    on_batch=None,
+    should_stop=lambda: False,
+    limit: Optional[int] = None,
+    per_kernel: Optional[int] = None,
+) -> int:
     """Measure our register-blocked micro-kernels (``schedules.seed_schedules_for``) for every
     GEMM task, each as written and through the design space's postprocessors (which pack the
     weights: layout rewrite), and commit them to ``db`` with the times measured here.
@@ -169,12 +182,13 @@ def seed_schedules(tasks, contexts, db, builder, runner, target, isa: str, cost_
     repeated run costs nothing. ``per_kernel`` caps the grid of each kernel (evenly spaced
     tiles of it, so that a small budget still covers every kernel). Returns the number of
     candidates measured."""
+
     def candidates_for(task, ctx):
         mod = task.dispatched[0]
         known = known_traces(db, db.commit_workload(mod)) if db.has_workload(mod) else set()
         pairs = []
         grid = seed_schedules_for(mod, isa)
-        n = None if per_kernel is None else max(1, per_kernel // 2)   # each tile gives up to 2 variants
+        n = None if per_kernel is None else max(1, per_kernel // 2)  # each tile gives up to 2 variants
         if n is not None and len(grid) > n:
             grid = [grid[round(i * (len(grid) - 1) / max(1, n - 1))] for i in range(n)]
         for sch in grid:
@@ -185,5 +199,6 @@ def seed_schedules(tasks, contexts, db, builder, runner, target, isa: str, cost_
                     pairs.append((v, v.trace))
         return pairs
 
-    return measure_per_task(tasks, contexts, candidates_for, db, builder, runner, target, cost_model, on_batch,
-                             should_stop, limit)
+    return measure_per_task(
+        tasks, contexts, candidates_for, db, builder, runner, target, cost_model, on_batch, should_stop, limit
+    )
