@@ -38,6 +38,7 @@ from typing import List, Optional
 
 from tvmnet.core.errors import UsageError
 from tvmnet.insitu.replay import Replay, candidate_args, vm_name
+from tvmnet.tune.mslogging import keeps_metaschedule_logging
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class RefineResult:
     seconds: float = 0.0
 
 
+@keeps_metaschedule_logging
 def refine_model(
     model,
     spec,

@@ -11,6 +11,7 @@ import signal
 from typing import Optional
 
 from tvmnet.core.errors import err_line
+from tvmnet.tune.mslogging import without_unnamed_handlers
 from tvmnet.tune.options import TuneOptions
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,10 @@ def tune_contexts(tasks, work_dir, **kw):
 
     if tasks:
         _install_light_tensor_intrin(target_intrin_families(tasks[0].target))
-    return ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, str(work_dir), space="post-order-apply", **kw)
+    with without_unnamed_handlers():  # MetaSchedule's create_loggers fails on a handler without a name
+        return ms.relax_integration.extracted_tasks_to_tune_contexts(
+            tasks, str(work_dir), space="post-order-apply", **kw
+        )
 
 
 def _ignore_sigint():

@@ -29,6 +29,7 @@ from tvmnet.core.targets import cpu_model
 from tvmnet.passes.pipeline import extract_tasks
 from tvmnet.tune.logs import RECORD_FILE, open_database, pruned_counts, replace_kernel_records, wl_key, write_class_file
 from tvmnet.tune.measure import RETIME_TOP_K, make_runner, retime_records, tune_contexts
+from tvmnet.tune.mslogging import keeps_metaschedule_logging
 from tvmnet.tune.options import TuneOptions, TuneResult, default_per_task
 from tvmnet.tune.progress import Progress, progress_callback
 from tvmnet.tune.scheduler import COVER_SHARE, first_pass_size, quiet_metaschedule, safe_point_scheduler, tune_subset
@@ -74,6 +75,7 @@ class Measurer:
     select: Optional[Callable[[list, Callable[[str], None]], list]] = None
 
 
+@keeps_metaschedule_logging
 def tune_model(opts: TuneOptions, say=print, measurer: Optional[Measurer] = None) -> TuneResult:
     """Tune (or resume tuning) the model's kernels into this machine class's database."""
     from tvm.s_tir import meta_schedule as ms

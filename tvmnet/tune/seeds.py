@@ -40,6 +40,7 @@ from typing import List, Optional, Tuple
 
 from tvmnet.tune.logs import known_traces
 from tvmnet.tune.measure import measure_per_task, postprocessed, tune_contexts
+from tvmnet.tune.mslogging import keeps_metaschedule_logging
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ def seed_schedules_for(func, isa: str) -> list:
 SEED_MIN_TRIALS_PER_TASK = 16
 
 
+@keeps_metaschedule_logging
 def packed_seeds(task, work_dir: Path, isa: str) -> list:
     """Our register-blocked GEMM micro-kernels (``schedules.seed_schedules_for``) for ``task``,
     each through the design space's postprocessors (weights packed, as compile lays them out);
@@ -161,6 +163,7 @@ def packed_seeds(task, work_dir: Path, isa: str) -> list:
     return [p for p in (postprocessed(sch, ctx, task.task_name) for sch in grid) if p is not None]
 
 
+@keeps_metaschedule_logging
 def seed_schedules(
     tasks,
     contexts,
