@@ -15,7 +15,7 @@ if ! command -v aarch64-linux-gnu-g++ >/dev/null || ! command -v qemu-aarch64-st
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
         g++-aarch64-linux-gnu qemu-user-static
 fi
-command -v llvm-mca >/dev/null || { echo "[setup] apt: llvm (llvm-mca, for tvmnet/proxy.py)"; $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends llvm; }
+command -v llvm-mca >/dev/null || { echo "[setup] apt: llvm (llvm-mca, for tvmnet/proxy/)"; $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends llvm; }
 
 echo "[setup] pip: torch (CPU build) and tvmnet"
 "$PY" -m pip install -q --disable-pip-version-check "torch==2.13.0"

@@ -5,7 +5,7 @@
 
 For each kernel (tuning task) of the model lowered for the board, as ``tvmnet compile`` would
 lower it, two schedules are built for the board's CPU (cross-compiled, no board needed) and
-given to the proxy (``tvmnet/proxy.py``: llvm-mca with the board's -mcpu, weighted by exact
+given to the proxy (``tvmnet/proxy/``: llvm-mca with the board's -mcpu, weighted by exact
 block counts):
 
     naive     the kernel as TVM legalizes it (what the Pi build shipped before: no record)

@@ -1,4 +1,4 @@
-"""Does the board-free cost proxy (tvmnet/proxy.py) rank schedules as real measurements do?
+"""Does the board-free cost proxy (tvmnet/proxy/) rank schedules as real measurements do?
 
     nice -n 19 python3 scripts/proxy_rank.py --db DIR [--alpha 1.0 --resolution 224] [--target x86]
         [--per-kernel 30] [--seed 0] [--kernels SUBSTR] [--out rows.jsonl]

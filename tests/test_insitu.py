@@ -1,4 +1,4 @@
-"""Kernels timed in place (tvmnet/insitu.py) and `tvmnet refine`'s picks applied by compile."""
+"""Kernels timed in place (tvmnet/insitu/) and `tvmnet refine`'s picks applied by compile."""
 
 from __future__ import annotations
 
@@ -173,7 +173,7 @@ def test_a_new_pick_replaces_the_kernels_older_picks(tuned, tmp_path):
 @pytest.mark.slow  # ~100 s on 2 cores (a refine of one kernel, two compiles)
 def test_a_packed_gemm_seed_refine_can_pick_compiles_and_matches_pytorch(tuned, tmp_path):
     """refine's candidates include our register-blocked GEMM micro-kernels with the weights
-    packed (``tuning.packed_seeds``); one committed as refine commits a pick (its trace only, in
+    packed (``tune.seeds.packed_seeds``); one committed as refine commits a pick (its trace only, in
     in_situ/) is what compile applies to that kernel, and the model still matches PyTorch."""
     from tvm.s_tir import meta_schedule as ms
 

@@ -1,4 +1,4 @@
-"""The board-free cost proxy (tvmnet/proxy.py): block counts, llvm-mca regions, estimates.
+"""The board-free cost proxy (tvmnet/proxy/): block counts, llvm-mca regions, estimates.
 
 unit: the IR interpreter on hand-written IR (exact loop counts, the parallel lambda's share,
 runtime alias checks), the asm segmenter, llvm-mca's latency chains, the missing-tool error.

@@ -1,4 +1,4 @@
-"""Our register-blocked GEMM micro-kernels (tvmnet/schedules.py): they apply to exactly the
+"""Our register-blocked GEMM micro-kernels (tvmnet/tune/seeds.py): they apply to exactly the
 pointwise GEMM kernels, compute what the kernel computes, and the tune's seed phase
 measures them into the database once."""
 

@@ -171,7 +171,7 @@ def cmd_tune(args) -> int:
     if res.warm_nearest:
         warm += f" ({res.warm_nearest} of them other models' schedules from this class's log, replayed)"
     if res.seeds_measured:
-        warm += f" ({res.seeds_measured} of them our micro-kernels, tvmnet/schedules.py)"
+        warm += f" ({res.seeds_measured} of them our micro-kernels, tvmnet/tune/seeds.py)"
     if res.retimed:
         warm += f" after {res.retimed} earlier schedules re-timed"
     print(

@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-seeds",
         action="store_true",
         help="skip the seed phase: by default a real tune first measures a grid of register-blocked "
-        "GEMM micro-kernels per pointwise kernel (tvmnet/schedules.py) for the search to start from",
+        "GEMM micro-kernels per pointwise kernel (tvmnet/tune/seeds.py) for the search to start from",
     )
     s.add_argument(
         "--no-warm-start",

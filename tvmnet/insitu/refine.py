@@ -17,7 +17,7 @@ one kernel replaces it in the sequence and only its calls are timed.
 the candidates are the current schedule, the kernel's 4 best records in this class's log (alone
 they were within the tuner's noise of each other: on a 2-vCPU VM one measurement swings by
 10-30%), the schedules of the same layer in the other models this class's log holds (nearest
-shapes first), for GEMM kernels our micro-kernel grid with packed weights (``tuning.packed_seeds``),
+shapes first), for GEMM kernels our micro-kernel grid with packed weights (``tune.seeds.packed_seeds``),
 and the best of a short search (``tvmnet tune``
 into a scratch database); they are built and timed in place in interleaved rounds (the median of
 each), and the fastest there, if it beats the

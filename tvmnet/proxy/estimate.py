@@ -1,7 +1,7 @@
 """Estimated latency of an aarch64 build on its board, without the board, labelled as such.
 
 ``tvmnet bench`` (and ``tvmnet deploy`` given no board) on an artifact this machine cannot
-run asks the board-free cost proxy (``tvmnet/proxy.py``: llvm-mca with the board's -mcpu,
+run asks the board-free cost proxy (``tvmnet/proxy/``: llvm-mca with the board's -mcpu,
 weighted by exact block counts) for each kernel of the build: the model is lowered again as
 ``compile`` lowered it (same layout and passes, the same choice of records from the logs),
 each kernel is cross-compiled for the board and analysed, and the cycles become

@@ -3,7 +3,7 @@
 ``tvmnet tune --target rpi4 --estimate`` runs the usual search (warm start, our GEMM
 micro-kernel seeds, first pass, evolutionary search with the XGBoost cost model), but
 nothing is run: a candidate's "time" is the board-free cost proxy's estimate
-(``tvmnet/proxy.py``: llvm-mca with the board's ``-mcpu``, weighted by exact block counts)
+(``tvmnet/proxy/kernel.py``: llvm-mca with the board's ``-mcpu``, weighted by exact block counts)
 converted to seconds at the board's clock. The builder below computes it, in parallel worker
 processes, and hands the runner a small file with the figure.
 
@@ -35,7 +35,7 @@ from tvmnet.core.targets import cpu_model
 
 # How well the proxy's score ranks measured schedules, per kernel kind, on this project's x86
 # schedules (NHWC; 25 records per kernel sampled from a 2021-trial measured tune of MobileNet
-# 0.5-224 on the Cascade Lake class, `scripts/proxy_rank.py`; see tuning_logs/README.md):
+# 0.5-224 on the Cascade Lake class, `scripts/proxy_rank.py`; see docs/proxy.md):
 # Spearman's rho of all the kind's records pooled, with llvm-mca's Block RThroughput as the
 # score (the throughput bound: it ranked better than Total Cycles, whose pick for the GEMMs was
 # no better than a random record: 1.42x the best measured vs 1.09x).

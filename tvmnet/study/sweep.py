@@ -8,7 +8,7 @@ CSV beside it and a plot of latency against published top-1 (``sweep.png``, the 
 as a step line) are rewritten at the end.
 
 Accuracy is never measured here: it is the published ImageNet figure of the trained model
-(``tvmnet.accuracy``; the TensorFlow model garden table, which covers all 16 pairs, with the
+(``tvmnet.study.accuracy``; the TensorFlow model garden table, which covers all 16 pairs, with the
 paper's Tables 6/7 beside it). A pair without a published figure stays in the table but off
 the front, and ``pick`` never chooses it.
 

@@ -43,7 +43,7 @@ class TuneOptions:
     minutes: Optional[float] = None  # stop (at a safe point) after this long
     only_untuned: bool = False  # tune only kernels without a record in this class's log
     seeds: bool = True  # measure our register-blocked GEMM micro-kernels first
-    estimate: bool = False  # score candidates with the cost proxy, nothing run (proxy_tune.py)
+    estimate: bool = False  # score candidates with the cost proxy, nothing run (tvmnet/proxy/tuning.py)
     retime: bool = True  # a resumed tune re-measures each kernel's best records first
 
     def __post_init__(self):
@@ -103,7 +103,7 @@ class TuneResult:
     warm_from: Optional[str] = None  # classes (comma-separated) whose schedules seeded this run
     warm_measured: int = 0  # of trials_run: its schedules re-measured here
     warm_nearest: int = 0  # of warm_measured: other models' schedules from this class's log
-    seeds_measured: int = 0  # of trials_run: our GEMM micro-kernels (schedules.py)
+    seeds_measured: int = 0  # of trials_run: our GEMM micro-kernels (tune/seeds.py)
     retimed: int = 0  # earlier records re-measured before this run (not in trials_run)
     out_of_time: bool = False  # stopped by --minutes
     journal: Optional[Path] = None  # when each batch landed (seconds, trials): tuning curves

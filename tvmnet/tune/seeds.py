@@ -5,7 +5,7 @@ MetaSchedule's generic x86 space (multi-level tiling, then vectorize/unroll rule
 a register-blocked micro-kernel (the way BLAS libraries and XNNPACK write it) reaches
 ~210-230 GFLOP/s on the same kernels. So before the evolutionary search, ``tune`` measures
 a small grid of such micro-kernels per GEMM kernel and commits them as ordinary records
-(``tuning.seed_gemms``): they compete on measured time like any candidate, and since their
+(``seed_schedules`` below): they compete on measured time like any candidate, and since their
 tile sizes are sampled (``sample_perfect_tile`` with a fixed decision), the search's
 ``MutateTileSize`` explores around them.
 
@@ -152,7 +152,7 @@ SEED_MIN_TRIALS_PER_TASK = 16
 
 @keeps_metaschedule_logging
 def packed_seeds(task, work_dir: Path, isa: str) -> list:
-    """Our register-blocked GEMM micro-kernels (``schedules.seed_schedules_for``) for ``task``,
+    """Our register-blocked GEMM micro-kernels (``seed_schedules_for``) for ``task``,
     each through the design space's postprocessors (weights packed, as compile lays them out);
     [] for a kernel the template does not cover."""
 
@@ -178,7 +178,7 @@ def seed_schedules(
     limit: Optional[int] = None,
     per_kernel: Optional[int] = None,
 ) -> int:
-    """Measure our register-blocked micro-kernels (``schedules.seed_schedules_for``) for every
+    """Measure our register-blocked micro-kernels (``seed_schedules_for``) for every
     GEMM task, each as written and through the design space's postprocessors (which pack the
     weights: layout rewrite), and commit them to ``db`` with the times measured here.
     Seeds the database already holds (same trace) are not measured again, so a resumed or

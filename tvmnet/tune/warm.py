@@ -55,7 +55,7 @@ def warm_start_nearest(
     limit: Optional[int] = None,
 ) -> int:
     """Measure here, for each task, the best schedule of the ``top_k`` kernels of the same kind
-    and nearest shapes that this class's ``db`` holds (``logs.nearest_kernel_records``: the
+    and nearest shapes that this class's ``db`` holds (``tune.logs.nearest_kernel_records``: the
     same layer of another model tuned here), replayed on the task's own shapes, and commit them.
     Returns the number of candidates measured."""
     pool = kernel_pool(db)  # once: what this class had before this run
