@@ -19,11 +19,12 @@ result is the same computation, bit for bit.
 
 Applied to kernels named ``*matmul*`` with a weight buffer of at least 128 KB.
 
-Zen 3, 1.0-224: bursts at the iteration's start made the 14x14x512 GEMMs 5-9% faster in place and
-the model 0.979-0.986x in two quiet A/Bs (tuning_logs/README.md, Dec 1, fourth session); spread
-over the k loop, they also reach the 7x7x1024 GEMM (-14% in place), and the model ran 0.978x the
-bursts-only build's time, per round (tuning_logs/README.md, Dec 1, fifth session).
+Zen 3, 1.0-224 (Dec 1): bursts at the iteration's start made the 14x14x512 GEMMs 5-9% faster in
+place and the model 0.979-0.986x in two quiet A/Bs; spread over the k loop, they also reach the
+7x7x1024 GEMM (-14% in place), and the model ran 0.978x the bursts-only build's time, per round
+(docs/findings.md, "Weight prefetch").
 """
+
 from __future__ import annotations
 
 import math
@@ -36,26 +37,33 @@ LINE_BYTES = 64
 MIN_BYTES = 128 * 1024
 MAX_PER_ITER = 64
 LOCALITY = 2
-INTERLEAVED_PER_STEP = 4   # prefetches per step of the k loop, when they are spread over it
-KERNELS = "matmul"         # the kernels (by name) the pass looks at
-ATTR = "tvmnet.prefetch_weights"   # marks the kernels this pass changed
+INTERLEAVED_PER_STEP = 4  # prefetches per step of the k loop, when they are spread over it
+KERNELS = "matmul"  # the kernels (by name) the pass looks at
+ATTR = "tvmnet.prefetch_weights"  # marks the kernels this pass changed
 
 
 def prefetching_kernels(mod: tvm.IRModule) -> list:
-    return sorted(gv.name_hint for gv, f in mod.functions.items()
-                  if isinstance(f, tirx.PrimFunc) and f.attrs and f.attrs.get(ATTR) is not None)
+    return sorted(
+        gv.name_hint
+        for gv, f in mod.functions.items()
+        if isinstance(f, tirx.PrimFunc) and f.attrs and f.attrs.get(ATTR) is not None
+    )
 
 
 def _weights(func: tirx.PrimFunc):
     """The largest input buffer besides the first (the activation) and the last (the output)."""
     params = list(func.params)
-    cand = [b for b in params[1:-1] if isinstance(b, tirx.Buffer) and len(b.shape) >= 2
-            and all(isinstance(s, tirx.IntImm) for s in b.shape)]
+    cand = [
+        b
+        for b in params[1:-1]
+        if isinstance(b, tirx.Buffer) and len(b.shape) >= 2 and all(isinstance(s, tirx.IntImm) for s in b.shape)
+    ]
     return max(cand, key=lambda b: math.prod(int(s) for s in b.shape), default=None)
 
 
-def prepend_prefetches(loop: tirx.For, buf: tirx.Buffer, per_iter: int, ahead: int, locality: int,
-                       base=None) -> tirx.For:
+def prepend_prefetches(
+    loop: tirx.For, buf: tirx.Buffer, per_iter: int, ahead: int, locality: int, base=None
+) -> tirx.For:
     """``loop`` whose iteration ``i`` first prefetches cache lines ``[b + ahead, b + per_iter +
     ahead)`` of ``buf`` (flat, clamped to its last element), ``b`` = ``base`` or ``i*per_iter``."""
     shape = [int(s) for s in buf.shape]
@@ -70,10 +78,22 @@ def prepend_prefetches(loop: tirx.For, buf: tirx.Buffer, per_iter: int, ahead: i
         index.append(tirx.FloorMod(tirx.FloorDiv(flat, tirx.IntImm("int64", stride)), tirx.IntImm("int64", d)))
         stride *= d
     addr = tirx.address_of(tirx.BufferLoad(buf, index[::-1]))
-    pf = tirx.For(p, tirx.IntImm(dt, 0), tirx.IntImm(dt, per_iter), tirx.ForKind.SERIAL,
-                  tirx.Evaluate(tirx.call_intrin("void", "tirx.prefetch", addr, 0, locality, 1)))
-    return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, tirx.SeqStmt([pf, loop.body]),
-                    loop.thread_binding, loop.annotations)
+    pf = tirx.For(
+        p,
+        tirx.IntImm(dt, 0),
+        tirx.IntImm(dt, per_iter),
+        tirx.ForKind.SERIAL,
+        tirx.Evaluate(tirx.call_intrin("void", "tirx.prefetch", addr, 0, locality, 1)),
+    )
+    return tirx.For(
+        loop.loop_var,
+        loop.min,
+        loop.extent,
+        loop.kind,
+        tirx.SeqStmt([pf, loop.body]),
+        loop.thread_binding,
+        loop.annotations,
+    )
 
 
 def _interleaved(loop: tirx.For, buf: tirx.Buffer, per_iter: int, ahead: int):
@@ -82,8 +102,11 @@ def _interleaved(loop: tirx.For, buf: tirx.Buffer, per_iter: int, ahead: int):
     long enough."""
     body = loop.body
     children = list(body.seq) if isinstance(body, tirx.SeqStmt) else [body]
-    inner = [c for c in children if isinstance(c, tirx.For) and c.kind == tirx.ForKind.SERIAL
-             and isinstance(c.extent, tirx.IntImm)]
+    inner = [
+        c
+        for c in children
+        if isinstance(c, tirx.For) and c.kind == tirx.ForKind.SERIAL and isinstance(c.extent, tirx.IntImm)
+    ]
     if not inner:
         return None
     k = max(inner, key=lambda c: int(c.extent))
@@ -92,9 +115,15 @@ def _interleaved(loop: tirx.For, buf: tirx.Buffer, per_iter: int, ahead: int):
         return None
     new_k = prepend_prefetches(k, buf, q, ahead, LOCALITY, base=loop.loop_var * per_iter + k.loop_var * q)
     children = [new_k if c.same_as(k) else c for c in children]
-    return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind,
-                    tirx.SeqStmt(children) if len(children) > 1 else children[0], loop.thread_binding,
-                    loop.annotations)
+    return tirx.For(
+        loop.loop_var,
+        loop.min,
+        loop.extent,
+        loop.kind,
+        tirx.SeqStmt(children) if len(children) > 1 else children[0],
+        loop.thread_binding,
+        loop.annotations,
+    )
 
 
 def with_prefetch(func: tirx.PrimFunc, weights: Optional[tirx.Buffer] = None):
@@ -152,7 +181,7 @@ def _packed_weights(func: tirx.PrimFunc) -> Optional[tirx.Buffer]:
 
     def visit(block, visitor):
         if block.annotations.get("meta_schedule.layout_rewrite_preproc") is not None:
-            found.extend(r.source for r in block.writes)   # TensorRegions: .source is the buffer
+            found.extend(r.source for r in block.writes)  # TensorRegions: .source is the buffer
         visitor.default_visit(block)
 
     tvm_ffi.structural_visit(func.body, (SBlock, visit))
