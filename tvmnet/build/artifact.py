@@ -1,4 +1,5 @@
 """The deployable artifact: a directory with the compiled library and ``metadata.json``."""
+
 from __future__ import annotations
 
 import json
@@ -40,13 +41,21 @@ class Artifact:
 
     def summary(self) -> str:
         m, t, tun = self.model, self.target, self.metadata.get("tuning", {})
-        what = (f"MobileNet v1 alpha={m['alpha']:g} resolution={m['resolution']}" if m["source"] == "zoo"
-                else f"ONNX {m.get('onnx')}")
+        what = (
+            f"MobileNet v1 alpha={m['alpha']:g} resolution={m['resolution']}"
+            if m["source"] == "zoo"
+            else f"ONNX {m.get('onnx')}"
+        )
         kernels = f"{tun.get('kernels_tuned', 0)}/{tun.get('kernels_total', '?')}"
-        how = ("kernels scheduled with another architecture's records" if "transfer" in str(tun.get("match"))
-               else "tuned kernels")
-        return (f"{self.path}: {what}, target {t['name']} ({t['arch']}, {t['device']}), "
-                f"input {self.input_shape}, {how} {kernels}")
+        how = (
+            "kernels scheduled with another architecture's records"
+            if "transfer" in str(tun.get("match"))
+            else "tuned kernels"
+        )
+        return (
+            f"{self.path}: {what}, target {t['name']} ({t['arch']}, {t['device']}), "
+            f"input {self.input_shape}, {how} {kernels}"
+        )
 
 
 def is_artifact_dir(path: Path) -> bool:
@@ -65,13 +74,17 @@ def load_artifact(path) -> Artifact:
         raise ArtifactError(f"artifact directory {path} does not exist; build one with `tvmnet compile -o {path}`")
     meta_path = path / METADATA
     if not meta_path.is_file():
-        raise ArtifactError(f"{path} has no {METADATA}, so it is not a tvmnet artifact; build one with `tvmnet compile -o DIR`")
+        raise ArtifactError(
+            f"{path} has no {METADATA}, so it is not a tvmnet artifact; build one with `tvmnet compile -o DIR`"
+        )
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as err:
         raise ArtifactError(f"{meta_path} is corrupt ({err}); rebuild the artifact with `tvmnet compile`") from err
     if meta.get("format") != FORMAT:
-        raise ArtifactError(f"{meta_path} has format {meta.get('format')!r}, expected {FORMAT}; rebuild with `tvmnet compile`")
+        raise ArtifactError(
+            f"{meta_path} has format {meta.get('format')!r}, expected {FORMAT}; rebuild with `tvmnet compile`"
+        )
     art = Artifact(path, meta)
     if not art.library.is_file():
         raise ArtifactError(f"artifact {path} lacks its library {art.library.name}; rebuild it with `tvmnet compile`")

@@ -1,4 +1,5 @@
 """``compile_model``: model (zoo or ONNX) -> passes -> build for a target -> artifact dir."""
+
 from __future__ import annotations
 
 import datetime
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from tvmnet.core import __version__
 from tvmnet.build.artifact import FORMAT, LIBRARY, METADATA, Artifact, is_artifact_dir
+from tvmnet.core import __version__
 from tvmnet.core.config import ModelConfig
 from tvmnet.core.errors import ArtifactError, ToolchainError, TvmnetError, err_line
 from tvmnet.core.targets import TargetSpec
@@ -31,9 +32,9 @@ class CompileOptions:
     target: TargetSpec
     output: Path
     onnx: Optional[Path] = None
-    tuning_log: Union[Path, str, None] = "auto"   # "auto": tuning_logs/<target>/ if present; None: no tuning
+    tuning_log: Union[Path, str, None] = "auto"  # "auto": tuning_logs/<target>/ if present; None: no tuning
     gemm: bool = True
-    layout: Optional[str] = None   # NCHW or NHWC; None: the target's default, or the one the logs cover better
+    layout: Optional[str] = None  # NCHW or NHWC; None: the target's default, or the one the logs cover better
 
     def display(self) -> str:
         src = f"ONNX {self.onnx}" if self.onnx else self.model.display()
@@ -46,8 +47,10 @@ def check_output_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"output {out} is a file; pass -o with a new or empty directory")
     if out.is_dir() and any(out.iterdir()) and not is_artifact_dir(out):
-        raise ArtifactError(f"output directory {out} holds other files and is not a tvmnet artifact; "
-                            "pass -o with a new or empty directory (nothing was written)")
+        raise ArtifactError(
+            f"output directory {out} holds other files and is not a tvmnet artifact; "
+            "pass -o with a new or empty directory (nothing was written)"
+        )
 
 
 def export(ex, spec: TargetSpec, path: Path) -> None:
@@ -85,7 +88,7 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
     say = progress or (lambda msg: log.info(msg))
     check_output_dir(out)
     spec.check_toolchain()
-    if opts.tuning_log not in (None, "auto"):   # a missing or corrupt log fails now, not after the import
+    if opts.tuning_log not in (None, "auto"):  # a missing or corrupt log fails now, not after the import
         from tvmnet.tune.logs import check_database_files
 
         check_database_files(Path(opts.tuning_log))
@@ -109,8 +112,9 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
     except TvmnetError:
         raise
     except Exception as err:
-        raise ToolchainError(f"TVM failed to build for {spec.name}: {err_line(err)}; "
-                             "run with --verbose for the trace") from err
+        raise ToolchainError(
+            f"TVM failed to build for {spec.name}: {err_line(err)}; run with --verbose for the trace"
+        ) from err
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -133,9 +137,10 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
             "output": {"shape": list(out_shape), "dtype": "float32"},
             "library": LIBRARY,
             "library_elf_machine": machine,
-            "passes": ["FoldBatchNorm"] + (["ConvertLayout(NHWC)"] if layout == "NHWC" else [])
-                      + (["PointwiseToGemm"] if opts.gemm else [])
-                      + ([f"PrefetchWeights({prefetching} kernels)"] if prefetching else []),
+            "passes": ["FoldBatchNorm"]
+            + (["ConvertLayout(NHWC)"] if layout == "NHWC" else [])
+            + (["PointwiseToGemm"] if opts.gemm else [])
+            + ([f"PrefetchWeights({prefetching} kernels)"] if prefetching else []),
             "layout": layout,
             "tuning": dict(choice.metadata(), note=log_note),
             "compile_seconds": round(time.perf_counter() - t0, 2),
@@ -163,8 +168,11 @@ def _lower_and_choose_logs(mod, opts: CompileOptions):
     from tvmnet.tune import classes
 
     spec = opts.target
-    layouts = [opts.layout] if opts.layout else [spec.default_layout] + [
-        lay for lay in pipeline.LAYOUTS if lay != spec.default_layout]
+    layouts = (
+        [opts.layout]
+        if opts.layout
+        else [spec.default_layout] + [lay for lay in pipeline.LAYOUTS if lay != spec.default_layout]
+    )
     best = None
     for layout in layouts:
         lowered = pipeline.lower_to_tir(mod, spec, gemm=opts.gemm, layout=layout)
@@ -183,34 +191,49 @@ def _describe_logs(choice, n_kernels: int, opts: CompileOptions) -> str:
     sources = ", ".join(f"{n} from {src}" for src, n in choice.by_source.items()) or "none"
     picks = f", {choice.in_situ} of them picked in place by `tvmnet refine`" if choice.in_situ else ""
     if choice.match == "given":
-        return f"scheduling {n_kernels} kernels ({choice.kernels_tuned} from tuning log {choice.path}: {sources}{picks})"
-    if choice.match == "exact" and choice.kernels_tuned == choice.kernels_total:   # nothing to fix
-        return (f"scheduling {n_kernels} kernels ({choice.kernels_tuned} from tuning log {choice.path}, "
-                f"machine class {choice.this_class}{picks})")
+        return (
+            f"scheduling {n_kernels} kernels ({choice.kernels_tuned} from tuning log {choice.path}: {sources}{picks})"
+        )
+    if choice.match == "exact" and choice.kernels_tuned == choice.kernels_total:  # nothing to fix
+        return (
+            f"scheduling {n_kernels} kernels ({choice.kernels_tuned} from tuning log {choice.path}, "
+            f"machine class {choice.this_class}{picks})"
+        )
     m = opts.model
-    fix = (f"tvmnet tune --target {opts.target.name} --alpha {m.alpha:g}"
-           + (f" --resolution {m.resolution}" if m.resolution != 224 else "") + " --trials 2000"
-           + (" --tracker HOST:PORT --key KEY" if opts.target.is_cross else ""))
+    fix = (
+        f"tvmnet tune --target {opts.target.name} --alpha {m.alpha:g}"
+        + (f" --resolution {m.resolution}" if m.resolution != 224 else "")
+        + " --trials 2000"
+        + (" --tracker HOST:PORT --key KEY" if opts.target.is_cross else "")
+    )
     held = ", ".join(choice.available) or "none"
     if choice.match is None:
         applied = "no schedules (every kernel naive and slow)"
     elif "estimated" in choice.match:
-        applied = (f"{choice.kernels_tuned}/{choice.kernels_total} kernels scheduled ({sources}; the estimated log is "
-                   "tuned for this board by the cost proxy, not measured on it"
-                   + ("; the rest are another architecture's records, no kernel naive" if "transfer" in choice.match
-                      else "") + ")")
+        applied = (
+            f"{choice.kernels_tuned}/{choice.kernels_total} kernels scheduled ({sources}; the estimated log is "
+            "tuned for this board by the cost proxy, not measured on it"
+            + ("; the rest are another architecture's records, no kernel naive" if "transfer" in choice.match else "")
+            + ")"
+        )
     elif "transfer" in choice.match:
-        applied = (f"{choice.kernels_tuned}/{choice.kernels_total} kernels scheduled with another architecture's "
-                   f"records ({sources}; no kernel naive, none tuned for this CPU)")
+        applied = (
+            f"{choice.kernels_tuned}/{choice.kernels_total} kernels scheduled with another architecture's "
+            f"records ({sources}; no kernel naive, none tuned for this CPU)"
+        )
     else:
         applied = f"{choice.kernels_tuned}/{choice.kernels_total} kernels tuned ({sources})"
     if opts.target.is_cross:
         no_board = fix.replace(" --trials 2000 --tracker HOST:PORT --key KEY", " --trials 400 --estimate")
-        return (f"this machine is class {choice.this_class}; tuning logs hold {held}; applied {applied}; "
-                f"a tune on the board beats them: run `{fix}` (no board: `{no_board}` tunes the GEMMs and the stem by the "
-                "cost proxy)")
-    return (f"this machine is class {choice.this_class}; tuning logs hold {held}; applied {applied}; "
-            f"schedules from another class run slower than a local tune: run `{fix}`")
+        return (
+            f"this machine is class {choice.this_class}; tuning logs hold {held}; applied {applied}; "
+            f"a tune on the board beats them: run `{fix}` (no board: `{no_board}` tunes the GEMMs and the stem by the "
+            "cost proxy)"
+        )
+    return (
+        f"this machine is class {choice.this_class}; tuning logs hold {held}; applied {applied}; "
+        f"schedules from another class run slower than a local tune: run `{fix}`"
+    )
 
 
 def _output_shape(mod) -> tuple:
