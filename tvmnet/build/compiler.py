@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from tvmnet.build.artifact import FORMAT, LIBRARY, METADATA, Artifact, is_artifact_dir
+from tvmnet.build.choose import lower_and_choose_logs
 from tvmnet.core import __version__
 from tvmnet.core.config import ModelConfig
 from tvmnet.core.errors import ArtifactError, ToolchainError, TvmnetError, err_line
@@ -97,18 +98,19 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
     say("importing model")
     mod, input_name, input_shape, model_info = import_model(opts.model, opts.onnx)
     say("running graph passes (fold BatchNorm, layout, pointwise conv -> GEMM) and lowering to TIR")
-    layout, mod, choice = _lower_and_choose_logs(mod, opts)
+    layout, mod, choice = lower_and_choose_logs(mod, opts, input_shape=input_shape, say=say)
     kernels = pipeline.tir_kernels(mod)
     log_note = _describe_logs(choice, len(kernels), opts)
-    if layout != spec.default_layout and not opts.layout:
-        log_note += f"; layout {layout}: the logs cover it better than {spec.default_layout}"
+    if choice.layout_choice:
+        log_note += f"; layout {layout} applied ({choice.layout_choice['how']})"
     say(log_note)
-    mod = pipeline.finalize(mod, spec, choice.database)
+    built = choice.built  # a build already made while weighing the layouts
+    mod = built[0] if built else pipeline.finalize(mod, spec, choice.database)
     prefetching = len(prefetching_kernels(mod))
 
     say(f"building for {spec.name}" + (f" with {spec.cross_compiler}" if spec.cross_compiler else ""))
     try:
-        ex = tvm.compile(mod, target=spec.tvm_target())
+        ex = built[1] if built else tvm.compile(mod, target=spec.tvm_target())
     except TvmnetError:
         raise
     except Exception as err:
@@ -151,37 +153,6 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return Artifact(out, meta)
-
-
-def _coverage(choice) -> tuple:
-    """How good a log choice is: kernels from this machine's own class first, then any."""
-    own = choice.by_source.get(choice.this_class, 0) if choice.match != "given" else choice.kernels_tuned
-    total = max(choice.kernels_total, 1)
-    return own / total, choice.kernels_tuned / total
-
-
-def _lower_and_choose_logs(mod, opts: CompileOptions):
-    """Lower in the requested layout; with none requested, in the target's default layout
-    unless the tuning logs cover the other layout's kernels better (e.g. a class tuned
-    before NHWC existed): tuned NCHW beats naive NHWC by far. Returns (layout, module, choice)."""
-    from tvmnet.passes import pipeline
-    from tvmnet.tune import classes
-
-    spec = opts.target
-    layouts = (
-        [opts.layout]
-        if opts.layout
-        else [spec.default_layout] + [lay for lay in pipeline.LAYOUTS if lay != spec.default_layout]
-    )
-    best = None
-    for layout in layouts:
-        lowered = pipeline.lower_to_tir(mod, spec, gemm=opts.gemm, layout=layout)
-        choice = classes.choose_logs(spec, opts.tuning_log, pipeline.extract_tasks(lowered, spec))
-        if best is None or _coverage(choice) > _coverage(best[2]):
-            best = (layout, lowered, choice)
-        if opts.tuning_log is None or _coverage(best[2])[0] == 1.0:
-            break
-    return best
 
 
 def _describe_logs(choice, n_kernels: int, opts: CompileOptions) -> str:

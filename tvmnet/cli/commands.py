@@ -204,16 +204,17 @@ def cmd_refine(args) -> int:
             f"{k.name[:39]:<40}{k.calls:>6}{k.alone_us:>10.1f}{k.before_us:>10.1f}{k.after_us:>9.1f}{k.candidates:>7}"
             + ("  picked" if k.picked else "")
         )
-    picked = sum(k.picked for k in res.kernels)
-    e2e = (
-        f"end to end {res.e2e_before_ms:.3f} -> {res.e2e_after_ms:.3f} ms (timed in turn, this process)"
-        if res.e2e_after_ms is not None
-        else f"end to end {res.e2e_before_ms:.3f} ms, unchanged"
-    )
-    print(
-        f"refine done in {res.seconds:.0f} s: {picked} of {len(res.kernels)} kernels got a schedule picked in place "
-        f"({res.database}); {e2e}; machine class {spec.machine_class()['key']}"
-    )
+    tried = sum(k.picked for k in res.kernels)
+    if res.e2e_after_ms is None:
+        e2e = f"end to end {res.e2e_before_ms:.3f} ms, unchanged"
+    else:
+        e2e = (
+            f"end to end {res.e2e_before_ms:.3f} -> {res.e2e_after_ms:.3f} ms, per-round ratio {res.e2e_ratio:.3f} "
+            "(timed in turn, this process)"
+        )
+    lost = "" if res.kept else f", {tried} picks taken back: with them the model was not faster"
+    outcome = f"{res.picked} of {len(res.kernels)} kernels got a schedule picked in place ({res.database}){lost}; {e2e}"
+    print(f"refine done in {res.seconds:.0f} s: {outcome}; machine class {spec.machine_class()['key']}")
     return 0
 
 

@@ -48,6 +48,8 @@ ROUNDS = 3  # candidates timed in this many interleaved rounds ...
 RUNS_PER_ROUND = 20  # ... of this many model replays each
 NEAREST = 8  # candidates from this class's log: the same layer of the 8 nearest models
 OWN_TOP = 4  # ... and the kernel's own 4 best records there
+AB_ROUNDS = 12  # the end-to-end A/B of the picks: rounds, in turn ...
+KEEP_BELOW = 0.99  # ... and the picks stay only when after/before, per round, has a median below this
 
 
 @dataclass
@@ -74,8 +76,14 @@ class RefineResult:
     kernels: List[KernelResult] = field(default_factory=list)
     e2e_before_ms: Optional[float] = None
     e2e_after_ms: Optional[float] = None
+    e2e_ratio: Optional[float] = None  # median over rounds of after / before, timed in turn
+    kept: bool = True  # False: the picks lost the end-to-end A/B and were taken back
     database: Optional[Path] = None
     seconds: float = 0.0
+
+    @property
+    def picked(self) -> int:
+        return sum(k.picked for k in self.kernels) if self.kept else 0
 
 
 @keeps_metaschedule_logging
@@ -111,8 +119,21 @@ def refine_model(
         )
     res = RefineResult(database=db_path / IN_SITU_DIR)
     work = Path(tempfile.mkdtemp(prefix="tvmnet-refine-"))
+    kept = work / "in_situ-before"  # the picks as they were: put back when the new ones lose the A/B
+    if res.database.is_dir():
+        shutil.copytree(res.database, kept)
     try:
-        return _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say, res, work, db_path, started)
+        _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say, res, work, db_path, started)
+        if res.e2e_ratio is not None and res.e2e_ratio >= KEEP_BELOW:
+            shutil.rmtree(res.database, ignore_errors=True)
+            if kept.is_dir():
+                shutil.copytree(kept, res.database)
+            res.kept = False
+            say(
+                f"the picks lost the end-to-end A/B (per-round ratio {res.e2e_ratio:.3f}, kept only below "
+                f"{KEEP_BELOW}): {res.database} is back as it was"
+            )
+        return res
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -122,7 +143,8 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
     from tvm.s_tir import meta_schedule as ms
 
     from tvmnet.build.artifact import load_artifact
-    from tvmnet.build.compiler import CompileOptions, _lower_and_choose_logs, compile_model
+    from tvmnet.build.choose import lower_and_choose_logs
+    from tvmnet.build.compiler import CompileOptions, compile_model
     from tvmnet.frontend import import_model
     from tvmnet.passes.pipeline import extract_tasks
     from tvmnet.passes.weight_prefetch import as_compiled, prefetched_kernel
@@ -158,8 +180,8 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
     )
 
     mod, *_ = import_model(model)
-    layout, lowered, choice = _lower_and_choose_logs(
-        mod, CompileOptions(model=model, target=spec, output=work / "x", tuning_log=logs)
+    layout, lowered, choice = lower_and_choose_logs(
+        mod, CompileOptions(model=model, target=spec, output=work / "x", tuning_log=logs, layout=art.metadata["layout"])
     )
     tasks = {t.task_name: t for t in extract_tasks(lowered, spec)}
     todo = []
@@ -303,14 +325,19 @@ def _refine(model, spec, trials, top, kernels, min_ratio, log_dir, scratch, say,
     if any(k.picked for k in res.kernels):
         say("compiling again with the picks, timing before and after in turn")
         art2 = compile_model(
-            CompileOptions(model=model, target=spec, output=work / "after", tuning_log=logs),
+            CompileOptions(
+                model=model, target=spec, output=work / "after", tuning_log=logs, layout=art.metadata["layout"]
+            ),
             progress=lambda m: log.info(m),
         )
         rp2 = Replay(load_artifact(art2.path))
         b, a = [], []
-        for _ in range(8):
-            b.append(rp.vm_ms(number=20, repeat=3))
-            a.append(rp2.vm_ms(number=20, repeat=3))
+        for r in range(AB_ROUNDS):  # in turn, the order swapped every other round
+            pair = (rp, rp2) if r % 2 == 0 else (rp2, rp)
+            t = {id(x): x.vm_ms(number=20, repeat=3) for x in pair}
+            b.append(t[id(rp)])
+            a.append(t[id(rp2)])
         res.e2e_before_ms, res.e2e_after_ms = statistics.median(b), statistics.median(a)
+        res.e2e_ratio = statistics.median(y / x for x, y in zip(b, a))
     res.seconds = time.perf_counter() - started
     return res

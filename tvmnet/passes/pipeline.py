@@ -36,6 +36,14 @@ _EMPTY = tvm.transform.Sequential([])
 LAYOUTS = ("NCHW", "NHWC")
 
 
+def generation(layout: str, gemm: bool = True) -> str:
+    """The pipeline generation a lowered module's kernels come from: the layout and the graph
+    passes that shape them (a tuning record serves only kernels of the same shape). Logs record
+    it (``class.json``: ``generations``) so that a log made before a pipeline change shows as stale."""
+    passes = ["FoldBatchNorm"] + (["ConvertLayout", "StemReadsNCHW"] if layout == "NHWC" else [])
+    return f"{layout}: " + " + ".join(passes + (["PointwiseToGemm"] if gemm else []))
+
+
 def to_nhwc() -> tvm.transform.Pass:
     """NCHW/OIHW convolutions -> NHWC/OHWI. Relax inserts one transpose after the input, which
     ``StemReadsNCHW`` folds into the first conv, and one before the pooled features (1x1

@@ -131,6 +131,8 @@ class LogChoice:
     by_source: Dict[str, int] = field(default_factory=dict)  # kernels taken from each class / path
     kernels_total: int = 0
     in_situ: int = 0  # kernels whose record is a `tvmnet refine` pick (in_situ/)
+    layout_choice: Optional[dict] = None  # how compile weighed the layouts (build/choose.py), if it did
+    built: Optional[tuple] = field(default=None, repr=False)  # (module, executable) built while weighing
 
     @property
     def kernels_tuned(self) -> int:
@@ -146,6 +148,7 @@ class LogChoice:
             "kernels_tuned": self.kernels_tuned,
             "kernels_by_source": dict(self.by_source),
             "kernels_in_situ": self.in_situ,
+            **({"layout_choice": self.layout_choice} if self.layout_choice else {}),
         }
 
 

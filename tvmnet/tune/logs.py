@@ -43,10 +43,21 @@ def database_dir(spec: TargetSpec, log_dir: Optional[Path] = None, estimated: bo
     return (root / ESTIMATED_DIR if estimated else root) / spec.machine_class()["key"]
 
 
-def write_class_file(path: Path, spec: TargetSpec, measured_on: str, estimated: bool = False) -> None:
-    """Describe the class of a database directory (kept if it exists)."""
+def write_class_file(
+    path: Path, spec: TargetSpec, measured_on: str, estimated: bool = False, generation: Optional[str] = None
+) -> None:
+    """Describe the class of a database directory (kept if it exists), and add ``generation``
+    (``passes.pipeline.generation``: the layout and passes of the kernels tuned) to the
+    generations its records come from, with the date it was last tuned."""
     f = Path(path) / CLASS_FILE
     if f.exists():
+        if generation is not None:
+            info = read_class(path)
+            if info is not None:
+                gens = dict(info.get("generations") or {})
+                gens[generation] = datetime.date.today().isoformat()
+                info["generations"] = gens
+                f.write_text(json.dumps(info, indent=2) + "\n")
         return
     import tvm
 
@@ -59,6 +70,8 @@ def write_class_file(path: Path, spec: TargetSpec, measured_on: str, estimated: 
     )
     if estimated:
         info["estimated"] = True
+    if generation is not None:
+        info["generations"] = {generation: datetime.date.today().isoformat()}
     f.write_text(json.dumps(info, indent=2) + "\n")
 
 

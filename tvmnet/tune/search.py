@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 from tvmnet.core.errors import DeviceError, TuningLogError, UsageError, err_line
 from tvmnet.core.paths import CACHE_DIR
 from tvmnet.core.targets import cpu_model
-from tvmnet.passes.pipeline import extract_tasks
+from tvmnet.passes.pipeline import extract_tasks, generation
 from tvmnet.tune.logs import RECORD_FILE, open_database, pruned_counts, replace_kernel_records, wl_key, write_class_file
 from tvmnet.tune.measure import RETIME_TOP_K, make_runner, retime_records, tune_contexts
 from tvmnet.tune.mslogging import keeps_metaschedule_logging
@@ -116,7 +116,13 @@ def tune_model(opts: TuneOptions, say=print, measurer: Optional[Measurer] = None
         builder = make_builder(spec, shared_library=opts.rpc is not None)  # its worker pool starts on first use
         measured_on = cpu_model() if opts.rpc is None else f"RPC boards: {opts.rpc}"
     db = open_database(db_path, create=True)
-    write_class_file(db_path, spec, measured_on=measured_on, estimated=opts.estimate)
+    write_class_file(
+        db_path,
+        spec,
+        measured_on=measured_on,
+        estimated=opts.estimate,
+        generation=generation(opts.layout or spec.default_layout, opts.gemm),
+    )
     target = spec.tvm_target()
 
     say("extracting tuning tasks")
