@@ -119,6 +119,7 @@ def cmd_validate(args) -> int:
 
 def cmd_tune(args) -> int:
     from tvmnet.core.targets import load_target
+    from tvmnet.insitu.recipe import recipe_applies, run_recipe
     from tvmnet.tune.options import TuneOptions
     from tvmnet.tune.search import tune_model
 
@@ -154,8 +155,39 @@ def cmd_tune(args) -> int:
         from tvmnet.proxy.tuning import tune_by_proxy
 
         res = tune_by_proxy(opts, say=say)
-    else:
+    elif args.search_only or recipe_applies(opts):
         res = tune_model(opts, say=say)
+    else:
+        recipe = run_recipe(opts, say=say)
+        _print_search(recipe.search, opts)
+        _print_recipe(recipe)
+        return 130 if recipe.stopped == "interrupted" else 0
+    _print_search(res, opts)
+    return 130 if res.interrupted else 0
+
+
+def _print_recipe(recipe) -> None:
+    for st in recipe.steps:
+        timed = (
+            f": {st.before_ms:.3f} -> {st.after_ms:.3f} ms, per-round ratio {st.ratio:.3f}, "
+            + ("kept" if st.kept else "taken back")
+            if st.ratio is not None
+            else ""
+        )
+        trials = f", {st.trials} trials" if st.trials else ""
+        note = f" ({st.note})" if st.note else ""
+        print(f"recipe step {st.name}: {st.seconds:.0f} s{trials}{timed}{note}")
+    if recipe.ratio is not None:
+        print(
+            f"tune recipe done in {recipe.seconds / 60:.1f} min{': ' + recipe.stopped if recipe.stopped else ''}; "
+            f"end to end {recipe.before_ms:.3f} -> {recipe.after_ms:.3f} ms (median), per-round ratio "
+            f"{recipe.ratio:.3f} (timed in turn, this process); database {recipe.database}"
+        )
+    else:
+        print(f"tune recipe stopped ({recipe.stopped}) after {recipe.seconds / 60:.1f} min; database {recipe.database}")
+
+
+def _print_search(res, opts) -> None:
     est = f"{res.estimate_ms:.3f} ms" if res.estimate_ms is not None else "n/a (some tasks untuned)"
     status = (
         "interrupted; records kept, rerun the same command to resume"
@@ -179,7 +211,6 @@ def cmd_tune(args) -> int:
         f"{res.failed} failed; {res.trials_before} measured before; estimated latency {est}; database {res.database}"
         + (f"; journal {res.journal}" if res.journal and res.journal.exists() else "")
     )
-    return 130 if res.interrupted else 0
 
 
 def cmd_refine(args) -> int:

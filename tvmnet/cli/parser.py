@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch", type=_positive_int, default=64, help="candidates searched, built and measured per batch (default 64)"
     )
     s.add_argument(
+        "--search-only",
+        action="store_true",
+        help="only MetaSchedule's search (warm start, seeds, search). By default a tune of the whole model on this "
+        "CPU runs the recipe: search, picks in place, a GEMM round with its picks, prune; each step kept only if "
+        "the model, timed in turn against the build before it, is faster",
+    )
+    s.add_argument(
         "--only-untuned", action="store_true", help="tune only the kernels without a record in this machine class's log"
     )
     s.add_argument(

@@ -13,6 +13,7 @@ from typing import Optional
 from tvmnet.core.errors import err_line
 from tvmnet.tune.mslogging import without_unnamed_handlers
 from tvmnet.tune.options import TuneOptions
+from tvmnet.tune.scheduler import quiet_metaschedule
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ def tune_contexts(tasks, work_dir, **kw):
 
     if tasks:
         _install_light_tensor_intrin(target_intrin_families(tasks[0].target))
+    quiet_metaschedule()  # its console would print INFO lines; the entry points put the level back
     with without_unnamed_handlers():  # MetaSchedule's create_loggers fails on a handler without a name
         return ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks, str(work_dir), space="post-order-apply", **kw

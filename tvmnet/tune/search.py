@@ -39,7 +39,7 @@ from tvmnet.tune.warm import warm_sources, warm_start, warm_start_nearest
 log = logging.getLogger(__name__)
 
 
-def _records_per_task(db, tasks, pruned: dict) -> list:
+def records_per_task(db, tasks, pruned: dict) -> list:
     """Trials already measured per task: records in the database plus pruned ones."""
     counts = []
     for task in tasks:
@@ -139,7 +139,7 @@ def tune_model(opts: TuneOptions, say=print, measurer: Optional[Measurer] = None
         tasks = measurer.select(tasks, say)
     weights = [float(t.weight) for t in tasks]
     per_task = opts.per_task or default_per_task(opts.trials, len(tasks))
-    existing = _records_per_task(db, tasks, pruned_counts(db_path))
+    existing = records_per_task(db, tasks, pruned_counts(db_path))
     before = sum(min(c, per_task) for c in existing)
     todo = [i for i, c in enumerate(existing) if c < per_task and not (opts.only_untuned and c)]
     budget = max(0, opts.trials - before)
@@ -153,7 +153,7 @@ def tune_model(opts: TuneOptions, say=print, measurer: Optional[Measurer] = None
         db = _retime(resumed, db_path, db, builder, runner, target, result, started, opts, say)
         if result.interrupted:
             return result
-        existing = _records_per_task(db, tasks, pruned_counts(db_path))
+        existing = records_per_task(db, tasks, pruned_counts(db_path))
         before = sum(min(c, per_task) for c in existing)
         todo = [i for i, c in enumerate(existing) if c < per_task and not (opts.only_untuned and c)]
         budget = max(0, opts.trials - before)
