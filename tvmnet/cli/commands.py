@@ -273,13 +273,15 @@ def _estimate_instead(art_path, args, why: str) -> bool:
     import platform
 
     from tvmnet.build.artifact import load_artifact
-    from tvmnet.proxy.estimate import estimate_artifact, format_estimate
+    from tvmnet.proxy.estimate import add_calibration, estimate_artifact, format_estimate
 
     art = load_artifact(art_path)
     if art.target["arch"] != "aarch64" or platform.machine() == "aarch64":
         return False
     say(f"{art_path} is built for aarch64 and this machine is {platform.machine()}: {why}")
     est = estimate_artifact(art, say=say)
+    if platform.machine() == "x86_64" and not getattr(args, "no_calibration", False):
+        est = add_calibration(est, say=say)
     print(format_estimate(est, art_path))
     if getattr(args, "json", None):
         Path(args.json).write_text(json.dumps(est, indent=2) + "\n")
@@ -306,6 +308,33 @@ def cmd_bench(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(res.to_json(), indent=2) + "\n")
         say(f"figures written to {args.json}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    import dataclasses
+
+    from tvmnet.core.targets import load_target
+    from tvmnet.proxy import calibrate
+
+    spec = load_target("x86")
+    model = _model_config(args)
+    cal = calibrate.calibrate(spec, model, say=say)
+    print(
+        f"cost proxy calibrated on {cal['model']} here (class {cal['class']}, clock {cal['clock_ghz']:.2f} GHz measured): "
+        f"kernels {cal['measured_ms']:.3f} ms measured, {cal['estimated_ms']:.3f} ms estimated"
+    )
+    for kind, f in cal["factors"].items():
+        print(f"  {kind:<16} x{f['factor']:.3f}  (per kernel {f['min']:.2f}-{f['max']:.2f}, {f['kernels']} kernels)")
+    print(f"cached in {calibrate.cache_path(spec)}; `tvmnet bench` applies it to board estimates")
+    if args.check_alpha is not None:
+        other = dataclasses.replace(model, alpha=args.check_alpha)
+        chk = calibrate.check(cal, spec, other, say=say)
+        print(
+            f"check on {chk['model']} (fitted on {chk['fitted_on']}): kernels {chk['measured_ms']:.3f} ms measured, "
+            f"{chk['raw_ms']:.3f} ms raw estimate, {chk['calibrated_ms']:.3f} ms calibrated: "
+            f"measured / calibrated {chk['measured_over_calibrated']:.2f}"
+        )
     return 0
 
 

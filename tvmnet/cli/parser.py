@@ -225,6 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", metavar="FILE", help="write the figures to FILE")
     s.set_defaults(func=c.cmd_bench)
 
+    s = add(
+        "calibrate",
+        help="fit the cost proxy's per-kind factors on this machine's x86 build (bench applies them to board estimates)",
+    )
+    _add_model_args(s)
+    s.add_argument(
+        "--check-alpha",
+        type=float,
+        help="then check the fit on this width's x86 build (same resolution): measured / calibrated",
+    )
+    s.set_defaults(func=c.cmd_calibrate)
+
     s = add("export-onnx", help="export the zoo model to ONNX")
     _add_model_args(s)
     s.add_argument("--batch", type=_positive_int, default=1)

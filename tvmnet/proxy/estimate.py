@@ -46,6 +46,10 @@ class PublishedLatency:
     def line(self) -> str:
         return f"{self.engine}, {self.model}: {self.ms:g} ms ({self.setting}) [{self.source}, {self.url}]"
 
+    def same_model(self, model: str) -> bool:
+        """Whether this figure is for ``model`` ("1.0-224"), fp32."""
+        return f" {model} fp32" in f" {self.model.split('v1 ')[-1]}"
+
 
 _XNNPACK = (
     "XNNPACK README, 'Performance: Raspberry Pi' (end2end-bench, random weights, benchmarked 2020-02-12)",
@@ -220,6 +224,29 @@ def _estimate(art, board: str, say) -> dict:
     }
 
 
+def add_calibration(est: dict, say: Callable[[str], None] = print) -> dict:
+    """``est`` with the estimate calibrated by this machine's factors (``proxy.calibrate``: fitted
+    here, on this machine's x86 build, once per machine class; on the estimate's own model the
+    first time)."""
+    from tvmnet.core.config import ModelConfig
+    from tvmnet.core.targets import load_target
+    from tvmnet.proxy import calibrate
+
+    host = load_target("x86")
+    cal = calibrate.load_calibration(host)
+    if cal is None:
+        alpha, res = est["model"].split("-")
+        say(f"no calibration of the cost proxy for this machine class yet: fitting one on {est['model']} here")
+        cal = calibrate.calibrate(host, ModelConfig(alpha=float(alpha), resolution=int(res)), say=say)
+    by_kind = calibrate.apply(cal, est["by_kind"])
+    return dict(
+        est,
+        calibration={k: cal[k] for k in ("class", "clock_ghz", "model", "factors", "created")},
+        calibrated_by_kind=by_kind,
+        calibrated_ms=sum(by_kind.values()),
+    )
+
+
 def format_estimate(est: dict, art_path) -> str:
     """The estimate, beside the published figures for the board, never called a measurement."""
     lines = [
@@ -229,12 +256,26 @@ def format_estimate(est: dict, art_path) -> str:
         "hits L1, so it reads low; NOT a measurement): "
         f"{est['total_ms']:.1f} ms end to end ({est['records_applied']}/{est['kernels']} kernels with a record)",
     ]
+    cal = est.get("calibrated_by_kind")
     for kind, ms in sorted(est["by_kind"].items(), key=lambda kv: -kv[1]):
-        lines.append(f"  {kind:<16}{ms:>9.2f} ms (estimate)")
-    pub = published_for(est["board"])
+        lines.append(f"  {kind:<16}{ms:>9.2f} ms raw" + (f"{cal[kind]:>9.2f} ms calibrated" if cal else ""))
+    if cal:
+        c = est["calibration"]
+        spread = "; ".join(
+            f"{kind} x{f['factor']:.2f} ({f['min']:.2f}-{f['max']:.2f}, {f['kernels']} kernels)"
+            for kind, f in c["factors"].items()
+        )
+        lines.append(
+            f"CALIBRATED estimate: {est['calibrated_ms']:.1f} ms end to end: the raw estimate times this machine's "
+            f"measured/estimated cycles per kernel kind (fitted on its own x86 build of {c['model']}, class "
+            f"{c['class']}, clock {c['clock_ghz']:.2f} GHz measured): {spread}; still an estimate"
+        )
+    pub = [p for p in published_for(est["board"]) if p.same_model(est["model"])]
     if pub:
-        lines.append(f"published figures for {est['board']}, for scale (measured by others, other builds):")
+        lines.append(f"published figures for {est['board']}, MobileNet v1 {est['model']} (measured by others):")
         lines += [f"  {p.line()}" for p in pub]
+    else:
+        lines.append(f"no published figure for MobileNet v1 {est['model']} on {est['board']} to compare with")
     lines.append(
         "measure it on the board: tvmnet deploy " + f"{art_path} --rpc HOST:PORT (or --tracker HOST:PORT --key KEY)"
     )

@@ -1,0 +1,214 @@
+"""The cost proxy calibrated on this machine, where the truth is known.
+
+The proxy (llvm-mca with every load an L1 hit) reads low: on a Zen 4, the kernels of the x86
+build measured ~1.9x its estimate, by kind 1.2-1.4x for depthwise convs and up to 2.5-2.7x for
+the classifier. So ``calibrate`` builds this machine's own x86 build of a model, kernel by kernel
+(the records ``compile`` would apply), and per kernel kind compares
+
+    measured cycles = the kernel's time here (warm cache, MetaSchedule's runner) x this core's clock
+    estimated cycles = the proxy's Total Cycles for the same kernel, with this host's -mcpu
+
+The factor of a kind is the ratio of their sums over the kind's kernels (weighted by calls, so
+that the end to end stays consistent); its spread is the range of the per-kernel ratios. The
+clock is measured (a chain of dependent adds), never read from /proc (a Zen 4 VM reported
+2.6 GHz and ran at 3.6).
+
+A board estimate is then multiplied, kind by kind, by this machine's factors. What carries over
+from an x86 core to a Cortex-A72 and what does not is in docs/proxy.md: the factor mostly
+stands for what the proxy leaves out (cache misses, memory bandwidth, thread-pool launches),
+and those differ between the machines; it is a correction of scale, not a measurement.
+
+The factors are cached per machine class in ``~/.cache/tvmnet/calibration/<class>.json``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Optional
+
+from tvmnet.core.errors import ToolchainError, UsageError
+from tvmnet.core.paths import CACHE_DIR
+
+FORMAT = "tvmnet-calibration/1"
+POOLED = "all kinds"  # the factor for a kind the calibration had no kernel of
+
+_CLOCK_C = r"""
+#include <stdio.h>
+#include <time.h>
+int main(void) {
+    long n = 300000000, x = 0;
+    struct timespec a, b;
+    for (int rep = 0; rep < 2; rep++) {  /* the first pass wakes the core up */
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        for (long i = 0; i < n; i++)
+            __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
+        clock_gettime(CLOCK_MONOTONIC, &b);
+    }
+    double s = (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9;
+    printf("%.4f\n", 4.0 * n / s / 1e9);
+    return (int)(x & 0);
+}
+"""
+
+
+def measured_clock_ghz() -> float:
+    """This core's clock while busy: four dependent adds per loop trip, one cycle each."""
+    import platform
+
+    if platform.machine() != "x86_64":
+        raise UsageError("measuring the clock needs an x86-64 host (the calibration runs on x86)")
+    with tempfile.TemporaryDirectory() as d:
+        src, exe = Path(d) / "clock.c", Path(d) / "clock"
+        src.write_text(_CLOCK_C)
+        try:
+            subprocess.run(["cc", "-O1", "-o", str(exe), str(src)], check=True, capture_output=True, timeout=60)
+            out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=120).stdout
+        except (OSError, subprocess.SubprocessError) as err:
+            raise ToolchainError(
+                f"cannot measure the clock ({err}); install a C compiler (apt-get install gcc)"
+            ) from err
+    return float(out.strip())
+
+
+def cache_path(spec) -> Path:
+    return CACHE_DIR / "calibration" / f"{spec.machine_class()['key']}.json"
+
+
+def load_calibration(spec) -> Optional[dict]:
+    try:
+        cal = json.loads(cache_path(spec).read_text())
+        return cal if cal.get("format") == FORMAT else None
+    except (OSError, ValueError):
+        return None
+
+
+def kernel_rows(cfg, spec, say: Callable[[str], None] = print) -> list:
+    """Each kernel of ``cfg``'s x86 build (the records compile applies): kind, calls, measured
+    seconds here (warm cache) and the proxy's cycles."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvmnet.frontend import import_model
+    from tvmnet.passes import pipeline
+    from tvmnet.proxy.kernel import estimate
+    from tvmnet.tune.builder import make_builder
+    from tvmnet.tune.classes import choose_logs
+    from tvmnet.tune.logs import best_record
+
+    mod, *_ = import_model(cfg)
+    tasks = pipeline.extract_tasks(pipeline.lower_to_tir(mod, spec), spec)
+    choice = choose_logs(spec, "auto", tasks)
+    spec.use_threads()
+    target = spec.tvm_target()
+    builder = make_builder(spec)
+    runner = ms.runner.LocalRunner(
+        timeout_sec=60,
+        evaluator_config=ms.runner.EvaluatorConfig(number=20, repeat=5, min_repeat_ms=0, enable_cpu_cache_flush=False),
+    )
+    rows = []
+    for i, task in enumerate(tasks, 1):
+        sch = tvm.s_tir.Schedule(task.dispatched[0])
+        rec = best_record(choice.database, task, target) if choice.database is not None else None
+        if rec is not None:
+            rec.trace.apply_to_schedule(sch, remove_postproc=False)
+        args = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
+        (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
+        if built.error_msg:
+            raise ToolchainError(f"{task.task_name}: build failed: {built.error_msg.strip().splitlines()[-1]}")
+        (res,) = [f.result() for f in runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args)])]
+        if res.error_msg:
+            raise ToolchainError(f"{task.task_name}: run failed: {res.error_msg.strip().splitlines()[-1]}")
+        secs = sorted(float(s) for s in res.run_secs)
+        rows.append(
+            {
+                "kernel": task.task_name,
+                "kind": pipeline.kernel_kind(task.task_name, task.dispatched[0]),
+                "calls": int(task.weight),
+                "seconds": secs[len(secs) // 2],
+                "cycles": estimate(sch.mod, spec).cycles,
+            }
+        )
+        say(f"  [{i}/{len(tasks)}] {task.task_name}: {1e6 * rows[-1]['seconds']:.1f} us measured")
+    return rows
+
+
+def factors(rows: list, ghz: float) -> dict:
+    """Per kind (and pooled): measured / estimated cycles, weighted by calls, and its spread."""
+    groups = defaultdict(list)
+    for r in rows:
+        groups[r["kind"]].append(r)
+        groups[POOLED].append(r)
+    out = {}
+    for kind, rs in groups.items():
+        measured = sum(r["seconds"] * ghz * 1e9 * r["calls"] for r in rs)
+        est = sum(r["cycles"] * r["calls"] for r in rs)
+        each = [r["seconds"] * ghz * 1e9 / r["cycles"] for r in rs if r["cycles"] > 0]
+        out[kind] = {
+            "factor": round(measured / est, 4) if est else None,
+            "min": round(min(each), 3) if each else None,
+            "max": round(max(each), 3) if each else None,
+            "kernels": len(rs),
+        }
+    return out
+
+
+def calibrate(spec, cfg, say: Callable[[str], None] = print) -> dict:
+    """Fit the factors on ``cfg``'s x86 build here and cache them for this machine class."""
+    why = spec.host_mismatch()
+    if why or spec.arch != "x86_64" or not spec.is_cpu:
+        raise UsageError(f"the calibration measures an x86 build on this machine; target {spec.name} does not run here")
+    say("measuring this core's clock")
+    ghz = measured_clock_ghz()
+    say(f"clock {ghz:.2f} GHz; measuring and estimating each kernel of {cfg.display()} here")
+    t0 = time.perf_counter()
+    rows = kernel_rows(cfg, spec, say)
+    cal = {
+        "format": FORMAT,
+        "class": spec.machine_class()["key"],
+        "clock_ghz": round(ghz, 3),
+        "model": f"{cfg.alpha:g}-{cfg.resolution}",
+        "factors": factors(rows, ghz),
+        "measured_ms": round(1e3 * sum(r["seconds"] * r["calls"] for r in rows), 4),
+        "estimated_ms": round(sum(r["cycles"] * r["calls"] for r in rows) / ghz / 1e6, 4),
+        "rows": rows,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    path = cache_path(spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(cal, indent=1) + "\n")
+    tmp.replace(path)
+    return cal
+
+
+def apply(cal: dict, by_kind_ms: dict) -> dict:
+    """Calibrated ms per kind (a kind the calibration lacks takes the pooled factor)."""
+    fs = cal["factors"]
+    return {kind: ms * (fs.get(kind) or fs[POOLED])["factor"] for kind, ms in by_kind_ms.items()}
+
+
+def check(cal: dict, spec, cfg, say: Callable[[str], None] = print) -> dict:
+    """The calibration on another model's x86 build: measured / calibrated, kernel sums."""
+    rows = kernel_rows(cfg, spec, say)
+    ghz = cal["clock_ghz"]
+    by_kind = defaultdict(float)
+    for r in rows:
+        by_kind[r["kind"]] += r["cycles"] * r["calls"] / ghz / 1e6
+    calibrated = sum(apply(cal, by_kind).values())
+    measured = 1e3 * sum(r["seconds"] * r["calls"] for r in rows)
+    return {
+        "model": f"{cfg.alpha:g}-{cfg.resolution}",
+        "fitted_on": cal["model"],
+        "measured_ms": measured,
+        "raw_ms": sum(by_kind.values()),
+        "calibrated_ms": calibrated,
+        "measured_over_calibrated": measured / calibrated,
+    }
