@@ -124,7 +124,7 @@ def run_recipe(opts, say=print) -> RecipeResult:
             else:
                 step.kept, step.ratio = ref.kept, ref.e2e_ratio
                 step.before_ms, step.after_ms = ref.e2e_before_ms, ref.e2e_after_ms
-                step.note = f"{ref.picked} kernel(s) picked" if ref.kept else "picks taken back (not faster)"
+                step.note = f"{ref.picked} kernel(s) picked" if ref.kept else "its picks were not faster"
             res.steps.append(step)
             if ref is not None and ref.picked:
                 current = _build(opts, work / "picks")
@@ -253,5 +253,5 @@ def _judge(step: Step, snap: Optional[Path], db: Path, current, opts, work: Path
     shutil.rmtree(db, ignore_errors=True)
     if snap is not None:
         shutil.copytree(snap, db)
-    step.note = "taken back: the model was not faster with it"
+    step.note = "the model was not faster with it"
     return current
