@@ -78,3 +78,97 @@ def test_cuda_artifact_compares_with_pytorch_only(monkeypatch):
     art = SimpleNamespace(target={"device": "cuda"}, model={"source": "zoo"})
     engines, notes = bench.select_engines(bench.BenchOptions(Path("a")), art)
     assert engines == ["tvmnet", "pytorch"] and "CUDA" in notes[0]
+
+
+def spinners():
+    """The busy-loop processes of `bench --busy` alive on this machine."""
+    import psutil
+
+    from tvmnet.run.load import _SPIN
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        with __import__("contextlib").suppress(psutil.Error):
+            if _SPIN in (p.info["cmdline"] or []):
+                found.append(p)
+    return found
+
+
+@pytest.mark.unit
+def test_busy_neighbours_spin_and_end_on_the_way_out_even_on_an_error():
+    import psutil
+
+    from tvmnet.run.load import busy_neighbours
+
+    with pytest.raises(RuntimeError):
+        with busy_neighbours(2) as procs:
+            assert len(procs) == 2 and all(p.poll() is None for p in procs)
+            assert psutil.Process(procs[0].pid).cpu_percent(interval=0.5) > 50  # really busy
+            raise RuntimeError("the bench failed")
+    assert all(p.poll() is not None for p in procs) and not spinners()
+
+
+@pytest.mark.unit
+def test_busy_neighbours_end_when_the_bench_process_is_killed():
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import os, sys\nfrom tvmnet.run.load import busy_neighbours\n"
+        "with busy_neighbours(1) as procs:\n    print(procs[0].pid, flush=True)\n    os._exit(9)\n"
+    )  # the parent dies without any cleanup, as under SIGKILL
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    import psutil
+
+    pid = int(out.stdout.split()[0])
+    deadline = time.time() + 10
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.time() < deadline:
+        time.sleep(0.1)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.unit
+def test_a_failing_bench_under_load_ends_its_busy_processes(monkeypatch, tmp_path):
+    class Fake:
+        def __init__(self, engine, art, input_path, workdir, *a):
+            self.engine, self.workdir, self.calls = engine, workdir, 0
+            import numpy as np
+
+            np.save(workdir / f"{engine}.npy", np.zeros(3))
+
+        def ready(self):
+            return {"pid": 1, "threads": 2, "note": ""}
+
+        def round(self):
+            self.calls += 1
+            if self.calls == 2:
+                assert len(spinners()) == 2  # the load is on while engines are timed
+                raise bench.TvmnetError("the worker died")
+            return [1.0, 1.1]
+
+        def close(self):
+            pass
+
+    art = SimpleNamespace(path=tmp_path, target={"target": {"num-cores": 2}, "device": "cpu"}, input_shape=(1, 3))
+    monkeypatch.setattr(bench, "load_artifact", lambda p: art)
+    monkeypatch.setattr(bench, "machine_info", lambda a: {"cpu": "test", "class": "test"})
+    monkeypatch.setattr(bench, "select_engines", lambda o, a: (["tvmnet", "onnxruntime"], []))
+    monkeypatch.setattr(bench, "_Worker", Fake)
+    with pytest.raises(bench.TvmnetError, match="the worker died"):
+        bench.run_bench(bench.BenchOptions(tmp_path, busy=2, rounds=3), say=lambda m: None)
+    assert not spinners()
+
+
+@pytest.mark.e2e
+def test_bench_under_load_reports_the_tails(x86_small, tmp_path):
+    out = tmp_path / "bench.json"
+    res = run_cli("bench", x86_small, "--busy", "1", "--rounds", "2", "--runs", "5", "--warmup", "1",
+                  "--engines", "tvmnet,onnxruntime", "--json", out)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    fig = json.loads(out.read_text())
+    assert fig["busy"] == 1
+    for e in fig["engines"].values():
+        assert 0 < e["median_ms"] <= e["p90_ms"] <= e["p99_ms"]
+    assert "p99 ms" in res.stdout and "under load: 1 busy process(es)" in res.stdout
+    assert not spinners()

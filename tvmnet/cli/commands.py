@@ -300,6 +300,7 @@ def cmd_bench(args) -> int:
         runs=args.runs,
         warmup=args.warmup,
         engines=engines,
+        busy=args.busy,
     )
     if _estimate_instead(args.artifact, args, "printing the cost proxy's estimate instead of timing it"):
         return 0
@@ -314,12 +315,15 @@ def cmd_bench(args) -> int:
 def cmd_calibrate(args) -> int:
     import dataclasses
 
-    from tvmnet.core.targets import load_target
     from tvmnet.proxy import calibrate
+
+    calibrate.threads_first()
+    from tvmnet.core.targets import load_target
 
     spec = load_target("x86")
     model = _model_config(args)
-    cal = calibrate.calibrate(spec, model, say=say)
+    other = dataclasses.replace(model, alpha=args.check_alpha) if args.check_alpha is not None else None
+    cal = calibrate.calibrate(spec, model, say=say, check_cfg=other)
     print(
         f"cost proxy calibrated on {cal['model']} here (class {cal['class']}, clock {cal['clock_ghz']:.2f} GHz measured): "
         f"kernels {cal['measured_ms']:.3f} ms measured, {cal['estimated_ms']:.3f} ms estimated"
@@ -327,13 +331,12 @@ def cmd_calibrate(args) -> int:
     for kind, f in cal["factors"].items():
         print(f"  {kind:<16} x{f['factor']:.3f}  (per kernel {f['min']:.2f}-{f['max']:.2f}, {f['kernels']} kernels)")
     print(f"cached in {calibrate.cache_path(spec)}; `tvmnet bench` applies it to board estimates")
-    if args.check_alpha is not None:
-        other = dataclasses.replace(model, alpha=args.check_alpha)
-        chk = calibrate.check(cal, spec, other, say=say)
+    chk = cal.get("check")
+    if chk:
         print(
-            f"check on {chk['model']} (fitted on {chk['fitted_on']}): kernels {chk['measured_ms']:.3f} ms measured, "
-            f"{chk['raw_ms']:.3f} ms raw estimate, {chk['calibrated_ms']:.3f} ms calibrated: "
-            f"measured / calibrated {chk['measured_over_calibrated']:.2f}"
+            f"check on {chk['model']} (fitted on {chk['fitted_on']}, kernels measured in turn with it): kernels "
+            f"{chk['measured_ms']:.3f} ms measured, {chk['raw_ms']:.3f} ms raw estimate, {chk['calibrated_ms']:.3f} ms "
+            f"calibrated: measured / calibrated {chk['measured_over_calibrated']:.2f}"
         )
     return 0
 

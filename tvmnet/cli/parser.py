@@ -222,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--engines",
         help="comma-separated, from tvmnet,pytorch,onnxruntime,executorch (default: all of them installed here)",
     )
+    s.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        metavar="N",
+        help="time every engine with N busy-loop processes beside it (default 0: an idle machine); they end "
+        "with the bench, whatever happens",
+    )
     s.add_argument("--json", metavar="FILE", help="write the figures to FILE")
     s.set_defaults(func=c.cmd_bench)
 

@@ -30,6 +30,7 @@ import subprocess
 import tempfile
 import time
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -37,7 +38,10 @@ from tvmnet.core.errors import ToolchainError, UsageError
 from tvmnet.core.paths import CACHE_DIR
 
 FORMAT = "tvmnet-calibration/1"
-POOLED = "all kinds"  # the factor for a kind the calibration had no kernel of
+POOLED = "all kinds"  # the factor for a kind the calibration had no kernel of: pooled over KINDS
+# the kinds with a factor of their own; the rest (the pool's mean, layout copies) hold microseconds
+# and the proxy hardly models them (a transpose estimated at ~0 cycles gave a factor of 110)
+KINDS = ("pointwise GEMM", "depthwise conv", "stem conv", "fc")
 
 _CLOCK_C = r"""
 #include <stdio.h>
@@ -77,6 +81,19 @@ def measured_clock_ghz() -> float:
     return float(out.strip())
 
 
+def threads_first() -> None:
+    """TVM_NUM_THREADS for this host's cores, set before TVM is imported: set later, MetaSchedule's
+    runner measured the kernels with one thread (226 us instead of 118 for a GEMM of 0.5-224)."""
+    from tvmnet.core.targets import host_cores
+
+    os.environ.setdefault("TVM_NUM_THREADS", str(host_cores()))
+
+
+def _worker_threads(n: int) -> None:
+    """In the runner's worker, before its first kernel: the target's thread count."""
+    os.environ["TVM_NUM_THREADS"] = str(n)
+
+
 def cache_path(spec) -> Path:
     return CACHE_DIR / "calibration" / f"{spec.machine_class()['key']}.json"
 
@@ -89,9 +106,12 @@ def load_calibration(spec) -> Optional[dict]:
         return None
 
 
-def kernel_rows(cfg, spec, say: Callable[[str], None] = print) -> list:
-    """Each kernel of ``cfg``'s x86 build (the records compile applies): kind, calls, measured
-    seconds here (warm cache) and the proxy's cycles."""
+def kernel_rows(cfgs: list, spec, say: Callable[[str], None] = print) -> list:
+    """For each model of ``cfgs``, each kernel of its x86 build (the records compile applies):
+    kind, calls, measured seconds here (warm cache) and the proxy's cycles. The models' kernels
+    are measured in turn, one of each in a row, so that a slow phase of the VM (its speed moves by
+    a third within minutes) falls on every model alike."""
+    spec.use_threads()
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
@@ -102,49 +122,63 @@ def kernel_rows(cfg, spec, say: Callable[[str], None] = print) -> list:
     from tvmnet.tune.classes import choose_logs
     from tvmnet.tune.logs import best_record
 
-    mod, *_ = import_model(cfg)
-    tasks = pipeline.extract_tasks(pipeline.lower_to_tir(mod, spec), spec)
-    choice = choose_logs(spec, "auto", tasks)
-    spec.use_threads()
     target = spec.tvm_target()
+    queues = []
+    for cfg in cfgs:
+        mod, *_ = import_model(cfg)
+        tasks = pipeline.extract_tasks(pipeline.lower_to_tir(mod, spec), spec)
+        choice = choose_logs(spec, "auto", tasks)
+        items = []
+        for task in tasks:
+            sch = tvm.s_tir.Schedule(task.dispatched[0])
+            rec = best_record(choice.database, task, target) if choice.database is not None else None
+            if rec is not None:
+                rec.trace.apply_to_schedule(sch, remove_postproc=False)
+            items.append((task, sch.mod))
+        queues.append(items)
     builder = make_builder(spec)
     runner = ms.runner.LocalRunner(
         timeout_sec=60,
         evaluator_config=ms.runner.EvaluatorConfig(number=20, repeat=5, min_repeat_ms=0, enable_cpu_cache_flush=False),
+        initializer=partial(_worker_threads, int(spec.target.get("num-cores") or 1)),
     )
-    rows = []
-    for i, task in enumerate(tasks, 1):
-        sch = tvm.s_tir.Schedule(task.dispatched[0])
-        rec = best_record(choice.database, task, target) if choice.database is not None else None
-        if rec is not None:
-            rec.trace.apply_to_schedule(sch, remove_postproc=False)
-        args = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
-        (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
-        if built.error_msg:
-            raise ToolchainError(f"{task.task_name}: build failed: {built.error_msg.strip().splitlines()[-1]}")
-        (res,) = [f.result() for f in runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args)])]
-        if res.error_msg:
-            raise ToolchainError(f"{task.task_name}: run failed: {res.error_msg.strip().splitlines()[-1]}")
-        secs = sorted(float(s) for s in res.run_secs)
-        rows.append(
-            {
-                "kernel": task.task_name,
-                "kind": pipeline.kernel_kind(task.task_name, task.dispatched[0]),
-                "calls": int(task.weight),
-                "seconds": secs[len(secs) // 2],
-                "cycles": estimate(sch.mod, spec).cycles,
-            }
-        )
-        say(f"  [{i}/{len(tasks)}] {task.task_name}: {1e6 * rows[-1]['seconds']:.1f} us measured")
-    return rows
+    out = [[] for _ in cfgs]
+    total = sum(len(q) for q in queues)
+    for k in range(max(len(q) for q in queues)):
+        for m, items in enumerate(queues):
+            if k >= len(items):
+                continue
+            task, fmod = items[k]
+            args = ms.arg_info.ArgInfo.from_entry_func(fmod, remove_preproc=True)
+            (built,) = builder.build([ms.builder.BuilderInput(fmod, target)])
+            if built.error_msg:
+                raise ToolchainError(f"{task.task_name}: build failed: {built.error_msg.strip().splitlines()[-1]}")
+            (res,) = [f.result() for f in runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args)])]
+            if res.error_msg:
+                raise ToolchainError(f"{task.task_name}: run failed: {res.error_msg.strip().splitlines()[-1]}")
+            secs = sorted(float(s) for s in res.run_secs)
+            out[m].append(
+                {
+                    "kernel": task.task_name,
+                    "kind": pipeline.kernel_kind(task.task_name, task.dispatched[0]),
+                    "calls": int(task.weight),
+                    "seconds": secs[len(secs) // 2],
+                    "cycles": estimate(fmod, spec).cycles,
+                }
+            )
+            done = sum(len(o) for o in out)
+            say(f"  [{done}/{total}] {cfgs[m].alpha:g}-{cfgs[m].resolution} {task.task_name}: "
+                f"{1e6 * out[m][-1]['seconds']:.1f} us measured")  # fmt: skip
+    return out
 
 
 def factors(rows: list, ghz: float) -> dict:
     """Per kind (and pooled): measured / estimated cycles, weighted by calls, and its spread."""
     groups = defaultdict(list)
     for r in rows:
-        groups[r["kind"]].append(r)
-        groups[POOLED].append(r)
+        if r["kind"] in KINDS:
+            groups[r["kind"]].append(r)
+            groups[POOLED].append(r)
     out = {}
     for kind, rs in groups.items():
         measured = sum(r["seconds"] * ghz * 1e9 * r["calls"] for r in rs)
@@ -159,8 +193,10 @@ def factors(rows: list, ghz: float) -> dict:
     return out
 
 
-def calibrate(spec, cfg, say: Callable[[str], None] = print) -> dict:
-    """Fit the factors on ``cfg``'s x86 build here and cache them for this machine class."""
+def calibrate(spec, cfg, say: Callable[[str], None] = print, check_cfg=None) -> dict:
+    """Fit the factors on ``cfg``'s x86 build here and cache them for this machine class; with
+    ``check_cfg``, measure that model's kernels in turn with them and check the fit on it
+    (``cal["check"]``: measured / calibrated, a model the factors were not fitted on)."""
     why = spec.host_mismatch()
     if why or spec.arch != "x86_64" or not spec.is_cpu:
         raise UsageError(f"the calibration measures an x86 build on this machine; target {spec.name} does not run here")
@@ -168,7 +204,7 @@ def calibrate(spec, cfg, say: Callable[[str], None] = print) -> dict:
     ghz = measured_clock_ghz()
     say(f"clock {ghz:.2f} GHz; measuring and estimating each kernel of {cfg.display()} here")
     t0 = time.perf_counter()
-    rows = kernel_rows(cfg, spec, say)
+    rows, *other = kernel_rows([cfg] + ([check_cfg] if check_cfg is not None else []), spec, say)
     cal = {
         "format": FORMAT,
         "class": spec.machine_class()["key"],
@@ -181,6 +217,8 @@ def calibrate(spec, cfg, say: Callable[[str], None] = print) -> dict:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    if other:
+        cal["check"] = check(cal, check_cfg, other[0])
     path = cache_path(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
@@ -195,9 +233,8 @@ def apply(cal: dict, by_kind_ms: dict) -> dict:
     return {kind: ms * (fs.get(kind) or fs[POOLED])["factor"] for kind, ms in by_kind_ms.items()}
 
 
-def check(cal: dict, spec, cfg, say: Callable[[str], None] = print) -> dict:
-    """The calibration on another model's x86 build: measured / calibrated, kernel sums."""
-    rows = kernel_rows(cfg, spec, say)
+def check(cal: dict, cfg, rows: list) -> dict:
+    """The calibration on another model's kernels (``rows``): measured / calibrated, sums."""
     ghz = cal["clock_ghz"]
     by_kind = defaultdict(float)
     for r in rows:

@@ -47,8 +47,13 @@ class PublishedLatency:
         return f"{self.engine}, {self.model}: {self.ms:g} ms ({self.setting}) [{self.source}, {self.url}]"
 
     def same_model(self, model: str) -> bool:
-        """Whether this figure is for ``model`` ("1.0-224"), fp32."""
-        return f" {model} fp32" in f" {self.model.split('v1 ')[-1]}"
+        """Whether this figure is for ``model`` ("1.0-224" or "1-224"), fp32."""
+        return self.model.endswith(" fp32") and _pair(self.model.split()[-2]) == _pair(model)
+
+
+def _pair(model: str) -> tuple:
+    alpha, res = model.split("-")
+    return float(alpha), int(res)
 
 
 _XNNPACK = (
@@ -232,6 +237,7 @@ def add_calibration(est: dict, say: Callable[[str], None] = print) -> dict:
     from tvmnet.core.targets import load_target
     from tvmnet.proxy import calibrate
 
+    calibrate.threads_first()
     host = load_target("x86")
     cal = calibrate.load_calibration(host)
     if cal is None:

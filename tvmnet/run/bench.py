@@ -36,6 +36,7 @@ import numpy as np
 from tvmnet.build.artifact import load_artifact
 from tvmnet.core import errors
 from tvmnet.core.errors import TvmnetError, UsageError
+from tvmnet.run.load import busy_neighbours
 
 ENGINES = ("tvmnet", "pytorch", "onnxruntime", "executorch")
 LABELS = {
@@ -60,8 +61,11 @@ class BenchOptions:
     runs: int = 10
     warmup: int = 10
     engines: Optional[Tuple[str, ...]] = None  # None: all of ENGINES installed here
+    busy: int = 0  # busy-loop processes running beside every engine's timing (run/load.py)
 
     def __post_init__(self):
+        if self.busy < 0:
+            raise UsageError(f"--busy {self.busy}: give a number of busy processes, 0 or more")
         if self.engines is None:
             return
         bad = [e for e in self.engines if e not in ENGINES]
@@ -85,12 +89,16 @@ class BenchResult:
     workers: Dict[str, dict] = field(default_factory=dict)  # engine -> pid, threads, note
     versions: Dict[str, str] = field(default_factory=dict)
     rounds: int = 0
+    busy: int = 0
 
     def median(self, e) -> float:
         return statistics.median(self.samples[e])
 
     def p90(self, e) -> float:
         return float(np.percentile(self.samples[e], 90))
+
+    def p99(self, e) -> float:
+        return float(np.percentile(self.samples[e], 99))
 
     def per_round(self, e) -> float:
         """Median over rounds of tvmnet's median / the engine's median in the same round: the
@@ -104,14 +112,16 @@ class BenchResult:
         lines = [
             f"machine: {self.machine.get('cpu')}; target class {self.machine.get('class')}",
             f"{self.artifact}: input {self.input_shape}, {self.threads} thread(s), {self.rounds} round(s), "
-            f"{len(self.samples['tvmnet'])} timed runs per engine, each engine in its own process",
-            f"{'engine':<20}{'median ms':>10}{'p90 ms':>10}{'tvmnet/engine':>15}{'per round':>11}{'max|diff|':>12}",
+            f"{len(self.samples['tvmnet'])} timed runs per engine, each engine in its own process"
+            + (f"; under load: {self.busy} busy process(es) beside every engine" if self.busy else ""),
+            f"{'engine':<20}{'median ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'tvmnet/engine':>15}{'per round':>11}"
+            f"{'max|diff|':>12}",
         ]
         for e in self.samples:
             diff = "" if e == "tvmnet" else f"{self.max_abs_diff.get(e, float('nan')):.1e}"
             lines.append(
-                f"{LABELS[e]:<20}{self.median(e):>10.3f}{self.p90(e):>10.3f}{ours / self.median(e):>14.2f}x"
-                f"{self.per_round(e):>10.2f}x{diff:>12}"
+                f"{LABELS[e]:<20}{self.median(e):>10.3f}{self.p90(e):>10.3f}{self.p99(e):>10.3f}"
+                f"{ours / self.median(e):>14.2f}x{self.per_round(e):>10.2f}x{diff:>12}"
             )
         lines.append(
             "tvmnet/engine < 1 means tvmnet is faster; per round: the median over rounds of that ratio within "
@@ -126,12 +136,14 @@ class BenchResult:
             "threads": self.threads,
             "input_shape": list(self.input_shape),
             "rounds": self.rounds,
+            "busy": self.busy,
             "pid": os.getpid(),
             "versions": self.versions,
             "engines": {
                 e: {
                     "median_ms": self.median(e),
                     "p90_ms": self.p90(e),
+                    "p99_ms": self.p99(e),
                     "runs": len(s),
                     "ratio_tvmnet_to_engine": self.median("tvmnet") / self.median(e),
                     "ratio_per_round": self.per_round(e),
@@ -250,7 +262,9 @@ def run_bench(opts: BenchOptions, say=print) -> BenchResult:
     engines, notes = select_engines(opts, art)
     for note in notes:
         say(note)
-    res = BenchResult(str(art.path), threads, art.input_shape, machine=machine_info(art), rounds=opts.rounds)
+    res = BenchResult(
+        str(art.path), threads, art.input_shape, machine=machine_info(art), rounds=opts.rounds, busy=opts.busy
+    )
     say(f"machine: {res.machine['cpu']}; target class {res.machine['class']}")
     x = np.random.default_rng(0).standard_normal(art.input_shape).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="tvmnet-bench-") as tmp:
@@ -269,12 +283,20 @@ def run_bench(opts: BenchOptions, say=print) -> BenchResult:
                 res.max_abs_diff[e] = float(np.max(np.abs(np.load(workdir / f"{e}.npy").astype(np.float64) - ours)))
             res.samples = {e: [] for e in engines}
             res.round_ms = {e: [] for e in engines}
-            for r in range(opts.rounds):
-                for e in engines[r % len(engines) :] + engines[: r % len(engines)]:
-                    times = workers[e].round()
-                    res.samples[e].extend(times)
-                    res.round_ms[e].append(statistics.median(times))
-                say(f"round {r + 1}/{opts.rounds}: " + ", ".join(f"{e} {res.round_ms[e][-1]:.2f} ms" for e in engines))
+            if opts.busy:
+                say(f"starting {opts.busy} busy process(es) beside every engine's timing")
+            with busy_neighbours(opts.busy) as procs:
+                for r in range(opts.rounds):
+                    if any(p.poll() is not None for p in procs):
+                        raise TvmnetError("a busy process ended early; rerun the bench")
+                    for e in engines[r % len(engines) :] + engines[: r % len(engines)]:
+                        times = workers[e].round()
+                        res.samples[e].extend(times)
+                        res.round_ms[e].append(statistics.median(times))
+                    say(
+                        f"round {r + 1}/{opts.rounds}: "
+                        + ", ".join(f"{e} {res.round_ms[e][-1]:.2f} ms" for e in engines)
+                    )
         finally:
             for w in workers.values():
                 w.close()
