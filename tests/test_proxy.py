@@ -333,6 +333,7 @@ def test_a_cpu_llvm_mca_does_not_know_is_analysed_as_a_known_one_of_its_isa():
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # extended run: ~50 s (two models' kernels built, timed and estimated)
 @needs_mca
 def test_calibrate_fits_the_factors_here_caches_them_and_checks_them_on_another_model(tmp_path):
     import json
