@@ -32,6 +32,10 @@ POLICIES = {
     "unpinned": {"TVM_BIND_THREADS": "0"},
     "share-all": {"TVMNET_POLICY_SHARE_ALL": "1"},
     "nospin": {"TVM_THREAD_POOL_SPIN_COUNT": "0"},
+    "spin-2k": {"TVM_THREAD_POOL_SPIN_COUNT": "2000"},
+    "spin-20k": {"TVM_THREAD_POOL_SPIN_COUNT": "20000"},
+    "spin-2k-unpinned": {"TVM_THREAD_POOL_SPIN_COUNT": "2000", "TVM_BIND_THREADS": "0"},
+    "spin-300k": {"TVM_THREAD_POOL_SPIN_COUNT": "300000"},  # TVM's default count, explicitly
     "one-thread": {"TVM_NUM_THREADS": "1"},
 }
 
@@ -58,7 +62,9 @@ print(json.dumps(ms))
 
 
 def one_start(art: str, policy: str, runs: int) -> list:
-    env = dict(os.environ, TVM_NUM_THREADS=os.environ.get("TVM_NUM_THREADS", "2"), **POLICIES[policy])
+    env = dict(os.environ)
+    env.setdefault("TVM_NUM_THREADS", "2")
+    env.update(POLICIES[policy])
     out = subprocess.run([sys.executable, "-c", _CHILD, art, str(runs)], env=env, capture_output=True, text=True,
                          timeout=600, check=True)  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -172,3 +172,29 @@ def test_bench_under_load_reports_the_tails(x86_small, tmp_path):
         assert 0 < e["median_ms"] <= e["p90_ms"] <= e["p99_ms"]
     assert "p99 ms" in res.stdout and "under load: 1 busy process(es)" in res.stdout
     assert not spinners()
+
+
+@pytest.mark.e2e
+def test_the_thread_policy_reaches_a_local_run_and_the_emulated_boards_server(x86_small):
+    """core/threads.py: workers unbound, a short spin; set before a model first runs (an explicit
+    setting wins), and on the emulated Pi's RPC server, whose environment nothing else reaches."""
+    import os
+    import subprocess
+    import sys
+
+    from tvmnet.core.threads import RUN_ENV
+    from tvmnet.run.emulator import server_command
+
+    code = (
+        "import os\nfrom tvmnet.build.artifact import load_artifact\nfrom tvmnet.run.runner import open_local\n"
+        f"open_local(load_artifact({str(x86_small)!r}))\n"
+        "print(os.environ['TVM_BIND_THREADS'], os.environ['TVM_THREAD_POOL_SPIN_COUNT'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in RUN_ENV}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.stdout.split() == [RUN_ENV["TVM_BIND_THREADS"], RUN_ENV["TVM_THREAD_POOL_SPIN_COUNT"]], out.stderr
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=dict(env, TVM_THREAD_POOL_SPIN_COUNT="7"))  # fmt: skip
+    assert out.stdout.split()[1] == "7"  # an explicit setting wins
+    argv = server_command("rpi4", "127.0.0.1", 9090)
+    assert all(f"{k}={v}" in argv[: argv.index("-m")] for k, v in RUN_ENV.items())

@@ -27,6 +27,10 @@ def time_in_turn(executables: Sequence, input_shape, rounds: int = 9, runs: int 
     import tvm
     from tvm import relax
 
+    from tvmnet.core.threads import run_policy
+
+    run_policy()  # as the model will run: the builds compared under the same pool policy
+
     dev = tvm.cpu(0)
     x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(tuple(input_shape)).astype("float32"), dev)
     timers = []

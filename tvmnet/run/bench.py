@@ -36,6 +36,7 @@ import numpy as np
 from tvmnet.build.artifact import load_artifact
 from tvmnet.core import errors
 from tvmnet.core.errors import TvmnetError, UsageError
+from tvmnet.core.threads import RUN_ENV
 from tvmnet.run.load import busy_neighbours
 
 ENGINES = ("tvmnet", "pytorch", "onnxruntime", "executorch")
@@ -193,6 +194,8 @@ class _Worker:
         self.engine = engine
         self.log = workdir / f"{engine}.log"
         env = dict(os.environ, TVM_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+        for key, value in RUN_ENV.items():  # tvmnet's thread policy (core/threads.py), unless set
+            env.setdefault(key, value)
         root = str(Path(__file__).resolve().parents[2])  # the worker imports this same tvmnet
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         cmd = [

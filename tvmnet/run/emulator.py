@@ -28,6 +28,7 @@ from typing import Callable, Optional
 from tvmnet.core.errors import DeviceError, ToolchainError, UsageError
 from tvmnet.core.paths import CACHE_DIR, TARGETS_DIR
 from tvmnet.core.targets import load_target, preset_names
+from tvmnet.core.threads import RUN_ENV
 
 QEMU = "qemu-aarch64-static"
 DEBS = ["python3.11-minimal", "libpython3.11-stdlib", "libstdc++6"]  # apt adds libc6, libssl3, libffi8...
@@ -225,6 +226,7 @@ def server_command(board: str, host: str, port: int, tracker: Optional[str] = No
     argv = [
         "env",
         f"QEMU_CPU={spec.qemu_cpu}",
+        *(f"{k}={v}" for k, v in RUN_ENV.items()),  # tvmnet's thread policy for the models it runs
         str(wrapper),
         "-m",
         "tvm.exec.rpc_server",

@@ -14,6 +14,7 @@ import numpy as np
 
 from tvmnet.build.artifact import Artifact
 from tvmnet.core.errors import ArtifactError, DeviceError, err_line
+from tvmnet.core.threads import run_policy
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def open_local(artifact: Artifact) -> Session:
             )
     else:
         spec.use_threads()
+        run_policy()  # before the pool starts: workers that sleep at once hold up under load
         dev = tvm.cpu(0)
     try:
         lib = tvm.runtime.load_module(str(artifact.library))
