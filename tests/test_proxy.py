@@ -341,6 +341,8 @@ def test_calibrate_fits_the_factors_here_caches_them_and_checks_them_on_another_
 
     from conftest import host_class, run_cli
 
+    from tvmnet.proxy.calibrate import KINDS
+
     res = run_cli(
         "calibrate",
         "--alpha",
@@ -357,5 +359,8 @@ def test_calibrate_fits_the_factors_here_caches_them_and_checks_them_on_another_
     gemm = cal["factors"]["pointwise GEMM"]
     assert gemm["kernels"] >= 5 and 0 < gemm["min"] <= gemm["factor"] <= gemm["max"]
     assert "pointwise GEMM" in res.stdout and "cached in" in res.stdout
+    # each kernel timed in three rounds, after every build (see kernel_rows), with the proxy's memory model beside it
+    assert "round 3/3" in res.stderr + res.stdout
+    assert all(r["l2_lines"] is not None and r["launches"] >= 0 for r in cal["rows"] if r["kind"] in KINDS)
     ratio = float(re.search(r"measured / calibrated ([0-9.]+)", res.stdout).group(1))
     assert 0.2 < ratio < 5  # a tiny model is no accuracy test: the 0.8-1.25 check is on 1.0-224 (docs/proxy.md)

@@ -106,11 +106,15 @@ def load_calibration(spec) -> Optional[dict]:
         return None
 
 
-def kernel_rows(cfgs: list, spec, say: Callable[[str], None] = print) -> list:
+def kernel_rows(cfgs: list, spec, say: Callable[[str], None] = print, rounds: int = 3) -> list:
     """For each model of ``cfgs``, each kernel of its x86 build (the records compile applies):
     kind, calls, measured seconds here (warm cache) and the proxy's cycles. The models' kernels
     are measured in turn, one of each in a row, so that a slow phase of the VM (its speed moves by
-    a third within minutes) falls on every model alike."""
+    a third within minutes) falls on every model alike, in ``rounds`` rounds (a kernel's median).
+
+    Every kernel is built before the first is timed and estimated after the last: with a build and
+    llvm-mca between two timings, a third of the kernels timed at half speed (one thread's worth,
+    Zen 4, Dec 6), which made the factors of one model miss another's by 25-30%."""
     spec.use_threads()
     import tvm
     from tvm.s_tir import meta_schedule as ms
@@ -142,33 +146,54 @@ def kernel_rows(cfgs: list, spec, say: Callable[[str], None] = print) -> list:
         evaluator_config=ms.runner.EvaluatorConfig(number=20, repeat=5, min_repeat_ms=0, enable_cpu_cache_flush=False),
         initializer=partial(_worker_threads, int(spec.target.get("num-cores") or 1)),
     )
-    out = [[] for _ in cfgs]
-    total = sum(len(q) for q in queues)
-    for k in range(max(len(q) for q in queues)):
-        for m, items in enumerate(queues):
-            if k >= len(items):
-                continue
-            task, fmod = items[k]
-            args = ms.arg_info.ArgInfo.from_entry_func(fmod, remove_preproc=True)
-            (built,) = builder.build([ms.builder.BuilderInput(fmod, target)])
-            if built.error_msg:
-                raise ToolchainError(f"{task.task_name}: build failed: {built.error_msg.strip().splitlines()[-1]}")
-            (res,) = [f.result() for f in runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args)])]
+    # everything built first and estimated after: a build or llvm-mca between two runs left the
+    # next kernel measured at half speed (one thread's worth) in about a third of the kernels
+    say(f"building {sum(len(q) for q in queues)} kernels")
+    built = []
+    for items in queues:
+        inputs = [ms.builder.BuilderInput(fmod, target) for _, fmod in items]
+        results = builder.build(inputs)
+        for (task, _), res in zip(items, results):
             if res.error_msg:
-                raise ToolchainError(f"{task.task_name}: run failed: {res.error_msg.strip().splitlines()[-1]}")
-            secs = sorted(float(s) for s in res.run_secs)
-            out[m].append(
+                raise ToolchainError(f"{task.task_name}: build failed: {res.error_msg.strip().splitlines()[-1]}")
+        built.append([r.artifact_path for r in results])
+    samples = [[[] for _ in q] for q in queues]
+    total = rounds * sum(len(q) for q in queues)
+    done = 0
+    for rnd in range(rounds):
+        for k in range(max(len(q) for q in queues)):
+            for m, items in enumerate(queues):
+                if k >= len(items):
+                    continue
+                task, fmod = items[k]
+                args = ms.arg_info.ArgInfo.from_entry_func(fmod, remove_preproc=True)
+                (res,) = [f.result() for f in runner.run([ms.runner.RunnerInput(built[m][k], "cpu", args)])]
+                if res.error_msg:
+                    raise ToolchainError(f"{task.task_name}: run failed: {res.error_msg.strip().splitlines()[-1]}")
+                secs = sorted(float(s) for s in res.run_secs)
+                samples[m][k].append(secs[len(secs) // 2])
+                done += 1
+                say(f"  [{done}/{total}] round {rnd + 1}/{rounds} {cfgs[m].alpha:g}-{cfgs[m].resolution} "
+                    f"{task.task_name}: {1e6 * samples[m][k][-1]:.1f} us")  # fmt: skip
+    seconds = [[sorted(s)[len(s) // 2] for s in q] for q in samples]
+    say("estimating each kernel with the proxy")
+    out = []
+    for m, items in enumerate(queues):
+        rows = []
+        for k, (task, fmod) in enumerate(items):
+            est = estimate(fmod, spec, with_memory=True)
+            rows.append(
                 {
                     "kernel": task.task_name,
                     "kind": pipeline.kernel_kind(task.task_name, task.dispatched[0]),
                     "calls": int(task.weight),
-                    "seconds": secs[len(secs) // 2],
-                    "cycles": estimate(fmod, spec).cycles,
+                    "seconds": seconds[m][k],
+                    "cycles": est.cycles,
+                    "launches": est.parallel_launches,
+                    **{key: est.memory.get(key) for key in ("l1_lines", "l2_lines", "cold_lines")},
                 }
             )
-            done = sum(len(o) for o in out)
-            say(f"  [{done}/{total}] {cfgs[m].alpha:g}-{cfgs[m].resolution} {task.task_name}: "
-                f"{1e6 * out[m][-1]['seconds']:.1f} us measured")  # fmt: skip
+        out.append(rows)
     return out
 
 
