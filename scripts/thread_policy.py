@@ -36,6 +36,8 @@ POLICIES = {
     "spin-20k": {"TVM_THREAD_POOL_SPIN_COUNT": "20000"},
     "spin-2k-unpinned": {"TVM_THREAD_POOL_SPIN_COUNT": "2000", "TVM_BIND_THREADS": "0"},
     "spin-300k": {"TVM_THREAD_POOL_SPIN_COUNT": "300000"},  # TVM's default count, explicitly
+    "spin-200-unpinned": {"TVM_THREAD_POOL_SPIN_COUNT": "200", "TVM_BIND_THREADS": "0"},
+    "nospin-unpinned": {"TVM_THREAD_POOL_SPIN_COUNT": "0", "TVM_BIND_THREADS": "0"},
     "one-thread": {"TVM_NUM_THREADS": "1"},
 }
 

@@ -111,25 +111,22 @@ def export_onnx(model, input_shape, path: Path) -> Path:
     return path
 
 
-def import_model(model: ModelConfig, onnx: Optional[Path] = None):
-    """Returns (Relax IRModule, input name, input shape, model metadata dict)."""
-    if onnx is not None:
-        mod, shape, name = from_onnx(onnx)
-        info = {
-            "source": "onnx",
-            "onnx": str(Path(onnx).resolve()),
-            "onnx_sha256": sha256(Path(onnx)),
-            "alpha": None,
-            "resolution": shape[2],
-            "num_classes": None,
-            "seed": None,
-        }
-        return mod, name, shape, info
-    from tvmnet.models import build_model
+def onnx_info(onnx: Path, shape) -> dict:
+    """The metadata of a model compiled from an ONNX file."""
+    return {
+        "source": "onnx",
+        "onnx": str(Path(onnx).resolve()),
+        "onnx_sha256": sha256(Path(onnx)),
+        "alpha": None,
+        "resolution": shape[2],
+        "num_classes": None,
+        "seed": None,
+    }
 
-    torch_model = build_model(model)
-    mod = from_torch(torch_model, model.input_shape)
-    info = {
+
+def zoo_info(model: ModelConfig) -> dict:
+    """The metadata of a zoo model (what the reference rebuilds it from)."""
+    return {
         "source": "zoo",
         "alpha": model.alpha,
         "resolution": model.resolution,
@@ -138,4 +135,15 @@ def import_model(model: ModelConfig, onnx: Optional[Path] = None):
         "weights": str(model.weights.resolve()) if model.weights else None,
         "weights_sha256": sha256(model.weights) if model.weights else None,
     }
-    return mod, str(mod["main"].params[0].name), model.input_shape, info
+
+
+def import_model(model: ModelConfig, onnx: Optional[Path] = None):
+    """Returns (Relax IRModule, input name, input shape, model metadata dict)."""
+    if onnx is not None:
+        mod, shape, name = from_onnx(onnx)
+        return mod, name, shape, onnx_info(onnx, shape)
+    from tvmnet.models import build_model
+
+    torch_model = build_model(model)
+    mod = from_torch(torch_model, model.input_shape)
+    return mod, str(mod["main"].params[0].name), model.input_shape, zoo_info(model)

@@ -52,8 +52,9 @@ class Artifact:
             if "transfer" in str(tun.get("match"))
             else "tuned kernels"
         )
+        precision = ", int8 (QDQ)" if self.metadata.get("precision") == "int8" else ""
         return (
-            f"{self.path}: {what}, target {t['name']} ({t['arch']}, {t['device']}), "
+            f"{self.path}: {what}, target {t['name']} ({t['arch']}, {t['device']}){precision}, "
             f"input {self.input_shape}, {how} {kernels}"
         )
 

@@ -66,6 +66,8 @@ def cmd_compile(args) -> int:
     spec = load_target(args.target)
     model = _model_config(args, batch=args.batch)
     tuning_log = None if args.no_tuning_log else (args.tuning_log or "auto")
+    if args.precision != "int8" and (args.calibration or args.calibration_samples):
+        raise UsageError("--calibration and --calibration-samples are for --precision int8; add it or drop them")
     opts = CompileOptions(
         model=model,
         target=spec,
@@ -74,6 +76,9 @@ def cmd_compile(args) -> int:
         tuning_log=tuning_log,
         gemm=not args.no_gemm,
         layout=args.layout,
+        precision=args.precision,
+        calibration=args.calibration,
+        calibration_samples=args.calibration_samples,
     )
     for line in opts.display().splitlines():
         say(line)
@@ -148,6 +153,9 @@ def cmd_tune(args) -> int:
         retime=not args.no_retime,
         trials_per_iter=args.batch,
         layout=args.layout,
+        precision=args.precision,
+        calibration=args.calibration,
+        calibration_samples=args.calibration_samples,
     )
     for line in opts.display().splitlines():
         say(line)

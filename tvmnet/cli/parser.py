@@ -31,8 +31,10 @@ def _add_tolerances(p):
     from tvmnet.run.validate import DEFAULT_ATOL, DEFAULT_RTOL
 
     p.add_argument("--samples", type=_positive_int, default=4, help="seeded inputs to compare (default 4)")
-    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (default {DEFAULT_RTOL:g})")
-    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
+    p.add_argument("--rtol", type=float, help=f"relative tolerance (default {DEFAULT_RTOL:g}; int8: 0)")
+    p.add_argument(
+        "--atol", type=float, help=f"absolute tolerance (default {DEFAULT_ATOL:g}; int8: one output quantization step)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
 
 
@@ -93,6 +95,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-tuning-log", action="store_true", help="ignore tuning logs (untuned build)")
     s.add_argument("--no-gemm", action="store_true", help="keep 1x1 convolutions as conv2d (no GEMM lowering)")
     _add_layout(s)
+    s.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="fp32 (default), or int8: post-training static quantization (ONNX Runtime's quantize_static, QDQ)",
+    )
+    s.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="DIR",
+        help="int8: calibrate the activation ranges on the JPEG/PNG images in DIR (resized, ImageNet-normalised)",
+    )
+    s.add_argument(
+        "--calibration-samples",
+        type=_positive_int,
+        metavar="N",
+        help="int8: calibrate on N seeded samples (default 32 when no --calibration DIR; with DIR: at most N images)",
+    )
     s.set_defaults(func=c.cmd_compile)
 
     s = add("validate", help="run an artifact and compare it with PyTorch")

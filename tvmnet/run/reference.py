@@ -42,6 +42,31 @@ class Reference:
         m = artifact.model
         self.kind = m["source"]
         self.device = "cpu"
+        self.also = []  # int8: other outputs reported beside the check (no pass condition)
+        quant = artifact.metadata.get("quantization")
+        if artifact.metadata.get("precision") == "int8" and quant:
+            path = artifact.path / quant["reference"]
+            if not path.is_file() or sha256(path) != quant.get("reference_sha256"):
+                raise ArtifactError(
+                    f"the quantized reference {path} is missing or changed since the artifact was built; "
+                    "rebuild it with `tvmnet compile --precision int8`"
+                )
+            # the QDQ model as the ONNX operators define it; ORT's optimised session (its integer
+            # kernels) rounds differently, by up to 14 output steps on 0.25-96: reported beside it
+            self.session = _ort_session(path, threads, optimize=False)
+            self.input_name = self.session.get_inputs()[0].name
+            self.name = "ONNX Runtime on the same quantized model (int8 QDQ as the ONNX operators define it)"
+            fused = _ort_session(path, threads)
+            self.also = [
+                (
+                    "ONNX Runtime's integer kernels (optimised session) on the same model",
+                    lambda x: fused.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0],
+                )
+            ]
+            if self.kind == "zoo":
+                self.also.append(("the fp32 PyTorch model", _Fp32(artifact, threads)))
+            self.kind = "int8"
+            return
         if self.kind == "zoo":
             import torch
 
@@ -59,17 +84,12 @@ class Reference:
                 self.model = self.model.to("cuda")
                 self.name = "PyTorch (CUDA, TF32 off)"
         elif self.kind == "onnx":
-            import onnxruntime as ort
-
             path = Path(m["onnx"])
             if not path.is_file():
                 raise WeightsError(
                     f"the artifact was built from ONNX model {path}, which no longer exists; put it back"
                 )
-            opts = ort.SessionOptions()
-            if threads:
-                opts.intra_op_num_threads = threads
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = _ort_session(path, threads)
             self.input_name = self.session.get_inputs()[0].name
             self.name = "ONNX Runtime"
         else:
@@ -83,3 +103,35 @@ class Reference:
                 tx = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device)
                 return self.model(tx).cpu().numpy()
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+
+
+def _ort_session(path: Path, threads: int, optimize: bool = True):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+class _Fp32:
+    """The zoo model in PyTorch, fp32: what an int8 artifact is also compared with (reported only)."""
+
+    name = "PyTorch"
+
+    def __init__(self, artifact: Artifact, threads: int):
+        import torch
+
+        from tvmnet.models import build_model
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = build_model(reference_model_config(artifact))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.model(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()

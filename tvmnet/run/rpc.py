@@ -106,7 +106,7 @@ def open_remote(artifact: Artifact, endpoint: Endpoint, say=print, session_timeo
             remote.remove(name)
 
 
-def deploy(artifact: Artifact, endpoint: Endpoint, samples=4, rtol=1e-4, atol=1e-4, seed=0, runs=10, say=print):
+def deploy(artifact: Artifact, endpoint: Endpoint, samples=4, rtol=None, atol=None, seed=0, runs=10, say=print):
     """Upload, load, validate against PyTorch on the host, and time on the device."""
     from tvmnet.run.reference import Reference
     from tvmnet.run.validate import compare, seeded_inputs

@@ -1,0 +1,160 @@
+"""int8 (issue 32, first part): `compile --precision int8` quantizes with ONNX Runtime's
+quantize_static (QDQ), builds the QDQ model with TVM, and `validate` checks it against the same
+quantized model in ONNX Runtime; bad input gets a one-line error and nothing is lost."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def int8_small(tmp_path_factory):
+    """An int8 x86 artifact of MobileNet 0.25-96 (calibrated on 8 seeded samples)."""
+    out = tmp_path_factory.mktemp("int8") / "mnet-int8"
+    res = run_cli("compile", "--target", "x86", "--alpha", "0.25", "--resolution", "96", "--precision", "int8",
+                  "--calibration-samples", "8", "-o", out)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out, res
+
+
+# ---------------------------------------------------------------------------------- calibration
+
+
+@pytest.mark.unit
+def test_calibration_images_are_resized_centre_cropped_and_normalised(tmp_path):
+    from PIL import Image
+
+    from tvmnet.quantize import calibration as cal
+
+    Image.new("RGB", (200, 120), (255, 0, 0)).save(tmp_path / "a.png")  # wide: resized, then cropped
+    Image.new("L", (64, 64), 128).save(tmp_path / "b.jpg")  # grey: converted to RGB
+    c = cal.from_dir(tmp_path, (1, 3, 96, 96))
+    assert c.source == "images" and len(c.inputs) == 2 and c.describe().startswith("2 images from ")
+    red = c.inputs[0]
+    assert red.shape == (1, 3, 96, 96) and red.dtype == np.float32
+    assert red[0, 0].mean() == pytest.approx((1 - 0.485) / 0.229, abs=1e-3)  # ImageNet mean/std
+    assert red[0, 1].mean() == pytest.approx((0 - 0.456) / 0.224, abs=1e-3)
+    assert cal.from_dir(tmp_path, (1, 3, 96, 96), limit=1).to_json()["files"] == 1
+    seeded = cal.seeded((1, 3, 8, 8), 3)
+    assert len(seeded.inputs) == 3 and np.array_equal(seeded.inputs[0], cal.seeded((1, 3, 8, 8), 3).inputs[0])
+
+
+@pytest.mark.unit
+def test_a_bad_calibration_folder_gets_a_one_line_error(tmp_path):
+    from tvmnet.core.errors import UsageError
+    from tvmnet.quantize import calibration as cal
+
+    with pytest.raises(UsageError, match="no such folder"):
+        cal.from_dir(tmp_path / "missing", (1, 3, 96, 96))
+    with pytest.raises(UsageError, match="the folder is empty"):
+        cal.from_dir(tmp_path, (1, 3, 96, 96))
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(UsageError, match=r"not \.jpg/\.jpeg/\.png \(first: notes\.txt\)"):
+        cal.from_dir(tmp_path, (1, 3, 96, 96))
+    (tmp_path / "notes.txt").unlink()
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 this is no JPEG")
+    with pytest.raises(UsageError, match="broken.jpg is not a readable JPEG or PNG"):
+        cal.from_dir(tmp_path, (1, 3, 96, 96))
+
+
+# ------------------------------------------------------------------------------ the command line
+
+
+@pytest.mark.unit
+def test_int8_on_cuda_and_calibration_without_int8_are_refused_in_one_line(tmp_path):
+    res = run_cli("compile", "--target", "cuda", "--alpha", "0.25", "--resolution", "32", "--precision", "int8",
+                  "-o", tmp_path / "a")  # fmt: skip
+    assert res.returncode != 0 and "--precision int8 builds for CPU targets" in res.stderr
+    assert len([ln for ln in res.stderr.splitlines() if "error" in ln]) == 1 and not (tmp_path / "a").exists()
+    res = run_cli(
+        "compile", "--alpha", "0.25", "--resolution", "32", "--calibration-samples", "4", "-o", tmp_path / "b"
+    )
+    assert res.returncode != 0 and "are for --precision int8" in res.stderr
+
+
+@pytest.mark.e2e
+def test_a_failed_int8_compile_keeps_the_artifact_already_there(int8_small, tmp_path):
+    out, _ = int8_small
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    res = run_cli(
+        "compile", "--alpha", "0.25", "--resolution", "96", "--precision", "int8", "--calibration", tmp_path, "-o", out
+    )  # fmt: skip  (tmp_path: an empty folder)
+    assert res.returncode != 0 and "the folder is empty; put JPEG/PNG images in it" in res.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+# -------------------------------------------------------------------------- compile and validate
+
+
+@pytest.mark.e2e
+def test_int8_compile_records_the_quantization_and_ships_the_quantized_reference(int8_small):
+    import onnx
+
+    out, res = int8_small
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["precision"] == "int8" and meta["layout"] == "NCHW"
+    q = meta["quantization"]
+    assert q["name"] == "onnxruntime.quantization.quantize_static" and q["format"] == "QDQ"
+    assert q["calibration"] == {"source": "seeded samples", "count": 8, "seed": 0, "distribution": "standard normal"}
+    ref = onnx.load(str(out / q["reference"]))
+    ops = [n.op_type for n in ref.graph.node]
+    assert "BatchNormalization" not in ops and ops.count("QuantizeLinear") >= 28  # BN folded before quantizing
+    weights = {i.name: i for i in ref.graph.initializer}
+    per_channel = [n for n in ref.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights
+                   and weights[n.input[0]].data_type == onnx.TensorProto.INT8 and len(weights[n.input[1]].dims) == 1]  # fmt: skip
+    assert len(per_channel) >= 27  # every conv's and the classifier's weights: int8, a scale per output channel
+    assert "quantizing to int8 with ONNX Runtime" in res.stderr and "8 seeded samples" in res.stderr
+
+
+@pytest.mark.e2e
+def test_int8_validates_within_one_output_step_of_the_quantized_model(int8_small):
+    out, _ = int8_small
+    res = run_cli("validate", out, "--json")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    rep = json.loads(res.stdout)
+    assert rep["ok"] and rep["rtol"] == 0 and 0 < rep["atol"] < 0.1  # one output quantization step
+    assert rep["max_abs"] <= rep["atol"] and rep["top1_agree"] == rep["samples"]
+    assert "quantized model" in rep["reference"]
+    assert any("fp32 PyTorch" in n for n in rep["notes"]) and any("integer kernels" in n for n in rep["notes"])
+
+
+@pytest.mark.e2e
+def test_int8_validation_fails_on_a_swapped_input_and_on_wrong_scales(int8_small, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from tvmnet.build.artifact import load_artifact
+    from tvmnet.run.reference import Reference
+    from tvmnet.run.runner import open_local
+    from tvmnet.run.validate import compare
+
+    out, _ = int8_small
+    art = load_artifact(out)
+    session = open_local(art)
+    swapped = compare(lambda x: session.run(x[:, ::-1].copy()), Reference(art), art, samples=3)  # channels swapped
+    assert not swapped.ok and "outputs differ" in swapped.failures[0]
+
+    # the same model with one activation scale doubled, compiled as given, checked against the right reference
+    model = onnx.load(str(out / "reference_int8.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] != "input")
+    scale = inits[q.input[1]]
+    scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * 2, scale.name))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, str(bad))
+    res = run_cli("compile", "--onnx", bad, "--precision", "int8", "-o", tmp_path / "bad")
+    assert res.returncode == 0 and "already quantized: compiled as it is" in res.stderr, res.stderr[-2000:]
+    bad_art = load_artifact(tmp_path / "bad")
+    wrong = compare(open_local(bad_art).run, Reference(art), art, samples=3)
+    assert not wrong.ok
+
+
+@pytest.mark.e2e
+def test_an_already_quantized_onnx_model_is_compiled_as_it_is_and_not_calibrated_again(int8_small, tmp_path):
+    out, _ = int8_small
+    res = run_cli("compile", "--onnx", out / "reference_int8.onnx", "--precision", "int8",
+                  "--calibration-samples", "4", "-o", tmp_path / "q")  # fmt: skip
+    assert res.returncode != 0 and "is already quantized; drop --calibration" in res.stderr
+    assert not (tmp_path / "q").exists()
