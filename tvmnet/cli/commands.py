@@ -153,9 +153,6 @@ def cmd_tune(args) -> int:
         retime=not args.no_retime,
         trials_per_iter=args.batch,
         layout=args.layout,
-        precision=args.precision,
-        calibration=args.calibration,
-        calibration_samples=args.calibration_samples,
     )
     for line in opts.display().splitlines():
         say(line)

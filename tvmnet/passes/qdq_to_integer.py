@@ -1,0 +1,140 @@
+"""QdqToInteger: the quantized (QDQ) convolutions and the classifier computed on integers.
+
+A QDQ model (ONNX Runtime's ``quantize_static``) says what each layer means in float: dequantize
+the uint8 input and the int8 weights, convolve in float, add the dequantized int32 bias,
+quantize to uint8. Before (every conv2d: stem, depthwise, pointwise)::
+
+    x = R.dequantize(xq, sx, zx)                   # uint8 -> float32, one scale per tensor
+    w = R.dequantize(Wq, sw, 0, axis=0)            # int8 constant, one scale per output channel
+    y = R.nn.conv2d(x, w, ...)
+    b = R.reshape(R.dequantize(Bq, sx * sw, 0), (1, O, 1, 1))   # int32 constant
+    yq = R.quantize(R.add(y, b), so, zo)           # -> uint8 (ReLU is the clamp at zo)
+
+After::
+
+    acc = R.nn.conv2d(R.astype(xq, "int32") - zx, Wq, ..., out_dtype="int32")   # exact
+    yq = R.quantize(R.astype(acc + Bq, "float32") * (sx * sw), so, zo)
+
+The accumulation is exact int32 (int8 x uint8 products; the zero point is taken off before the
+padding, so the padded border adds nothing, as in float); the bias is added in int32; the float
+scale survives only in the requantize epilogue of the same kernel, so uint8 travels between the
+layers and no float tensor does. The classifier (``matmul`` with the transposed dequantized
+weights, then the bias) is rewritten the same way. A rewrite happens only where the bias scale is
+the product of the input's and the weights' scales, as the quantizer makes it; anything else is
+left as it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+from tvmnet.passes._common import rewrite_relax_functions
+
+
+def _const(expr):
+    """The numpy value of a Relax constant, or None."""
+    return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) else None
+
+
+def _scalar(expr):
+    v = _const(expr)
+    return None if v is None or v.size != 1 else v.reshape(())
+
+
+class _Layer:
+    """The patterns of one quantized layer's pieces, so that a match reads each of them."""
+
+    def __init__(self):
+        self.xq, self.sx, self.zx = wildcard(), is_const(), is_const()
+        self.wq, self.sw, self.zw = is_const(), is_const(), is_const()
+        self.bq, self.sb, self.zb = is_const(), is_const(), is_const()
+        self.x = is_op("relax.dequantize")(self.xq, self.sx, self.zx)
+        self.w = is_op("relax.dequantize")(self.wq, self.sw, self.zw)
+        self.b = is_op("relax.dequantize")(self.bq, self.sb, self.zb)
+
+    def parts(self, m):
+        """(xq, zx, Wq, Bq, bias scale) when the layer is the quantizer's, else None."""
+        sx, zx = _scalar(m[self.sx]), _scalar(m[self.zx])
+        wq, sw, zw = _const(m[self.wq]), _const(m[self.sw]), _const(m[self.zw])
+        bq, sb, zb = _const(m[self.bq]), _const(m[self.sb]), _const(m[self.zb])
+        xq = m[self.xq]
+        if sx is None or zx is None or xq.ty.dtype not in ("uint8", "int8"):
+            return None
+        if wq.dtype != "int8" or bq.dtype != "int32" or np.any(zw != 0) or np.any(zb != 0):
+            return None  # symmetric int8 weights and an int32 bias, as quantize_static makes them
+        if not np.allclose(sb.astype(np.float64), (sx * sw).astype(np.float64), rtol=1e-6, atol=0):
+            return None  # the bias does not share the accumulator's scale: an integer add would change it
+        return xq, int(zx), wq, bq, sb.astype("float32")
+
+
+def _requantize(acc, bias_q, scale, quant, shape):
+    """quantize(float(acc + bias) * scale) with the layer's own output scale and zero point."""
+    summed = relax.op.add(acc, relax.const(bias_q.reshape(shape), "int32"))
+    real = relax.op.multiply(relax.op.astype(summed, "float32"), relax.const(scale.reshape(shape), "float32"))
+    return relax.op.quantize(
+        real, quant.args[1], quant.args[2], axis=int(quant.attrs.axis), out_dtype=quant.attrs.out_dtype
+    )
+
+
+def _centred(xq, zx: int):
+    x = relax.op.astype(xq, "int32")
+    return relax.op.subtract(x, relax.const(zx, "int32")) if zx else x
+
+
+def _rewrite_function(func: relax.Function) -> relax.Function:
+    conv = _Layer()
+    conv_call = is_op("relax.nn.conv2d")(conv.x, conv.w)
+    conv_out = is_op("relax.quantize")(
+        is_op("relax.add")(conv_call, is_op("relax.reshape")(conv.b, wildcard())), is_const(), is_const()
+    )
+
+    def conv_rewriter(expr, m):
+        a, quant = m[conv_call].attrs, m[conv_out]
+        parts = conv.parts(m)
+        if parts is None or (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW"):
+            return expr
+        xq, zx, wq, bq, sb = parts
+        acc = relax.op.nn.conv2d(
+            _centred(xq, zx),
+            relax.const(wq.astype("int32"), "int32"),
+            strides=a.strides,
+            padding=a.padding,
+            dilation=a.dilation,
+            groups=a.groups,
+            data_layout="NCHW",
+            kernel_layout="OIHW",
+            out_layout="NCHW",
+            out_dtype="int32",
+        )
+        return _requantize(acc, bq, sb, quant, (1, -1, 1, 1))
+
+    func = rewrite_call(conv_out, conv_rewriter, func)
+
+    fc = _Layer()
+    transposed = is_op("relax.permute_dims")(fc.w)
+    fc_out = is_op("relax.quantize")(
+        is_op("relax.add")(is_op("relax.matmul")(fc.x, transposed), fc.b), is_const(), is_const()
+    )
+
+    def fc_rewriter(expr, m):
+        parts = fc.parts(m)
+        axes = m[transposed].attrs.axes
+        if parts is None or (axes is not None and [int(v) for v in axes] != [1, 0]):
+            return expr
+        xq, zx, wq, bq, sb = parts
+        acc = relax.op.matmul(_centred(xq, zx), relax.const(wq.T.astype("int32"), "int32"), out_dtype="int32")
+        return _requantize(acc, bq, sb, m[fc_out], (1, -1))
+
+    return rewrite_call(fc_out, fc_rewriter, func)
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvmnet.QdqToInteger")
+class QdqToInteger:
+    """Rewrite every quantized conv2d and classifier of a QDQ graph into integer arithmetic."""
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        new = rewrite_relax_functions(mod, _rewrite_function)
+        return relax.transform.DeadCodeElimination()(new) if new is not mod else mod
