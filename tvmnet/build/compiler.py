@@ -104,8 +104,11 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
 
             opts = graph_options(opts)
             onnx_path, quant = quantized_onnx(opts, Path(qdir), say)
-            say("importing the quantized model (QDQ)")
+            from tvmnet.passes.qdq_to_integer import QdqToInteger
+
+            say("importing the quantized model (QDQ) and rewriting its layers into integer arithmetic")
             mod, input_name, input_shape, _ = import_model(opts.model, onnx_path)
+            mod = QdqToInteger()(mod)
             model_info = quant.pop("model_info")
         else:
             say("importing model")
@@ -127,7 +130,7 @@ def _build(opts, mod, input_name, input_shape, model_info, quant, say, t0) -> Ar
     if quant is not None and not choice.kernels_tuned:
         log_note = (
             f"int8: {len(kernels)} kernels with default schedules (int8 kernels are not tuned yet and fp32 records "
-            "do not apply; the QDQ graph computes in float between its quantize steps): correct, not fast"
+            "do not apply): correct, not fast"
         )
     if choice.layout_choice:
         log_note += f"; layout {layout} applied ({choice.layout_choice['how']})"
@@ -169,7 +172,8 @@ def _build(opts, mod, input_name, input_shape, model_info, quant, say, t0) -> Ar
             "output": {"shape": list(out_shape), "dtype": "float32"},
             "library": LIBRARY,
             "library_elf_machine": machine,
-            "passes": ["FoldBatchNorm"]
+            "passes": (["QdqToInteger"] if quant is not None else [])
+            + ["FoldBatchNorm"]
             + (["ConvertLayout(NHWC)"] if layout == "NHWC" else [])
             + (["PointwiseToGemm"] if opts.gemm else [])
             + ([f"PrefetchWeights({prefetching} kernels)"] if prefetching else []),

@@ -67,16 +67,26 @@ class _Layer:
             return None  # symmetric int8 weights and an int32 bias, as quantize_static makes them
         if not np.allclose(sb.astype(np.float64), (sx * sw).astype(np.float64), rtol=1e-6, atol=0):
             return None  # the bias does not share the accumulator's scale: an integer add would change it
-        return xq, int(zx), wq, bq, sb.astype("float32")
+        return xq, int(zx), wq, bq, (np.float32(sx) * sw.astype(np.float32))
 
 
-def _requantize(acc, bias_q, scale, quant, shape):
-    """quantize(float(acc + bias) * scale) with the layer's own output scale and zero point."""
+def _requantize(acc, bias_q, multiplier, zero_point, out_dtype, shape):
+    """clamp(round_half_even(float(acc + bias) * multiplier) + zero_point) in ``out_dtype``: the
+    requantization of ONNX Runtime's integer kernels (MLAS), multiplier = sx * sw / so in float32."""
     summed = relax.op.add(acc, relax.const(bias_q.reshape(shape), "int32"))
-    real = relax.op.multiply(relax.op.astype(summed, "float32"), relax.const(scale.reshape(shape), "float32"))
-    return relax.op.quantize(
-        real, quant.args[1], quant.args[2], axis=int(quant.attrs.axis), out_dtype=quant.attrs.out_dtype
-    )
+    real = relax.op.multiply(relax.op.astype(summed, "float32"), relax.const(multiplier.reshape(shape), "float32"))
+    lo, hi = (0, 255) if out_dtype == "uint8" else (-128, 127)
+    shifted = relax.op.add(relax.op.round(real), relax.const(float(zero_point), "float32"))
+    return relax.op.astype(relax.op.clip(shifted, lo, hi), out_dtype)
+
+
+def _requant_like(acc, bias_q, acc_scale, quant, shape):
+    """The layer's own QuantizeLinear (scalar scale and zero point) as an integer requantization."""
+    so, zo = _scalar(quant.args[1]), _scalar(quant.args[2])
+    if so is None or zo is None:
+        return None
+    multiplier = (acc_scale / np.float32(so)).astype(np.float32)
+    return _requantize(acc, bias_q, multiplier, int(zo), str(quant.attrs.out_dtype), shape)
 
 
 def _centred(xq, zx: int):
@@ -109,7 +119,8 @@ def _rewrite_function(func: relax.Function) -> relax.Function:
             out_layout="NCHW",
             out_dtype="int32",
         )
-        return _requantize(acc, bq, sb, quant, (1, -1, 1, 1))
+        out = _requant_like(acc, bq, sb, quant, (1, -1, 1, 1))
+        return expr if out is None else out
 
     func = rewrite_call(conv_out, conv_rewriter, func)
 
@@ -126,7 +137,8 @@ def _rewrite_function(func: relax.Function) -> relax.Function:
             return expr
         xq, zx, wq, bq, sb = parts
         acc = relax.op.matmul(_centred(xq, zx), relax.const(wq.T.astype("int32"), "int32"), out_dtype="int32")
-        return _requantize(acc, bq, sb, m[fc_out], (1, -1))
+        out = _requant_like(acc, bq, sb, m[fc_out], (1, -1))
+        return expr if out is None else out
 
     return rewrite_call(fc_out, fc_rewriter, func)
 
