@@ -150,7 +150,9 @@ def test_a_failing_bench_under_load_ends_its_busy_processes(monkeypatch, tmp_pat
         def close(self):
             pass
 
-    art = SimpleNamespace(path=tmp_path, target={"target": {"num-cores": 2}, "device": "cpu"}, input_shape=(1, 3))
+    art = SimpleNamespace(
+        path=tmp_path, target={"target": {"num-cores": 2}, "device": "cpu"}, input_shape=(1, 3), metadata={}
+    )
     monkeypatch.setattr(bench, "load_artifact", lambda p: art)
     monkeypatch.setattr(bench, "machine_info", lambda a: {"cpu": "test", "class": "test"})
     monkeypatch.setattr(bench, "select_engines", lambda o, a: (["tvmnet", "onnxruntime"], []))

@@ -251,3 +251,23 @@ def test_qdq_to_integer_computes_the_integer_layer_exactly_and_leaves_a_foreign_
     assert np.abs(ours.astype(int) - floats.astype(int)).max() <= 1  # the float QDQ graph: a tie at most
     odd, _, _ = _qdq_conv_layer(bias_scale_off=1.5)  # the bias is not on the accumulator's scale
     tvm.ir.assert_structural_equal(QdqToInteger()(odd), odd)
+
+
+# ------------------------------------------------------------------------------------------ bench
+
+
+@pytest.mark.e2e
+def test_bench_times_an_int8_artifact_beside_ort_int8_and_tvmnets_fp32_build(int8_small, x86_small, tmp_path):
+    out, _ = int8_small
+    fig = tmp_path / "bench.json"
+    res = run_cli("bench", out, "--fp32", x86_small, "--engines", "tvmnet,onnxruntime", "--rounds", "2", "--runs", "3",
+                  "--warmup", "1", "--json", fig)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "tvmnet (TVM) int8" in res.stdout and "ONNX Runtime int8" in res.stdout and "tvmnet fp32 build" in res.stdout
+    data = json.loads(fig.read_text())
+    assert data["precision"] == "int8" and set(data["engines"]) == {"tvmnet", "tvmnet-fp32", "onnxruntime"}
+    step = 0.1  # the output step of 0.25-96 is ~0.02: ORT's integer kernels on the same model agree within it
+    assert data["engines"]["onnxruntime"]["max_abs_diff"] <= step
+    assert "the artifact's int8 QDQ model" in data["engines"]["onnxruntime"]["note"]
+    bad = run_cli("bench", x86_small, "--fp32", x86_small, "--rounds", "1")
+    assert bad.returncode != 0 and "--fp32 DIR times tvmnet's fp32 build beside an int8 artifact" in bad.stderr

@@ -306,6 +306,7 @@ def cmd_bench(args) -> int:
         warmup=args.warmup,
         engines=engines,
         busy=args.busy,
+        fp32=args.fp32,
     )
     if _estimate_instead(args.artifact, args, "printing the cost proxy's estimate instead of timing it"):
         return 0

@@ -250,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="time every engine with N busy-loop processes beside it (default 0: an idle machine); they end "
         "with the bench, whatever happens",
     )
+    s.add_argument(
+        "--fp32",
+        type=Path,
+        metavar="DIR",
+        help="beside an int8 artifact: time tvmnet's fp32 build of the same model too (compiled without --precision int8)",
+    )
     s.add_argument("--json", metavar="FILE", help="write the figures to FILE")
     s.set_defaults(func=c.cmd_bench)
 

@@ -39,15 +39,29 @@ from tvmnet.core.errors import TvmnetError, UsageError
 from tvmnet.core.threads import RUN_ENV
 from tvmnet.run.load import busy_neighbours
 
-ENGINES = ("tvmnet", "pytorch", "onnxruntime", "executorch")
+ENGINES = ("tvmnet", "tvmnet-fp32", "pytorch", "onnxruntime", "executorch")
 LABELS = {
     "tvmnet": "tvmnet (TVM)",
+    "tvmnet-fp32": "tvmnet fp32 build",
     "pytorch": "PyTorch eager",
     "onnxruntime": "ONNX Runtime",
     "executorch": "ExecuTorch XNNPACK",
 }
 EXECUTORCH_INSTALL = 'pip install -e ".[executorch]" torch==2.13.0'
-PACKAGES = {"tvmnet": "apache-tvm", "pytorch": "torch", "onnxruntime": "onnxruntime", "executorch": "executorch"}
+PACKAGES = {
+    "tvmnet": "apache-tvm",
+    "tvmnet-fp32": "apache-tvm",
+    "pytorch": "torch",
+    "onnxruntime": "onnxruntime",
+    "executorch": "executorch",
+}
+
+
+def label(engine: str, precision: str = "fp32") -> str:
+    """An engine's name in the table; beside an int8 artifact, with the precision each one runs."""
+    if precision != "int8":
+        return LABELS[engine]
+    return LABELS[engine] + (" fp32" if engine == "pytorch" else "" if engine == "tvmnet-fp32" else " int8")
 
 
 def executorch_installed() -> bool:
@@ -63,6 +77,7 @@ class BenchOptions:
     warmup: int = 10
     engines: Optional[Tuple[str, ...]] = None  # None: all of ENGINES installed here
     busy: int = 0  # busy-loop processes running beside every engine's timing (run/load.py)
+    fp32: Optional[Path] = None  # tvmnet's fp32 build of the same model, timed beside an int8 artifact
 
     def __post_init__(self):
         if self.busy < 0:
@@ -91,6 +106,7 @@ class BenchResult:
     versions: Dict[str, str] = field(default_factory=dict)
     rounds: int = 0
     busy: int = 0
+    precision: str = "fp32"
 
     def median(self, e) -> float:
         return statistics.median(self.samples[e])
@@ -115,13 +131,13 @@ class BenchResult:
             f"{self.artifact}: input {self.input_shape}, {self.threads} thread(s), {self.rounds} round(s), "
             f"{len(self.samples['tvmnet'])} timed runs per engine, each engine in its own process"
             + (f"; under load: {self.busy} busy process(es) beside every engine" if self.busy else ""),
-            f"{'engine':<20}{'median ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'tvmnet/engine':>15}{'per round':>11}"
+            f"{'engine':<24}{'median ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'tvmnet/engine':>15}{'per round':>11}"
             f"{'max|diff|':>12}",
         ]
         for e in self.samples:
             diff = "" if e == "tvmnet" else f"{self.max_abs_diff.get(e, float('nan')):.1e}"
             lines.append(
-                f"{LABELS[e]:<20}{self.median(e):>10.3f}{self.p90(e):>10.3f}{self.p99(e):>10.3f}"
+                f"{label(e, self.precision):<24}{self.median(e):>10.3f}{self.p90(e):>10.3f}{self.p99(e):>10.3f}"
                 f"{ours / self.median(e):>14.2f}x{self.per_round(e):>10.2f}x{diff:>12}"
             )
         lines.append(
@@ -138,6 +154,7 @@ class BenchResult:
             "input_shape": list(self.input_shape),
             "rounds": self.rounds,
             "busy": self.busy,
+            "precision": self.precision,
             "pid": os.getpid(),
             "versions": self.versions,
             "engines": {
@@ -181,6 +198,12 @@ def select_engines(opts: BenchOptions, art) -> Tuple[List[str], List[str]]:
             f"{' and '.join(LABELS[e] for e in torch_based)}"
         )
         wanted = [e for e in wanted if e not in torch_based]
+    if opts.fp32 is None:
+        if opts.engines is not None and "tvmnet-fp32" in opts.engines:
+            raise UsageError("--engines tvmnet-fp32 needs --fp32 DIR, tvmnet's fp32 build of the same model")
+        wanted = [e for e in wanted if e != "tvmnet-fp32"]
+    elif "tvmnet-fp32" not in wanted:
+        wanted.append("tvmnet-fp32")
     if opts.engines is None and "executorch" in wanted and not executorch_installed():
         wanted.remove("executorch")
         notes.append(f"ExecuTorch is not installed: skipped (install it with `{EXECUTORCH_INSTALL}`)")
@@ -190,7 +213,9 @@ def select_engines(opts: BenchOptions, art) -> Tuple[List[str], List[str]]:
 class _Worker:
     """One engine in its own process (``tvmnet.run.bench_worker``), driven line by line over pipes."""
 
-    def __init__(self, engine: str, art, input_path: Path, workdir: Path, threads: int, warmup: int, runs: int):
+    def __init__(
+        self, engine: str, art_path: Path, input_path: Path, workdir: Path, threads: int, warmup: int, runs: int
+    ):
         self.engine = engine
         self.log = workdir / f"{engine}.log"
         env = dict(os.environ, TVM_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
@@ -203,7 +228,7 @@ class _Worker:
             "-m",
             "tvmnet.run.bench_worker",
             engine,
-            str(art.path),
+            str(art_path),
             str(input_path),
             str(workdir),
             "--threads",
@@ -259,15 +284,31 @@ class _Worker:
             self.proc.wait()
 
 
+def _check_fp32_beside(art, fp32) -> None:
+    """--fp32 DIR: an fp32 build of the model the int8 artifact quantized, for this same machine."""
+    if art.metadata.get("precision") != "int8" or fp32.metadata.get("precision", "fp32") != "fp32":
+        raise UsageError(
+            "--fp32 DIR times tvmnet's fp32 build beside an int8 artifact; pass an int8 artifact and an fp32 one"
+        )
+    keys = ("source", "alpha", "resolution", "num_classes", "seed", "weights_sha256")
+    if fp32.input_shape != art.input_shape or any(fp32.model.get(k) != art.model.get(k) for k in keys):
+        raise UsageError(
+            f"--fp32 {fp32.path} is another model than {art.path}; compile the same model without --precision int8"
+        )
+
+
 def run_bench(opts: BenchOptions, say=print) -> BenchResult:
     art = load_artifact(opts.artifact)
     threads = opts.threads or int(art.target["target"].get("num-cores") or 1)
     engines, notes = select_engines(opts, art)
     for note in notes:
         say(note)
+    if opts.fp32 is not None:
+        _check_fp32_beside(art, load_artifact(opts.fp32))
     res = BenchResult(
-        str(art.path), threads, art.input_shape, machine=machine_info(art), rounds=opts.rounds, busy=opts.busy
-    )
+        str(art.path), threads, art.input_shape, machine=machine_info(art), rounds=opts.rounds, busy=opts.busy,
+        precision=art.metadata.get("precision", "fp32"),
+    )  # fmt: skip
     say(f"machine: {res.machine['cpu']}; target class {res.machine['class']}")
     x = np.random.default_rng(0).standard_normal(art.input_shape).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="tvmnet-bench-") as tmp:
@@ -277,7 +318,8 @@ def run_bench(opts: BenchOptions, say=print) -> BenchResult:
         try:
             for e in engines:  # one at a time: no load, export or warm-up overlaps another engine
                 say(f"loading {LABELS[e]} in its own process")
-                workers[e] = _Worker(e, art, workdir / "input.npy", workdir, threads, opts.warmup, opts.runs)
+                path = Path(opts.fp32) if e == "tvmnet-fp32" else art.path
+                workers[e] = _Worker(e, path, workdir / "input.npy", workdir, threads, opts.warmup, opts.runs)
                 res.workers[e] = workers[e].ready()
                 w = res.workers[e]
                 say(f"{LABELS[e]}: pid {w['pid']}, {w['threads'] or '-'} thread(s), {w['note']}")

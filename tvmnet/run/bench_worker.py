@@ -72,8 +72,14 @@ def _pytorch(art, x, threads, workdir):
     return run, run().numpy(), {"threads": torch.get_num_threads(), "note": "intra-op threads"}
 
 
+def _int8(art) -> bool:
+    return art.metadata.get("precision") == "int8"
+
+
 def _onnxruntime(art, x, threads, workdir):
-    if art.model["source"] == "onnx":
+    if _int8(art):  # the artifact's own quantized model (QDQ): ORT runs it with its integer kernels
+        path = str(art.path / art.metadata["quantization"]["reference"])
+    elif art.model["source"] == "onnx":
         path = art.model["onnx"]
     else:
         from tvmnet.frontend import export_onnx
@@ -93,7 +99,28 @@ def _onnxruntime(art, x, threads, workdir):
     def run():
         return sess.run(None, feed)
 
-    return run, run()[0], {"threads": threads, "note": "intra-op threads, inter-op 1"}
+    note = "intra-op threads, inter-op 1" + ("; the artifact's int8 QDQ model" if _int8(art) else "")
+    return run, run()[0], {"threads": threads, "note": note}
+
+
+def _xnnpack_int8(model, tx, art):
+    """The model quantized by PyTorch's PT2E flow with XNNPACK's quantizer (int8, per-channel
+    symmetric weights), calibrated on seeded samples like the artifact's."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    cal = art.metadata["quantization"].get("calibration", {})
+    count = int(cal.get("count") or 32) if cal.get("source") == "seeded samples" else 32
+    rng = np.random.default_rng(int(cal.get("seed") or 0))
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(torch.export.export(model, (tx,)).module(), quantizer)
+    for _ in range(count):
+        prepared(torch.from_numpy(rng.standard_normal(tuple(tx.shape)).astype(np.float32)))
+    return convert_pt2e(prepared), f"PT2E XNNPACKQuantizer int8 per-channel, {count} seeded calibration samples"
 
 
 def _executorch(art, x, threads, workdir):
@@ -109,8 +136,11 @@ def _executorch(art, x, threads, workdir):
     torch.set_num_threads(threads)  # the export only; the program runs on XNNPACK's pool
     model = build_model(reference_model_config(art)).eval()
     tx = torch.from_numpy(x)
+    quant_note = ""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if _int8(art):
+            model, quant_note = _xnnpack_int8(model, tx, art)
         lowered = to_edge_transform_and_lower(torch.export.export(model, (tx,)), partitioner=[XnnpackPartitioner()])
     graph = lowered.exported_program().graph
     outside = sorted(
@@ -133,12 +163,20 @@ def _executorch(art, x, threads, workdir):
         return method.execute(inputs)
 
     note = "XNNPACK runs every op" if not outside else f"outside XNNPACK: {', '.join(outside)}"
+    note += f"; {quant_note}" if quant_note else ""
     if reset is None:
         note += "; no thread control in this ExecuTorch (its default pool)"
     return run, run()[0].numpy(), {"threads": count() if count else None, "note": note}
 
 
-LOADERS = {"tvmnet": _tvmnet, "pytorch": _pytorch, "onnxruntime": _onnxruntime, "executorch": _executorch}
+# tvmnet-fp32: tvmnet's own fp32 build of the same model, beside an int8 artifact (bench --fp32 DIR)
+LOADERS = {
+    "tvmnet": _tvmnet,
+    "tvmnet-fp32": _tvmnet,
+    "pytorch": _pytorch,
+    "onnxruntime": _onnxruntime,
+    "executorch": _executorch,
+}
 
 
 def serve(
