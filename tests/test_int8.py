@@ -206,12 +206,10 @@ def test_qdq_to_integer_structure():
     x = relax.Var("x", relax.TensorType((1, 2, 5, 5), "uint8"))
     with bb.function("main", [x]):
         with bb.dataflow():
-            xi = bb.emit(relax.op.astype(x, "int32"))
-            xc = bb.emit(relax.op.subtract(xi, relax.const(3, "int32")))
-            acc = bb.emit(
-                relax.op.nn.conv2d(xc, relax.const(c["w"].astype("int32")), padding=[1, 1, 1, 1], out_dtype="int32")
-            )
-            s = bb.emit(relax.op.add(acc, relax.const(c["b"].reshape(1, -1, 1, 1))))
+            xp = bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, 1, 1, 1, 1], pad_value=3.0))  # the zero point
+            acc = bb.emit(relax.op.nn.conv2d(xp, relax.const(c["w"]), padding=[0, 0, 0, 0], out_dtype="int32"))
+            folded = c["b"] - 3 * c["w"].astype(np.int64).reshape(4, -1).sum(axis=1)
+            s = bb.emit(relax.op.add(acc, relax.const(folded.astype("int32").reshape(1, -1, 1, 1))))
             m = ((c["sx"] * c["sw"]) / c["so"]).astype("float32").reshape(1, -1, 1, 1)
             f = bb.emit(relax.op.multiply(relax.op.astype(s, "float32"), relax.const(m)))
             f = bb.emit(relax.op.add(relax.op.round(f), relax.const(7.0, "float32")))

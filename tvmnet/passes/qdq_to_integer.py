@@ -12,14 +12,20 @@ quantize to uint8. Before (every conv2d: stem, depthwise, pointwise)::
 
 After::
 
-    acc = R.nn.conv2d(R.astype(xq, "int32") - zx, Wq, ..., out_dtype="int32")   # exact
-    yq = R.quantize(R.astype(acc + Bq, "float32") * (sx * sw), so, zo)
+    xp = R.nn.pad(xq, ..., pad_value=zx)             # the border holds the zero point (3x3 convs)
+    acc = R.nn.conv2d(xp, Wq, padding=0, out_dtype="int32")       # uint8 x int8 -> int32, exact
+    y = astype(clip(round(astype(acc + B', "float32") * M) + zo, 0, 255), "uint8")
 
-The accumulation is exact int32 (int8 x uint8 products; the zero point is taken off before the
-padding, so the padded border adds nothing, as in float); the bias is added in int32; the float
-scale survives only in the requantize epilogue of the same kernel, so uint8 travels between the
-layers and no float tensor does. The classifier (``matmul`` with the transposed dequantized
-weights, then the bias) is rewritten the same way. A rewrite happens only where the bias scale is
+where ``B' = Bq - zx * sum(Wq[o])`` (sum over k of (x - zx) w = sum x w - zx sum w, so the
+zero point costs nothing per pixel) and ``M = sx * sw / so`` in float32: ONNX Runtime's own
+requantization (its integer kernels: float multiplier, round half to even, zero point, clamp),
+which makes the two bit-identical. The convolution reads the uint8 activations and the int8
+weights as they are, the operand types of VNNI's ``vpdpbusd``; uint8 travels between the layers
+and no float tensor does (the float multiplier lives in the epilogue of the same kernel). The
+classifier (``matmul`` with the transposed dequantized weights, then the bias) is rewritten the
+same way.
+
+A rewrite happens only where the bias scale is
 the product of the input's and the weights' scales, as the quantizer makes it; anything else is
 left as it is.
 """
@@ -89,11 +95,6 @@ def _requant_like(acc, bias_q, acc_scale, quant, shape):
     return _requantize(acc, bias_q, multiplier, int(zo), str(quant.attrs.out_dtype), shape)
 
 
-def _centred(xq, zx: int):
-    x = relax.op.astype(xq, "int32")
-    return relax.op.subtract(x, relax.const(zx, "int32")) if zx else x
-
-
 def _rewrite_function(func: relax.Function) -> relax.Function:
     conv = _Layer()
     conv_call = is_op("relax.nn.conv2d")(conv.x, conv.w)
@@ -107,11 +108,14 @@ def _rewrite_function(func: relax.Function) -> relax.Function:
         if parts is None or (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW"):
             return expr
         xq, zx, wq, bq, sb = parts
+        top, left, bottom, right = (int(v) for v in a.padding)
+        if zx and (top or left or bottom or right):  # the border holds the zero point: it adds nothing below
+            xq = relax.op.nn.pad(xq, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(zx))
         acc = relax.op.nn.conv2d(
-            _centred(xq, zx),
-            relax.const(wq.astype("int32"), "int32"),
+            xq,
+            relax.const(wq, "int8"),
             strides=a.strides,
-            padding=a.padding,
+            padding=[0, 0, 0, 0] if zx else a.padding,
             dilation=a.dilation,
             groups=a.groups,
             data_layout="NCHW",
@@ -119,7 +123,9 @@ def _rewrite_function(func: relax.Function) -> relax.Function:
             out_layout="NCHW",
             out_dtype="int32",
         )
-        out = _requant_like(acc, bq, sb, quant, (1, -1, 1, 1))
+        # sum over k of (x - zx) w = sum x w - zx * sum w: the second term joins the bias
+        folded = bq.astype(np.int64) - zx * wq.astype(np.int64).reshape(wq.shape[0], -1).sum(axis=1)
+        out = _requant_like(acc, folded.astype(np.int32), sb, quant, (1, -1, 1, 1))
         return expr if out is None else out
 
     func = rewrite_call(conv_out, conv_rewriter, func)
@@ -136,8 +142,9 @@ def _rewrite_function(func: relax.Function) -> relax.Function:
         if parts is None or (axes is not None and [int(v) for v in axes] != [1, 0]):
             return expr
         xq, zx, wq, bq, sb = parts
-        acc = relax.op.matmul(_centred(xq, zx), relax.const(wq.T.astype("int32"), "int32"), out_dtype="int32")
-        out = _requant_like(acc, bq, sb, m[fc_out], (1, -1))
+        acc = relax.op.matmul(xq, relax.const(np.ascontiguousarray(wq.T), "int8"), out_dtype="int32")
+        folded = bq.astype(np.int64) - zx * wq.astype(np.int64).sum(axis=1)
+        out = _requant_like(acc, folded.astype(np.int32), sb, m[fc_out], (1, -1))
         return expr if out is None else out
 
     return rewrite_call(fc_out, fc_rewriter, func)
