@@ -269,3 +269,37 @@ def test_bench_times_an_int8_artifact_beside_ort_int8_and_tvmnets_fp32_build(int
     assert "the artifact's int8 QDQ model" in data["engines"]["onnxruntime"]["note"]
     bad = run_cli("bench", x86_small, "--fp32", x86_small, "--rounds", "1")
     assert bad.returncode != 0 and "--fp32 DIR times tvmnet's fp32 build beside an int8 artifact" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- the extended run
+
+
+@pytest.mark.e2e
+@pytest.mark.slow  # extended run: ~1 min (two int8 builds of the real sizes, validated)
+@pytest.mark.parametrize("alpha", ["0.5", "1.0"])
+def test_int8_224_validates_against_ort_int8(alpha, tmp_path):
+    out = tmp_path / f"q{alpha}"
+    res = run_cli("compile", "--alpha", alpha, "--precision", "int8", "--calibration-samples", "8", "-o", out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = run_cli("validate", out, "--json")
+    rep = json.loads(res.stdout)
+    assert res.returncode == 0 and rep["ok"] and rep["max_abs"] <= rep["atol"], rep
+
+
+@pytest.mark.e2e
+@pytest.mark.tune
+@pytest.mark.slow  # extended run: ~1 min (a tiny real int8 tune)
+def test_an_int8_tune_writes_records_that_the_int8_compile_applies(tmp_path):
+    from conftest import host_class
+
+    logs = tmp_path / "logs"
+    res = run_cli("tune", "--alpha", "0.25", "--resolution", "32", "--precision", "int8", "--trials", "24",
+                  "--log-dir", logs, "--no-progress")  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = tmp_path / "q"
+    res = run_cli("compile", "--alpha", "0.25", "--resolution", "32", "--precision", "int8",
+                  "--tuning-log", logs / host_class(), "-o", out)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["tuning"]["kernels_tuned"] > 0  # the int8 kernels' own records, measured here
+    assert run_cli("validate", out).returncode == 0

@@ -148,6 +148,7 @@ def cmd_tune(args) -> int:
         warm_top_k=args.warm_top_k,
         minutes=args.minutes,
         only_untuned=args.only_untuned,
+        precision=args.precision,
         seeds=not args.no_seeds,
         estimate=args.estimate,
         retime=not args.no_retime,

@@ -157,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--only-untuned", action="store_true", help="tune only the kernels without a record in this machine class's log"
     )
     s.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="int8: tune the integer kernels `compile --precision int8` builds (the search alone; their records "
+        "join the class's log beside the fp32 ones)",
+    )
+    s.add_argument(
         "--no-seeds",
         action="store_true",
         help="skip the seed phase: by default a real tune first measures a grid of register-blocked "

@@ -63,6 +63,8 @@ def recipe_applies(opts) -> Optional[str]:
     """Why ``opts`` asks for the bare search rather than the recipe, or None."""
     if opts.kernels:
         return "--kernels tunes chosen kernels only"
+    if getattr(opts, "precision", "fp32") == "int8":
+        return "int8 kernels are tuned by the search alone for now"
     if opts.estimate or opts.rpc is not None:
         return "the recipe times builds of the whole model on this machine"
     why = opts.target.host_mismatch()

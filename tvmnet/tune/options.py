@@ -45,6 +45,10 @@ class TuneOptions:
     seeds: bool = True  # measure our register-blocked GEMM micro-kernels first
     estimate: bool = False  # score candidates with the cost proxy, nothing run (tvmnet/proxy/tuning.py)
     retime: bool = True  # a resumed tune re-measures each kernel's best records first
+    precision: str = "fp32"  # int8: the integer kernels of the quantized model (seeded calibration)
+    onnx: Optional[Path] = None  # the quantizer's input when not the zoo model (unused by tune today)
+    calibration: Optional[Path] = None  # int8: the scales only; the kernels do not depend on them
+    calibration_samples: Optional[int] = None
 
     def __post_init__(self):
         if self.trials < 1:

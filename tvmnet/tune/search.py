@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from tvmnet.core.errors import DeviceError, TuningLogError, UsageError, err_line
@@ -57,6 +58,17 @@ def prepare_tasks(opts: TuneOptions):
     from tvmnet.frontend import import_model
     from tvmnet.passes import pipeline
 
+    if opts.precision == "int8":  # the kernels `compile --precision int8` builds (build/int8.py)
+        import tempfile
+
+        from tvmnet.passes.qdq_to_integer import QdqToInteger
+        from tvmnet.quantize.model import quantized_onnx
+
+        with tempfile.TemporaryDirectory(prefix="tvmnet-int8-") as tmp:
+            path, _ = quantized_onnx(opts, Path(tmp), lambda msg: None)
+            mod, *_ = import_model(opts.model, path)
+        mod = pipeline.lower_to_tir(QdqToInteger()(mod), opts.target, gemm=False, layout="NCHW")
+        return mod, extract_tasks(mod, opts.target)
     mod, *_ = import_model(opts.model)
     mod = pipeline.lower_to_tir(mod, opts.target, gemm=opts.gemm, layout=opts.layout)
     return mod, extract_tasks(mod, opts.target)
@@ -121,7 +133,7 @@ def tune_model(opts: TuneOptions, say=print, measurer: Optional[Measurer] = None
         spec,
         measured_on=measured_on,
         estimated=opts.estimate,
-        generation=generation(opts.layout or spec.default_layout, opts.gemm),
+        generation=generation(opts.layout or spec.default_layout, opts.gemm, opts.precision),
     )
     target = spec.tvm_target()
 
