@@ -71,6 +71,7 @@ def test_arm_cross_build_is_aarch64_and_refused_locally(tmp_path):
     assert elf_machine(out / "model.so") == "aarch64"
     raw = (out / "model.so").read_bytes()
     assert int.from_bytes(raw[18:20], "little") == 183
+    assert b"TVM_THREAD_POOL_SPIN_COUNT" in raw and b"TVM_BIND_THREADS" in raw  # the policy travels to the board
     meta = load_artifact(out).metadata
     assert meta["target"]["target"]["mcpu"] == "cortex-a72" and meta["target"]["cross_compiler"]
     res = run_cli("validate", out)
@@ -149,3 +150,31 @@ def test_python_api(tmp_path):
 
     art = compile_model(CompileOptions(ModelConfig(0.25, 32), load_target("x86"), tmp_path / "api", tuning_log=None))
     assert art.library.is_file() and art.metadata["model"]["resolution"] == 32
+
+
+@pytest.mark.e2e
+def test_the_library_carries_the_thread_policy_to_whatever_process_loads_it(x86_small):
+    """A board's RPC server takes no environment from us: the model's library sets tvmnet's thread
+    policy itself when loaded (unless set), before TVM's pool starts in that process."""
+    import os
+    import subprocess
+    import sys
+
+    from tvmnet.core.threads import RUN_ENV
+
+    probe = (
+        "import ctypes, sys\n"
+        "ctypes.CDLL(sys.argv[1])\n"  # what the RPC server's load_module does: dlopen
+        "getenv = ctypes.CDLL(None).getenv\n"
+        "getenv.restype = ctypes.c_char_p\n"
+        "print(*[(getenv(k.encode()) or b'-').decode() for k in sys.argv[2:]])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in RUN_ENV}
+    lib = str(x86_small / "model.so")
+    out = subprocess.run([sys.executable, "-c", probe, lib, *RUN_ENV], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split() == list(RUN_ENV.values()), out.stderr
+    env["TVM_BIND_THREADS"] = "1"  # an explicit setting wins
+    out = subprocess.run(
+        [sys.executable, "-c", probe, lib, "TVM_BIND_THREADS"], env=env, capture_output=True, text=True
+    )
+    assert out.stdout.split() == ["1"]

@@ -212,7 +212,7 @@ def test_qdq_to_integer_structure():
             s = bb.emit(relax.op.add(acc, relax.const(folded.astype("int32").reshape(1, -1, 1, 1))))
             m = ((c["sx"] * c["sw"]) / c["so"]).astype("float32").reshape(1, -1, 1, 1)
             f = bb.emit(relax.op.multiply(relax.op.astype(s, "float32"), relax.const(m)))
-            f = bb.emit(relax.op.add(relax.op.round(f), relax.const(7.0, "float32")))
+            f = bb.emit(relax.op.add(relax.op.round(f), relax.const(np.full((1, 1, 1, 1), 7, "float32"))))
             out = bb.emit_output(relax.op.astype(relax.op.clip(f, 0, 255), "uint8"))
         bb.emit_func_output(out)
     after = QdqToInteger()(before)
@@ -248,7 +248,26 @@ def test_qdq_to_integer_computes_the_integer_layer_exactly_and_leaves_a_foreign_
     assert ours.dtype == np.uint8 and np.array_equal(ours, want)
     assert np.abs(ours.astype(int) - floats.astype(int)).max() <= 1  # the float QDQ graph: a tie at most
     odd, _, _ = _qdq_conv_layer(bias_scale_off=1.5)  # the bias is not on the accumulator's scale
-    tvm.ir.assert_structural_equal(QdqToInteger()(odd), odd)
+    kept = QdqToInteger()(odd).script()
+    assert 'out_dtype="int32"' not in kept and "R.nn.conv2d" in kept and "R.dequantize" in kept  # left in float
+
+
+@pytest.mark.e2e
+def test_the_int8_kernels_do_not_depend_on_the_calibration():
+    """A tune calibrates on seeded samples, a user's compile on images: the same kernels (the scales
+    and zero points are kernel arguments, never numbers written into the code), so the records apply."""
+    from tvmnet.core.config import ModelConfig
+    from tvmnet.core.targets import load_target
+    from tvmnet.tune.options import TuneOptions
+    from tvmnet.tune.search import prepare_tasks
+
+    spec = load_target("x86")
+    kernels = []
+    for n in (2, 5):
+        opts = TuneOptions(ModelConfig(alpha=0.25, resolution=32), spec, precision="int8", calibration_samples=n)
+        _, tasks = prepare_tasks(opts)
+        kernels.append({t.task_name: t.dispatched[0].script() for t in tasks})
+    assert len(kernels[0]) >= 20 and kernels[0] == kernels[1]
 
 
 # ------------------------------------------------------------------------------------------ bench

@@ -8,6 +8,7 @@ import logging
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,14 +61,40 @@ def check_output_dir(out: Path) -> None:
         )
 
 
+def policy_object(spec: TargetSpec, workdir: Path) -> Path:
+    """An object file whose constructor sets tvmnet's thread policy (``core/threads.py``) in the
+    process that loads the library, unless already set, before TVM's pool starts there: a board's
+    RPC server gets it with the model, where no environment of ours reaches."""
+    from tvmnet.core.threads import RUN_ENV
+
+    src, obj = workdir / "tvmnet_policy.c", workdir / "tvmnet_policy.o"
+    calls = "".join(f'    setenv("{k}", "{v}", 0);\n' for k, v in RUN_ENV.items())
+    src.write_text(
+        "#include <stdlib.h>\n/* tvmnet's thread policy; an explicit setting wins (overwrite = 0) */\n"
+        f"__attribute__((constructor)) static void tvmnet_thread_policy(void) {{\n{calls}}}\n"
+    )
+    compiler = spec.cross_compiler or shutil.which("g++") or shutil.which("cc") or "g++"
+    try:
+        subprocess.run([compiler, "-x", "c", "-c", "-fPIC", "-O2", "-o", str(obj), str(src)], check=True,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as err:
+        detail = getattr(err, "stderr", None) or str(err)
+        raise ToolchainError(f"{compiler} could not build the thread-policy object: {detail.strip()[-300:]}") from err
+    return obj
+
+
 def export(ex, spec: TargetSpec, path: Path) -> None:
-    """Export a built executable as a shared library, cross-compiled where the target says so."""
+    """Export a built executable as a shared library, cross-compiled where the target says so,
+    with the thread policy inside (``policy_object``) for CPU targets."""
+    kwargs = {}
     if spec.cross_compiler:
         from tvm.support import cc
 
-        ex.export_library(str(path), fcompile=cc.cross_compiler(spec.cross_compiler))
-    else:
-        ex.export_library(str(path))
+        kwargs["fcompile"] = cc.cross_compiler(spec.cross_compiler)
+    with tempfile.TemporaryDirectory(prefix="tvmnet-policy-") as tmp:
+        if spec.is_cpu:
+            kwargs["addons"] = [str(policy_object(spec, Path(tmp)))]
+        ex.export_library(str(path), **kwargs)
 
 
 def elf_machine(path: Path) -> str:

@@ -21,9 +21,11 @@ fresh process, `scripts/thread_policy.py build/mnet --busy 1`), median / p90 of 
 | one thread | 2.7-3.1 / 2.8-3.5 ms | about twice the idle time |
 
 The pool reads the variables when it starts, so ``run_policy()`` is called before a model first
-runs in a process (an explicit setting wins). A board's RPC server reads them from its own
-environment: ``tvmnet emulator start`` sets them; on a real board, start the server with them
-(``TVM_BIND_THREADS=0 TVM_THREAD_POOL_SPIN_COUNT=2000 python -m tvm.exec.rpc_server ...``).
+runs in a process (an explicit setting wins). A board's RPC server takes no environment from
+us: every CPU artifact's library carries the policy itself (``build.compiler.policy_object``, a
+constructor that sets the variables, unless set, when the library is loaded, before the pool
+starts in that process; a server that ran a parallel kernel before keeps its pool as it is).
+``tvmnet emulator start`` sets them too.
 """
 
 from __future__ import annotations

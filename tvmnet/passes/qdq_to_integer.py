@@ -25,9 +25,11 @@ and no float tensor does (the float multiplier lives in the epilogue of the same
 classifier (``matmul`` with the transposed dequantized weights, then the bias) is rewritten the
 same way.
 
-A rewrite happens only where the bias scale is
-the product of the input's and the weights' scales, as the quantizer makes it; anything else is
-left as it is.
+A rewrite happens only where the bias scale is the product of the input's and the weights'
+scales, as the quantizer makes it; anything else is left as it is. What stays in float (the
+global pool, the flatten, the output's dequantize) gets its scalar scales and zero points as
+vectors along the op's axis: every constant of a layer is then a kernel argument, never a number
+written into the kernel, so the kernels (and their tuning records) do not depend on calibration.
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ def _requantize(acc, bias_q, multiplier, zero_point, out_dtype, shape):
     summed = relax.op.add(acc, relax.const(bias_q.reshape(shape), "int32"))
     real = relax.op.multiply(relax.op.astype(summed, "float32"), relax.const(multiplier.reshape(shape), "float32"))
     lo, hi = (0, 255) if out_dtype == "uint8" else (-128, 127)
-    shifted = relax.op.add(relax.op.round(real), relax.const(float(zero_point), "float32"))
+    ones = tuple(1 for _ in shape)  # a tensor, not a scalar: a kernel takes it as an argument
+    shifted = relax.op.add(relax.op.round(real), relax.const(np.full(ones, zero_point, "float32")))
     return relax.op.astype(relax.op.clip(shifted, lo, hi), out_dtype)
 
 
@@ -147,7 +150,33 @@ def _rewrite_function(func: relax.Function) -> relax.Function:
         out = _requant_like(acc, folded.astype(np.int32), sb, m[fc_out], (1, -1))
         return expr if out is None else out
 
-    return rewrite_call(fc_out, fc_rewriter, func)
+    func = rewrite_call(fc_out, fc_rewriter, func)
+
+    # what is left in float (the pool, the flatten, the output): scalar scales and zero points become
+    # vectors along the op's axis, same values; a kernel then takes them as arguments, where a scalar
+    # is written into its code, so the kernels and their tuning records do not depend on calibration
+    for name in ("relax.quantize", "relax.dequantize"):
+        qdq = is_op(name)(wildcard(), is_const(), is_const())
+
+        def vectorize(expr, m, qdq=qdq, name=name):
+            call = m[qdq]
+            scale, zero = _scalar(call.args[1]), _scalar(call.args[2])
+            axis = int(call.attrs.axis)
+            shape = call.args[0].ty.shape
+            if scale is None or zero is None or shape is None:
+                return expr
+            n = int(shape[axis])
+            op = relax.op.quantize if name == "relax.quantize" else relax.op.dequantize
+            return op(
+                call.args[0],
+                relax.const(np.full(n, scale, scale.dtype)),
+                relax.const(np.full(n, zero, zero.dtype)),
+                axis=axis,
+                out_dtype=call.attrs.out_dtype,
+            )
+
+        func = rewrite_call(qdq, vectorize, func)
+    return func
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvmnet.QdqToInteger")
