@@ -163,8 +163,8 @@ def test_the_library_carries_the_thread_policy_to_whatever_process_loads_it(x86_
     from tvmnet.core.threads import RUN_ENV
 
     probe = (
-        "import ctypes, sys\n"
-        "ctypes.CDLL(sys.argv[1])\n"  # what the RPC server's load_module does: dlopen
+        "import ctypes, sys, tvm\n"
+        "tvm.runtime.load_module(sys.argv[1])\n"  # what the RPC server's load_module does
         "getenv = ctypes.CDLL(None).getenv\n"
         "getenv.restype = ctypes.c_char_p\n"
         "print(*[(getenv(k.encode()) or b'-').decode() for k in sys.argv[2:]])\n"

@@ -206,10 +206,11 @@ def test_qdq_to_integer_structure():
     x = relax.Var("x", relax.TensorType((1, 2, 5, 5), "uint8"))
     with bb.function("main", [x]):
         with bb.dataflow():
-            xp = bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, 1, 1, 1, 1], pad_value=3.0))  # the zero point
-            acc = bb.emit(relax.op.nn.conv2d(xp, relax.const(c["w"]), padding=[0, 0, 0, 0], out_dtype="int32"))
-            folded = c["b"] - 3 * c["w"].astype(np.int64).reshape(4, -1).sum(axis=1)
-            s = bb.emit(relax.op.add(acc, relax.const(folded.astype("int32").reshape(1, -1, 1, 1))))
+            xi = bb.emit(relax.op.astype(x, "int32"))  # the stem's input has a zero point: taken off first
+            xc = bb.emit(relax.op.subtract(xi, relax.const(np.full((1, 1, 1, 1), 3, "int32"))))
+            w = relax.const(c["w"].astype("int32"))
+            acc = bb.emit(relax.op.nn.conv2d(xc, w, padding=[1, 1, 1, 1], out_dtype="int32"))
+            s = bb.emit(relax.op.add(acc, relax.const(c["b"].reshape(1, -1, 1, 1))))
             m = ((c["sx"] * c["sw"]) / c["so"]).astype("float32").reshape(1, -1, 1, 1)
             f = bb.emit(relax.op.multiply(relax.op.astype(s, "float32"), relax.const(m)))
             f = bb.emit(relax.op.add(relax.op.round(f), relax.const(np.full((1, 1, 1, 1), 7, "float32"))))
@@ -221,13 +222,26 @@ def test_qdq_to_integer_structure():
 
 @pytest.mark.unit
 def test_qdq_to_integer_computes_the_integer_layer_exactly_and_leaves_a_foreign_bias_scale_alone():
+
+    from tvmnet.passes.qdq_to_integer import QdqToInteger
+
+    for zx in (3, 0):  # the stem (a zero point), and every layer after a ReLU (none: uint8 x int8 directly)
+        _check_one_layer(zx)
+    odd, _, _ = _qdq_conv_layer(bias_scale_off=1.5)  # the bias is not on the accumulator's scale
+    kept = QdqToInteger()(odd).script()
+    assert 'out_dtype="int32"' not in kept and "R.nn.conv2d" in kept and "R.dequantize" in kept  # left in float
+
+
+def _check_one_layer(zx):
     import tvm.target
     from tvm import relax
 
     from tvmnet.passes.qdq_to_integer import QdqToInteger
 
-    before, c, tvm = _qdq_conv_layer()
+    before, c, tvm = _qdq_conv_layer(zx=zx)
     after = QdqToInteger()(before)
+    if zx == 0:  # the convolution reads the uint8 input and the int8 weights as they are (VNNI's operands)
+        assert "R.nn.conv2d(x, " in after.script() and 'R.astype(x, dtype="int32")' not in after.script()
     x = np.random.default_rng(1).integers(0, 256, (1, 2, 5, 5)).astype("uint8")
     target = tvm.target.Target({"kind": "llvm"})
 
@@ -247,9 +261,6 @@ def test_qdq_to_integer_computes_the_integer_layer_exactly_and_leaves_a_foreign_
     want = np.clip(np.rint(acc.astype(np.float32) * mult) + c["zo"], 0, 255).astype(np.uint8)
     assert ours.dtype == np.uint8 and np.array_equal(ours, want)
     assert np.abs(ours.astype(int) - floats.astype(int)).max() <= 1  # the float QDQ graph: a tie at most
-    odd, _, _ = _qdq_conv_layer(bias_scale_off=1.5)  # the bias is not on the accumulator's scale
-    kept = QdqToInteger()(odd).script()
-    assert 'out_dtype="int32"' not in kept and "R.nn.conv2d" in kept and "R.dequantize" in kept  # left in float
 
 
 @pytest.mark.e2e

@@ -12,12 +12,12 @@ quantize to uint8. Before (every conv2d: stem, depthwise, pointwise)::
 
 After::
 
-    xp = R.nn.pad(xq, ..., pad_value=zx)             # the border holds the zero point (3x3 convs)
-    acc = R.nn.conv2d(xp, Wq, padding=0, out_dtype="int32")       # uint8 x int8 -> int32, exact
-    y = astype(clip(round(astype(acc + B', "float32") * M) + zo, 0, 255), "uint8")
+    acc = R.nn.conv2d(xq, Wq, ..., out_dtype="int32")       # uint8 x int8 -> int32, exact
+    y = astype(clip(round(astype(acc + Bq, "float32") * M) + zo, 0, 255), "uint8")
 
-where ``B' = Bq - zx * sum(Wq[o])`` (sum over k of (x - zx) w = sum x w - zx sum w, so the
-zero point costs nothing per pixel) and ``M = sx * sw / so`` in float32: ONNX Runtime's own
+where the input's zero point is 0 (every input after a ReLU); the stem, whose input has one,
+convolves ``astype(xq, "int32") - zx`` (the padded border then adds nothing, as in float), and
+``M = sx * sw / so`` in float32: ONNX Runtime's own
 requantization (its integer kernels: float multiplier, round half to even, zero point, clamp),
 which makes the two bit-identical. The convolution reads the uint8 activations and the int8
 weights as they are, the operand types of VNNI's ``vpdpbusd``; uint8 travels between the layers
@@ -111,14 +111,15 @@ def _rewrite_function(func: relax.Function) -> relax.Function:
         if parts is None or (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW"):
             return expr
         xq, zx, wq, bq, sb = parts
-        top, left, bottom, right = (int(v) for v in a.padding)
-        if zx and (top or left or bottom or right):  # the border holds the zero point: it adds nothing below
-            xq = relax.op.nn.pad(xq, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(zx))
+        weights = relax.const(wq, "int8")
+        if zx:  # the stem (ReLU'd activations have zero point 0): x - zx in int32, the zero point an argument
+            x = relax.op.subtract(relax.op.astype(xq, "int32"), relax.const(np.full((1, 1, 1, 1), zx, "int32")))
+            xq, weights, zx = x, relax.const(wq.astype("int32"), "int32"), 0
         acc = relax.op.nn.conv2d(
             xq,
-            relax.const(wq, "int8"),
+            weights,
             strides=a.strides,
-            padding=[0, 0, 0, 0] if zx else a.padding,
+            padding=a.padding,
             dilation=a.dilation,
             groups=a.groups,
             data_layout="NCHW",
@@ -126,9 +127,7 @@ def _rewrite_function(func: relax.Function) -> relax.Function:
             out_layout="NCHW",
             out_dtype="int32",
         )
-        # sum over k of (x - zx) w = sum x w - zx * sum w: the second term joins the bias
-        folded = bq.astype(np.int64) - zx * wq.astype(np.int64).reshape(wq.shape[0], -1).sum(axis=1)
-        out = _requant_like(acc, folded.astype(np.int32), sb, quant, (1, -1, 1, 1))
+        out = _requant_like(acc, bq, sb, quant, (1, -1, 1, 1))
         return expr if out is None else out
 
     func = rewrite_call(conv_out, conv_rewriter, func)
