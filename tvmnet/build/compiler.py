@@ -127,15 +127,10 @@ def compile_model(opts: CompileOptions, progress=None) -> Artifact:
     quant = None
     with tempfile.TemporaryDirectory(prefix="tvmnet-int8-") as qdir:
         if opts.precision == "int8":
-            from tvmnet.build.int8 import graph_options, quantized_onnx
+            from tvmnet.passes.int8 import graph_options, import_int8
 
             opts = graph_options(opts)
-            onnx_path, quant = quantized_onnx(opts, Path(qdir), say)
-            from tvmnet.passes.qdq_to_integer import QdqToInteger
-
-            say("importing the quantized model (QDQ) and rewriting its layers into integer arithmetic")
-            mod, input_name, input_shape, _ = import_model(opts.model, onnx_path)
-            mod = QdqToInteger()(mod)
+            mod, input_name, input_shape, quant = import_int8(opts, Path(qdir), say)
             model_info = quant.pop("model_info")
         else:
             say("importing model")

@@ -27,3 +27,20 @@ def rewrite_relax_functions(mod: tvm.IRModule, rewrite: Callable[[relax.Function
 def ints(values) -> list:
     """Python ints of a TVM shape or attribute array."""
     return [int(v) for v in values]
+
+
+def nchw_conv2d(attrs, data, weight, out_dtype=None):
+    """A conv2d like the one whose ``attrs`` are given (strides, padding, dilation, groups), in
+    NCHW/OIHW, on new operands."""
+    return relax.op.nn.conv2d(
+        data,
+        weight,
+        strides=attrs.strides,
+        padding=attrs.padding,
+        dilation=attrs.dilation,
+        groups=attrs.groups,
+        data_layout="NCHW",
+        kernel_layout="OIHW",
+        out_layout="NCHW",
+        out_dtype=out_dtype,
+    )

@@ -23,7 +23,7 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_op, is_tuple_get_item, rewrite_call, wildcard
 
-from tvmnet.passes._common import rewrite_relax_functions
+from tvmnet.passes._common import nchw_conv2d, rewrite_relax_functions
 
 
 def _pattern():
@@ -51,18 +51,7 @@ def _rewrite_function(func: relax.Function) -> relax.Function:
         out_channels = int(conv.ty.shape[1])
         scale = relax.op.divide(gamma, relax.op.sqrt(relax.op.add(var, relax.const(float(battrs.epsilon), "float32"))))
         new_weight = relax.op.multiply(weight, relax.op.reshape(scale, (out_channels, 1, 1, 1)))
-        new_conv = relax.op.nn.conv2d(
-            x,
-            new_weight,
-            strides=cattrs.strides,
-            padding=cattrs.padding,
-            dilation=cattrs.dilation,
-            groups=cattrs.groups,
-            data_layout="NCHW",
-            kernel_layout="OIHW",
-            out_layout="NCHW",
-            out_dtype=cattrs.out_dtype,
-        )
+        new_conv = nchw_conv2d(cattrs, x, new_weight, out_dtype=cattrs.out_dtype)
         bias = relax.op.subtract(beta, relax.op.multiply(mean, scale))
         return relax.op.add(new_conv, relax.op.reshape(bias, (1, out_channels, 1, 1)))
 

@@ -40,7 +40,7 @@ def generation(layout: str, gemm: bool = True, precision: str = "fp32") -> str:
     """The pipeline generation a lowered module's kernels come from: the layout and the graph
     passes that shape them (a tuning record serves only kernels of the same shape). Logs record
     it (``class.json``: ``generations``) so that a log made before a pipeline change shows as stale."""
-    if precision == "int8":  # build/int8.py: the QDQ graph in integers, NCHW, 1x1 convs kept as conv2d
+    if precision == "int8":  # passes/int8.py: the QDQ graph in integers, NCHW, 1x1 convs kept as conv2d
         return "int8 NCHW: QdqToInteger"
     passes = ["FoldBatchNorm"] + (["ConvertLayout", "StemReadsNCHW"] if layout == "NHWC" else [])
     return f"{layout}: " + " + ".join(passes + (["PointwiseToGemm"] if gemm else []))

@@ -39,7 +39,7 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
-from tvmnet.passes._common import rewrite_relax_functions
+from tvmnet.passes._common import nchw_conv2d, rewrite_relax_functions
 
 
 def _const(expr):
@@ -113,20 +113,9 @@ def _rewrite_function(func: relax.Function) -> relax.Function:
         xq, zx, wq, bq, sb = parts
         weights = relax.const(wq, "int8")
         if zx:  # the stem (ReLU'd activations have zero point 0): x - zx in int32, the zero point an argument
-            x = relax.op.subtract(relax.op.astype(xq, "int32"), relax.const(np.full((1, 1, 1, 1), zx, "int32")))
-            xq, weights, zx = x, relax.const(wq.astype("int32"), "int32"), 0
-        acc = relax.op.nn.conv2d(
-            xq,
-            weights,
-            strides=a.strides,
-            padding=a.padding,
-            dilation=a.dilation,
-            groups=a.groups,
-            data_layout="NCHW",
-            kernel_layout="OIHW",
-            out_layout="NCHW",
-            out_dtype="int32",
-        )
+            xq = relax.op.subtract(relax.op.astype(xq, "int32"), relax.const(np.full((1, 1, 1, 1), zx, "int32")))
+            weights = relax.const(wq.astype("int32"), "int32")
+        acc = nchw_conv2d(a, xq, weights, out_dtype="int32")
         out = _requant_like(acc, bq, sb, quant, (1, -1, 1, 1))
         return expr if out is None else out
 

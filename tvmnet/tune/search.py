@@ -58,18 +58,16 @@ def prepare_tasks(opts: TuneOptions):
     from tvmnet.frontend import import_model
     from tvmnet.passes import pipeline
 
-    if opts.precision == "int8":  # the kernels `compile --precision int8` builds (build/int8.py)
+    if opts.precision == "int8":  # the kernels `compile --precision int8` builds (passes/int8.py)
         import tempfile
 
-        from tvmnet.passes.qdq_to_integer import QdqToInteger
-        from tvmnet.quantize.model import quantized_onnx
+        from tvmnet.passes.int8 import graph_options, import_int8
 
+        opts = graph_options(opts)
         with tempfile.TemporaryDirectory(prefix="tvmnet-int8-") as tmp:
-            path, _ = quantized_onnx(opts, Path(tmp), lambda msg: None)
-            mod, *_ = import_model(opts.model, path)
-        mod = pipeline.lower_to_tir(QdqToInteger()(mod), opts.target, gemm=False, layout="NCHW")
-        return mod, extract_tasks(mod, opts.target)
-    mod, *_ = import_model(opts.model)
+            mod, *_ = import_int8(opts, Path(tmp), lambda msg: None)
+    else:
+        mod, *_ = import_model(opts.model)
     mod = pipeline.lower_to_tir(mod, opts.target, gemm=opts.gemm, layout=opts.layout)
     return mod, extract_tasks(mod, opts.target)
 
