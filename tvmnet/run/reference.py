@@ -36,13 +36,14 @@ def reference_model_config(artifact: Artifact) -> ModelConfig:
 
 
 class Reference:
-    """Callable ``x -> logits`` in float32 on the CPU."""
+    """Callable ``x -> logits`` in float32: the model the artifact is checked against (PyTorch
+    for a zoo model, on the GPU for a CUDA artifact where PyTorch has CUDA; ONNX Runtime for an
+    ONNX model; for int8, ONNX Runtime's integer kernels on the artifact's quantized model).
+    ``also`` lists (label, callable) reported beside the check with no pass condition."""
 
     def __init__(self, artifact: Artifact, threads: int = 0):
         m = artifact.model
-        self.kind = m["source"]
-        self.device = "cpu"
-        self.also = []  # int8: other outputs reported beside the check (no pass condition)
+        self.also = []
         quant = artifact.metadata.get("quantization")
         if artifact.metadata.get("precision") == "int8" and quant:
             path = artifact.path / quant["reference"]
@@ -54,75 +55,56 @@ class Reference:
             # ONNX Runtime's own integer kernels on the quantized model (QLinearConv and kin, as it
             # deploys it); the QDQ graph as the ONNX operators define it (float between the quantize
             # steps) rounds some ties the other way, which 28 layers can grow: reported beside it
-            self.session = _ort_session(path, threads)
-            self.input_name = self.session.get_inputs()[0].name
+            self._run = _Onnx(path, threads)
             self.name = "ONNX Runtime's integer kernels on the same quantized model (int8 QDQ)"
-            spec = _ort_session(path, threads, optimize=False)
-            self.also = [
+            self.also.append(
                 (
                     "the QDQ graph as the ONNX operators define it (ONNX Runtime, graph optimisations off)",
-                    lambda x: spec.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0],
+                    _Onnx(path, threads, optimize=False),
                 )
-            ]
-            if self.kind == "zoo":
-                self.also.append(("the fp32 PyTorch model", _Fp32(artifact, threads)))
-            self.kind = "int8"
-            return
-        if self.kind == "zoo":
-            import torch
-
-            from tvmnet.models import build_model
-
-            if threads:
-                torch.set_num_threads(threads)
-            self.model = build_model(reference_model_config(artifact))
-            self.name = "PyTorch"
-            if artifact.target.get("device") == "cuda" and torch.cuda.is_available():
-                # a CUDA artifact is compared with PyTorch on the GPU where PyTorch has CUDA
-                torch.backends.cudnn.allow_tf32 = False
-                torch.backends.cuda.matmul.allow_tf32 = False
-                self.device = "cuda"
-                self.model = self.model.to("cuda")
-                self.name = "PyTorch (CUDA, TF32 off)"
-        elif self.kind == "onnx":
+            )
+            if m["source"] == "zoo":
+                self.also.append(("the fp32 PyTorch model", _Torch(artifact, threads, cuda=False)))
+        elif m["source"] == "zoo":
+            self._run = _Torch(artifact, threads, cuda=artifact.target.get("device") == "cuda")
+            self.name = "PyTorch (CUDA, TF32 off)" if self._run.device == "cuda" else "PyTorch"
+        elif m["source"] == "onnx":
             path = Path(m["onnx"])
             if not path.is_file():
                 raise WeightsError(
                     f"the artifact was built from ONNX model {path}, which no longer exists; put it back"
                 )
-            self.session = _ort_session(path, threads)
-            self.input_name = self.session.get_inputs()[0].name
+            self._run = _Onnx(path, threads)
             self.name = "ONNX Runtime"
         else:
-            raise ArtifactError(f"artifact {artifact.path} has unknown model source {self.kind!r}; rebuild it")
+            raise ArtifactError(f"artifact {artifact.path} has unknown model source {m['source']!r}; rebuild it")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.kind == "zoo":
-            import torch
+        return self._run(x)
 
-            with torch.no_grad():
-                tx = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device)
-                return self.model(tx).cpu().numpy()
+
+class _Onnx:
+    """An ONNX model in ONNX Runtime on the CPU (``optimize=False``: graph optimisations off)."""
+
+    def __init__(self, path: Path, threads: int, optimize: bool = True):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if not optimize:
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
 
 
-def _ort_session(path: Path, threads: int, optimize: bool = True):
-    import onnxruntime as ort
+class _Torch:
+    """The zoo model in PyTorch, fp32; with ``cuda``, on the GPU where PyTorch has CUDA."""
 
-    opts = ort.SessionOptions()
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-class _Fp32:
-    """The zoo model in PyTorch, fp32: what an int8 artifact is also compared with (reported only)."""
-
-    name = "PyTorch"
-
-    def __init__(self, artifact: Artifact, threads: int):
+    def __init__(self, artifact: Artifact, threads: int, cuda: bool):
         import torch
 
         from tvmnet.models import build_model
@@ -130,9 +112,16 @@ class _Fp32:
         if threads:
             torch.set_num_threads(threads)
         self.model = build_model(reference_model_config(artifact))
+        self.device = "cpu"
+        if cuda and torch.cuda.is_available():
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+            self.device = "cuda"
+            self.model = self.model.to("cuda")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.no_grad():
-            return self.model(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+            tx = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device)
+            return self.model(tx).cpu().numpy()
