@@ -6,11 +6,15 @@ neighbour beside every start, median / p90 / p99 of single inferences.
 Policies (the runtime's own knobs; environment variables do not reach a board's RPC server, the
 runtime's `runtime.config_threadpool` does):
 
+    tvmnet      the model library's own (unbound, spin 2000, a yield that sleeps when contended)
     pinned      TVM's default: one worker per core, each bound to its core
     unpinned    TVM_BIND_THREADS=0: the same workers, the OS places them
     share-all   runtime.config_threadpool(-3, T): every worker may run on every core
     nospin      TVM_THREAD_POOL_SPIN_COUNT=0: workers sleep at once instead of spinning
     one-thread  TVM_NUM_THREADS=1
+
+All but ``tvmnet`` set TVMNET_YIELD=os: TVM's own sched_yield, as a library built before
+build/policy.c had.
 
 Each start is a new process (the pool is made once per process and a neighbour that lands on a
 pinned worker's core decides a whole start), so the figures are per start, not pooled.
@@ -27,17 +31,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+_OS = {"TVMNET_YIELD": "os"}  # TVM's own sched_yield, not the model library's contended-sleep yield
+
 POLICIES = {
-    "pinned": {},
-    "unpinned": {"TVM_BIND_THREADS": "0"},
-    "share-all": {"TVMNET_POLICY_SHARE_ALL": "1"},
-    "nospin": {"TVM_THREAD_POOL_SPIN_COUNT": "0"},
-    "spin-2k": {"TVM_THREAD_POOL_SPIN_COUNT": "2000"},
-    "spin-20k": {"TVM_THREAD_POOL_SPIN_COUNT": "20000"},
-    "spin-2k-unpinned": {"TVM_THREAD_POOL_SPIN_COUNT": "2000", "TVM_BIND_THREADS": "0"},
-    "spin-300k": {"TVM_THREAD_POOL_SPIN_COUNT": "300000"},  # TVM's default count, explicitly
-    "spin-200-unpinned": {"TVM_THREAD_POOL_SPIN_COUNT": "200", "TVM_BIND_THREADS": "0"},
-    "nospin-unpinned": {"TVM_THREAD_POOL_SPIN_COUNT": "0", "TVM_BIND_THREADS": "0"},
+    "tvmnet": {},  # what the model library sets (core/threads.py, build/policy.c)
+    "pinned": {"TVM_BIND_THREADS": "1", "TVM_THREAD_POOL_SPIN_COUNT": "300000", **_OS},  # TVM's defaults
+    "unpinned": {"TVM_BIND_THREADS": "0", **_OS},
+    "share-all": {"TVMNET_POLICY_SHARE_ALL": "1", **_OS},
+    "nospin": {"TVM_THREAD_POOL_SPIN_COUNT": "0", **_OS},
+    "spin-2k": {"TVM_THREAD_POOL_SPIN_COUNT": "2000", "TVM_BIND_THREADS": "1", **_OS},
+    "spin-2k-unpinned": {"TVM_THREAD_POOL_SPIN_COUNT": "2000", "TVM_BIND_THREADS": "0", **_OS},
+    "spin-200-unpinned": {"TVM_THREAD_POOL_SPIN_COUNT": "200", "TVM_BIND_THREADS": "0", **_OS},
+    "nospin-unpinned": {"TVM_THREAD_POOL_SPIN_COUNT": "0", "TVM_BIND_THREADS": "0", **_OS},
     "one-thread": {"TVM_NUM_THREADS": "1"},
 }
 

@@ -200,3 +200,32 @@ def test_the_thread_policy_reaches_a_local_run_and_the_emulated_boards_server(x8
     assert out.stdout.split()[1] == "7"  # an explicit setting wins
     argv = server_command("rpi4", "127.0.0.1", 9090)
     assert all(f"{k}={v}" in argv[: argv.index("-m")] for k, v in RUN_ENV.items())
+
+
+@pytest.mark.slow  # extended run: ~1 min (a compile, 6 process starts under load)
+def test_ab_under_load_the_library_yield_cuts_the_tail_and_keeps_the_median(tmp_path):
+    """A/B beside one busy process, start by start interleaved (scripts/thread_policy.py): the
+    model library's policy ("tvmnet": unbound, spin 2000, a yield that sleeps once the CPU is
+    contended) against the same pool with TVM's own sched_yield. On an EEVDF kernel (Linux 6.6+)
+    TVM's yield stalls about 1 run in 50 for 40-120 ms (Zen 4, 6.18). Ratios within one run only:
+    the typical start's p99 no worse than 1.5x TVM's, and the median within 1.5x."""
+    import statistics
+    import subprocess
+    import sys
+
+    art = tmp_path / "mnet"  # the shipped logs' schedules: parallel kernels (an untuned build has none)
+    res = run_cli("compile", "--target", "x86", "--alpha", "0.5", "-o", art)
+    assert res.returncode == 0, res.stderr
+    script = Path(__file__).resolve().parent.parent / "scripts" / "thread_policy.py"
+    out = tmp_path / "ab.json"
+    res = subprocess.run(
+        [sys.executable, str(script), str(art), "--starts", "3", "--runs", "200", "--busy", "1",
+         "--policies", "spin-2k-unpinned,tvmnet", "--json", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = json.loads(out.read_text())  # policy -> per start [median, p90, p99]
+    theirs, ours = rows["spin-2k-unpinned"], rows["tvmnet"]
+    print(res.stdout)
+    assert statistics.median(r[2] for r in ours) <= 1.5 * statistics.median(r[2] for r in theirs), res.stdout
+    assert statistics.median(r[0] for r in ours) <= 1.5 * statistics.median(r[0] for r in theirs), res.stdout

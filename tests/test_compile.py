@@ -178,3 +178,40 @@ def test_the_library_carries_the_thread_policy_to_whatever_process_loads_it(x86_
         [sys.executable, "-c", probe, lib, "TVM_BIND_THREADS"], env=env, capture_output=True, text=True
     )
     assert out.stdout.split() == ["1"]
+
+
+_YIELD_PROBE = r"""
+import ctypes, re, subprocess, sys, tvm
+tvm.runtime.load_module(sys.argv[1])  # what the RPC server's load_module does
+maps = [line.split() for line in open("/proc/self/maps") if len(line.split()) == 6]
+def mapped(name):  # (load address, end of its last mapping, path) of a loaded library
+    rows = [r for r in maps if r[5].endswith("/" + name)]
+    base = min(int(r[0].split("-")[0], 16) for r in rows if int(r[2], 16) == 0)
+    return base, max(int(r[0].split("-")[1], 16) for r in rows), rows[0][5]
+rt_lo, _, rt_path = mapped("libtvm_runtime.so")
+relocs = subprocess.run(["readelf", "-rW", rt_path], capture_output=True, text=True, check=True).stdout
+offset = int(next(line.split()[0] for line in relocs.splitlines() if re.search(r"\bsched_yield\b", line)), 16)
+slot = ctypes.c_void_p.from_address(rt_lo + offset).value  # where TVM's pool yields to
+model_lo, model_hi, _ = mapped(sys.argv[1].rsplit("/", 1)[1])
+flag = ctypes.c_int.in_dll(ctypes.CDLL(sys.argv[1]), "tvmnet_yield_patched").value
+print(int(model_lo <= slot < model_hi), flag)
+"""
+
+
+@pytest.mark.e2e
+def test_the_library_gives_tvms_runtime_a_yield_that_sleeps_when_contended(x86_small):
+    """TVM's pool waits by calling sched_yield; on an EEVDF kernel that queues its threads behind a
+    busy neighbour for 40-120 ms (build/policy.c). Once loaded, the model library's own yield
+    stands in libtvm_runtime's PLT slot for sched_yield; TVMNET_YIELD=os leaves TVM's as it is."""
+    import os
+    import subprocess
+    import sys
+
+    lib = str(x86_small / "model.so")
+    env = {k: v for k, v in os.environ.items() if k != "TVMNET_YIELD"}
+    for extra, expected in (({}, ["1", "1"]), ({"TVMNET_YIELD": "os"}, ["0", "0"])):
+        out = subprocess.run(
+            [sys.executable, "-c", _YIELD_PROBE, lib], env={**env, **extra}, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split() == expected, (extra, out.stdout)

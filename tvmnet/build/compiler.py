@@ -61,22 +61,23 @@ def check_output_dir(out: Path) -> None:
         )
 
 
+POLICY_SOURCE = Path(__file__).with_name("policy.c")
+
+
 def policy_object(spec: TargetSpec, workdir: Path) -> Path:
-    """An object file whose constructor sets tvmnet's thread policy (``core/threads.py``) in the
-    process that loads the library, unless already set, before TVM's pool starts there: a board's
-    RPC server gets it with the model, where no environment of ours reaches."""
+    """An object file (``build/policy.c``) whose constructor, when the library is loaded, sets
+    tvmnet's thread policy (``core/threads.py``) unless already set, before TVM's pool starts in
+    that process, and gives TVM's runtime a yield that sleeps once the CPU is contended: a
+    board's RPC server gets both with the model, where no environment of ours reaches."""
     from tvmnet.core.threads import RUN_ENV
 
-    src, obj = workdir / "tvmnet_policy.c", workdir / "tvmnet_policy.o"
-    calls = "".join(f'    setenv("{k}", "{v}", 0);\n' for k, v in RUN_ENV.items())
-    src.write_text(
-        "#include <stdlib.h>\n/* tvmnet's thread policy; an explicit setting wins (overwrite = 0) */\n"
-        f"__attribute__((constructor)) static void tvmnet_thread_policy(void) {{\n{calls}}}\n"
-    )
-    compiler = spec.cross_compiler or shutil.which("g++") or shutil.which("cc") or "g++"
+    obj = workdir / "tvmnet_policy.o"
+    calls = "".join(f'setenv("{k}", "{v}", 0);' for k, v in RUN_ENV.items())
+    compiler = spec.cross_compiler or shutil.which("gcc") or shutil.which("cc") or "gcc"
+    flags = ["-x", "c", "-c", "-fPIC", "-O2", f"-DTVMNET_POLICY_ENV={calls}"]
+    cmd = [compiler, *flags, "-o", str(obj), str(POLICY_SOURCE)]
     try:
-        subprocess.run([compiler, "-x", "c", "-c", "-fPIC", "-O2", "-o", str(obj), str(src)], check=True,
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.SubprocessError) as err:
         detail = getattr(err, "stderr", None) or str(err)
         raise ToolchainError(f"{compiler} could not build the thread-policy object: {detail.strip()[-300:]}") from err

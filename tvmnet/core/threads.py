@@ -26,6 +26,12 @@ us: every CPU artifact's library carries the policy itself (``build.compiler.pol
 constructor that sets the variables, unless set, when the library is loaded, before the pool
 starts in that process; a server that ran a parallel kernel before keeps its pool as it is).
 ``tvmnet emulator start`` sets them too.
+
+The library also replaces TVM's ``sched_yield`` (``build/policy.c``): under Linux's EEVDF
+scheduler, the pool's yield loops queued its threads behind a busy neighbour for 40-120 ms about
+once in 50 runs, whatever the spin count. The library's yield sleeps 1 us instead for 50 ms after
+a yield took over 1 ms; under one busy process, p99 7-12 ms instead of 50-120, medians as before,
+idle unchanged (docs/benchmarks.md). ``TVMNET_YIELD=os`` keeps TVM's.
 """
 
 from __future__ import annotations
