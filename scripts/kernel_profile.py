@@ -2,6 +2,7 @@
 them, measured here) beside ONNX Runtime's operators (its own profiler), grouped by kind.
 
     python3 scripts/kernel_profile.py --alpha 1.0 [--tuning-log DB] [--threads 2] [--json F]
+    python3 scripts/kernel_profile.py --alpha 0.5 --precision int8     # against ORT int8 (same QDQ model)
 
 tvmnet side: each kernel of the model's lowered module gets the best record of the log (the
 log `compile` would apply when --tuning-log is not given), is built, and timed with
@@ -9,6 +10,10 @@ MetaSchedule's runner (warm cache unless --flush, like inside the end-to-end run
 without a record are timed as TVM's naive loop nest. ORT side: its per-node profile of the
 same model (same weights, exported through ONNX), mean over the profiled runs.
 Kinds: stem (the first conv), depthwise conv, pointwise GEMM (1x1 conv), fc (classifier).
+int8: the kernels `compile --precision int8` builds (the VNNI GEMMs, scheduled by tvmnet, timed as
+they are) against ONNX Runtime's profile of the same quantized model (its QLinearConv etc.), with
+each kernel's share of the VNNI peak (2 cores x 64 int8 multiply-adds per cycle at the clock
+given by --ghz).
 """
 
 import argparse
@@ -21,7 +26,40 @@ from pathlib import Path
 import numpy as np
 
 
-def tvm_profile(cfg, spec, tuning_log, flush: bool):
+def int8_module(cfg, spec, workdir):
+    """(the int8 build's lowered module, the quantized ONNX model) as `compile --precision int8` makes them."""
+    from types import SimpleNamespace
+
+    from tvmnet.passes import pipeline
+    from tvmnet.passes.int8 import import_int8
+
+    opts = SimpleNamespace(model=cfg, target=spec, onnx=None, calibration=None, calibration_samples=None)
+    mod, _, _, quant = import_int8(opts, Path(workdir), lambda msg: None)
+    return pipeline.lower_to_tir(mod, spec, gemm=False, layout="NHWC"), Path(quant["onnx_path"])
+
+
+def _scheduled_kernels(lowered):
+    """(name, PrimFunc, calls) of the kernels tvmnet scheduled itself (the VNNI GEMMs)."""
+    import tvm
+    from tvm import relax
+
+    calls = defaultdict(int)
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and expr.args and isinstance(expr.args[0], tvm.ir.GlobalVar):
+            calls[expr.args[0].name_hint] += 1
+
+    for _, f in lowered.functions_items():
+        if isinstance(f, relax.Function):
+            relax.analysis.post_order_visit(f, visit)
+    return [
+        (g.name_hint, f, calls[g.name_hint])
+        for g, f in lowered.functions_items()
+        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled", False)
+    ]
+
+
+def tvm_profile(cfg, spec, tuning_log, flush: bool, lowered=None):
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
@@ -32,8 +70,10 @@ def tvm_profile(cfg, spec, tuning_log, flush: bool):
     from tvmnet.tune.classes import choose_logs
     from tvmnet.tune.logs import best_record
 
-    mod, *_ = import_model(cfg)
-    tasks = extract_tasks(pipeline.lower_to_tir(mod, spec), spec)
+    if lowered is None:
+        mod, *_ = import_model(cfg)
+        lowered = pipeline.lower_to_tir(mod, spec)
+    tasks = extract_tasks(lowered, spec)
     choice = choose_logs(spec, tuning_log, tasks)
     spec.use_threads()  # the runner's workers inherit TVM_NUM_THREADS (TVM's default is one thread here)
     target = spec.tvm_target()
@@ -43,38 +83,38 @@ def tvm_profile(cfg, spec, tuning_log, flush: bool):
         evaluator_config=ms.runner.EvaluatorConfig(number=20, repeat=5, min_repeat_ms=0, enable_cpu_cache_flush=flush),
     )
     rows = []
-    for task in tasks:
-        func = task.dispatched[0]
+    own = [(name, func, calls) for name, func, calls in _scheduled_kernels(lowered)]
+    items = [(t.task_name, t.dispatched[0], int(t.weight), t) for t in tasks] + [(n, f, c, None) for n, f, c in own]
+    for name, func, w, task in items:
         sch = tvm.s_tir.Schedule(func)
-        rec = best_record(choice.database, task, target) if choice.database is not None else None
+        rec = best_record(choice.database, task, target) if task is not None and choice.database is not None else None
         if rec is not None:
             rec.trace.apply_to_schedule(sch, remove_postproc=False)
         args = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
         (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
         if built.error_msg:
-            raise SystemExit(f"{task.task_name}: build failed: {built.error_msg[-500:]}")
+            raise SystemExit(f"{name}: build failed: {built.error_msg[-500:]}")
         (res,) = [f.result() for f in runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args)])]
         if res.error_msg:
-            raise SystemExit(f"{task.task_name}: run failed: {res.error_msg[-500:]}")
+            raise SystemExit(f"{name}: run failed: {res.error_msg[-500:]}")
         secs = sorted(float(s) for s in res.run_secs)
         us = 1e6 * secs[len(secs) // 2]
         flop = float(tvm.s_tir.analysis.estimate_tir_flops(func))
-        w = int(task.weight)
         rows.append(
             {
-                "kernel": task.task_name,
-                "kind": pipeline.kernel_kind(task.task_name, func),
+                "kernel": name,
+                "kind": "pointwise GEMM" if task is None else pipeline.kernel_kind(name, func),
                 "calls": w,
                 "us_each": us,
                 "us_total": us * w,
                 "gflops": flop / us / 1e3,
-                "tuned": rec is not None,
+                "tuned": rec is not None or task is None,
             }
         )
     return rows, choice
 
 
-def ort_profile(cfg, threads: int, runs: int = 50):
+def ort_profile(cfg, threads: int, runs: int = 50, model_path=None):
     import onnx
     import onnxruntime as ort
 
@@ -82,7 +122,7 @@ def ort_profile(cfg, threads: int, runs: int = 50):
     from tvmnet.models import build_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(build_model(cfg), cfg.input_shape, Path(tmp) / "m.onnx")
+        path = model_path or export_onnx(build_model(cfg), cfg.input_shape, Path(tmp) / "m.onnx")
         graph = onnx.load(str(path)).graph
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
@@ -118,7 +158,7 @@ def ort_profile(cfg, threads: int, runs: int = 50):
         kind = "other"
         if node is not None and "Conv" in node.op_type:
             group = next((a.i for a in node.attribute if a.name == "group"), 1)
-            wshape = init.get(node.input[1], ())
+            wshape = init.get(node.input[3 if node.op_type == "QLinearConv" else 1], ())
             kind = (
                 "depthwise conv"
                 if group > 1
@@ -126,7 +166,14 @@ def ort_profile(cfg, threads: int, runs: int = 50):
                 if len(wshape) == 4 and wshape[1] == 3
                 else "pointwise GEMM"
             )
-        elif node is not None and node.op_type in ("Gemm", "MatMul", "FusedGemm"):
+        elif node is not None and node.op_type in (
+            "Gemm",
+            "MatMul",
+            "FusedGemm",
+            "QGemm",
+            "QLinearMatMul",
+            "MatMulInteger",
+        ):
             kind = "fc"
         rows.append({"node": name, "op": node.op_type if node else "?", "kind": kind, "us_total": float(np.mean(durs))})
     return rows
@@ -142,6 +189,8 @@ def main():
     ap.add_argument("--flush", action="store_true", help="flush the CPU cache before each kernel run")
     ap.add_argument("--no-ort", action="store_true")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    ap.add_argument("--ghz", type=float, default=3.6, help="clock for the share of peak (Zen 4 VM: 3.6, measured)")
     args = ap.parse_args()
 
     from tvmnet import ModelConfig, load_target
@@ -151,19 +200,25 @@ def main():
     threads = args.threads or int(spec.target.get("num-cores") or 1)
     os.environ["TVM_NUM_THREADS"] = str(threads)
     cfg = ModelConfig(args.alpha, args.resolution)
-    rows, choice = tvm_profile(cfg, spec, args.tuning_log or "auto", args.flush)
+    tmp = tempfile.TemporaryDirectory()
+    lowered, qdq = int8_module(cfg, spec, tmp.name) if args.precision == "int8" else (None, None)
+    rows, choice = tvm_profile(cfg, spec, args.tuning_log or "auto", args.flush, lowered)
     total = sum(r["us_total"] for r in rows)
     print(
         f"{cpu_model()} ({spec.machine_class()['key']}), {threads} threads; MobileNet v1 {args.alpha:g}-{args.resolution}; "
         f"log {choice.path} ({choice.match})"
     )
-    print(f"{'kernel':<34}{'kind':<16}{'calls':>6}{'us each':>10}{'us total':>10}{'share':>7}{'GFLOP/s':>9}")
+    peak = 2 * 64 * threads * args.ghz  # int8 GOP/s: one 512-bit vpdpbusd (64 multiply-adds) per cycle and core
+    unit = "GOP/s" if args.precision == "int8" else "GFLOP/s"
+    print(f"{'kernel':<34}{'kind':<16}{'calls':>6}{'us each':>10}{'us total':>10}{'share':>7}{unit:>9}")
     for r in sorted(rows, key=lambda r: -r["us_total"]):
         print(
             f"{r['kernel'][:33]:<34}{r['kind']:<16}{r['calls']:>6}{r['us_each']:>10.1f}{r['us_total']:>10.1f}"
-            f"{100 * r['us_total'] / total:>6.1f}%{r['gflops']:>9.1f}" + ("" if r["tuned"] else "  (untuned)")
+            f"{100 * r['us_total'] / total:>6.1f}%{r['gflops']:>9.1f}"
+            + (f" {100 * r['gflops'] / peak:4.0f}% of VNNI peak" if args.precision == "int8" else "")
+            + ("" if r["tuned"] else "  (untuned)")
         )
-    ort_rows = [] if args.no_ort else ort_profile(cfg, threads)
+    ort_rows = [] if args.no_ort else ort_profile(cfg, threads, model_path=qdq)
     kinds = ["stem conv", "depthwise conv", "pointwise GEMM", "fc", "other"]
     ours = defaultdict(float)
     theirs = defaultdict(float)

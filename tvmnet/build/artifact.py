@@ -53,6 +53,8 @@ class Artifact:
             else "tuned kernels"
         )
         precision = ", int8 (QDQ)" if self.metadata.get("precision") == "int8" else ""
+        if "VNNI" in str(self.metadata.get("quantization", {}).get("kernels", "")):
+            precision += ", 1x1 convs on tvmnet's VNNI GEMM"
         return (
             f"{self.path}: {what}, target {t['name']} ({t['arch']}, {t['device']}){precision}, "
             f"input {self.input_shape}, {how} {kernels}"

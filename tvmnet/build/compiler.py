@@ -149,12 +149,15 @@ def _build(opts, mod, input_name, input_shape, model_info, quant, say, t0) -> Ar
     say("running graph passes (fold BatchNorm, layout, pointwise conv -> GEMM) and lowering to TIR")
     layout, mod, choice = lower_and_choose_logs(mod, opts, input_shape=input_shape, say=say)
     kernels = pipeline.tir_kernels(mod)
-    log_note = _describe_logs(choice, len(kernels), opts)
+    vnni = [k for k in kernels if k.startswith("vnni_gemm")]  # scheduled by tvmnet (passes/vnni_kernel.py)
+    log_note = _describe_logs(choice, len(kernels) - len(vnni), opts)
     if quant is not None and not choice.kernels_tuned:
         log_note = (
-            f"int8: {len(kernels)} kernels with default schedules (int8 kernels are not tuned yet and fp32 records "
-            "do not apply): correct, not fast"
+            f"int8: {len(kernels) - len(vnni)} kernels with default schedules (no int8 records for them in the "
+            "log; tvmnet tune --precision int8 makes them): correct, not fast"
         )
+    if vnni:
+        log_note += f"; {len(vnni)} pointwise kernels on VNNI (tvmnet's own schedule)"
     if choice.layout_choice:
         log_note += f"; layout {layout} applied ({choice.layout_choice['how']})"
     say(log_note)

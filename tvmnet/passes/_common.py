@@ -29,9 +29,9 @@ def ints(values) -> list:
     return [int(v) for v in values]
 
 
-def nchw_conv2d(attrs, data, weight, out_dtype=None):
-    """A conv2d like the one whose ``attrs`` are given (strides, padding, dilation, groups), in
-    NCHW/OIHW, on new operands."""
+def nchw_conv2d(attrs, data, weight, out_dtype=None, layout: str = "NCHW"):
+    """A conv2d like the one whose ``attrs`` are given (strides, padding, dilation, groups), on new
+    operands: NCHW data with OIHW weights, or (``layout="NHWC"``) NHWC data with OHWI weights."""
     return relax.op.nn.conv2d(
         data,
         weight,
@@ -39,8 +39,8 @@ def nchw_conv2d(attrs, data, weight, out_dtype=None):
         padding=attrs.padding,
         dilation=attrs.dilation,
         groups=attrs.groups,
-        data_layout="NCHW",
-        kernel_layout="OIHW",
-        out_layout="NCHW",
+        data_layout=layout,
+        kernel_layout="OIHW" if layout == "NCHW" else "OHWI",
+        out_layout=layout,
         out_dtype=out_dtype,
     )

@@ -1,8 +1,9 @@
 """An int8 build's graph, shared by ``compile --precision int8`` and ``tune --precision int8`` (the
 kernels a tune measures are the ones compile builds): the model quantized (``tvmnet/quantize/``),
-imported as QDQ, its layers rewritten into integer arithmetic (``QdqToInteger``), lowered in NCHW
-with the 1x1 convolutions kept as conv2d. The layout pass and the GEMM lowering move the
-quantization axis and the bias of a QDQ graph wrongly (outputs off by 14 output steps on 0.25-96).
+imported as QDQ, its layers rewritten into integer arithmetic in NHWC (``QdqToInteger("NHWC")``),
+and, on a CPU with AVX-512 VNNI, its 1x1 convolutions turned into the VNNI GEMM kernel
+(``PointwiseToVnni``). The fp32 layout pass and GEMM lowering are not used: on a QDQ graph they
+move the quantization axis and the bias wrongly (outputs off by 14 output steps on 0.25-96).
 """
 
 from __future__ import annotations
@@ -16,19 +17,31 @@ from tvmnet.core.errors import UsageError
 
 def graph_options(opts):
     """``opts`` (compile's or tune's) with the layout and GEMM lowering an int8 build takes."""
-    if opts.layout == "NHWC":
-        raise UsageError("--precision int8 builds in NCHW for now; drop --layout NHWC")
-    return dataclasses.replace(opts, layout="NCHW", gemm=False)
+    if opts.layout == "NCHW":
+        raise UsageError("--precision int8 builds in NHWC; drop --layout NCHW")
+    return dataclasses.replace(opts, layout="NHWC", gemm=False)
 
 
 def import_int8(opts, workdir: Path, say: Callable[[str], None]):
     """(Relax module in integers, input name, input shape, the ``quantization`` metadata). The
     quantized model is written in ``workdir``; ``quant["onnx_path"]`` names it."""
     from tvmnet.frontend import import_model
+    from tvmnet.passes import vnni_kernel
+    from tvmnet.passes.pointwise_to_vnni import PointwiseToVnni
     from tvmnet.passes.qdq_to_integer import QdqToInteger
     from tvmnet.quantize.model import quantized_onnx
 
     onnx_path, quant = quantized_onnx(opts, workdir, say)
-    say("importing the quantized model (QDQ) and rewriting its layers into integer arithmetic")
+    target = opts.target.tvm_target()
+    vnni = vnni_kernel.has_vnni(target)
+    say(
+        "importing the quantized model (QDQ) and rewriting its layers into integer arithmetic"
+        + (" (1x1 convolutions: the VNNI GEMM kernel)" if vnni else "")
+    )
     mod, input_name, input_shape, _ = import_model(opts.model, onnx_path)
-    return QdqToInteger()(mod), input_name, input_shape, quant
+    mod = QdqToInteger("NHWC")(mod)
+    if vnni:
+        with target:
+            mod = PointwiseToVnni()(mod)
+    quant["kernels"] = "pointwise: tvmnet VNNI GEMM (passes/vnni_kernel.py)" if vnni else "generic"
+    return mod, input_name, input_shape, quant

@@ -40,8 +40,8 @@ def generation(layout: str, gemm: bool = True, precision: str = "fp32") -> str:
     """The pipeline generation a lowered module's kernels come from: the layout and the graph
     passes that shape them (a tuning record serves only kernels of the same shape). Logs record
     it (``class.json``: ``generations``) so that a log made before a pipeline change shows as stale."""
-    if precision == "int8":  # passes/int8.py: the QDQ graph in integers, NCHW, 1x1 convs kept as conv2d
-        return "int8 NCHW: QdqToInteger"
+    if precision == "int8":  # passes/int8.py: the QDQ graph in integers, NHWC; 1x1 convs on VNNI where it is
+        return "int8 NHWC: QdqToInteger + PointwiseToVnni (VNNI CPUs)"
     passes = ["FoldBatchNorm"] + (["ConvertLayout", "StemReadsNCHW"] if layout == "NHWC" else [])
     return f"{layout}: " + " + ".join(passes + (["PointwiseToGemm"] if gemm else []))
 
@@ -203,5 +203,9 @@ def extract_tasks(mod, spec):
     scheduled (by a pass or dlight) left out."""
     from tvm.s_tir import meta_schedule as ms
 
+    def scheduled(task) -> bool:
+        funcs = [f for _, f in task.mod.functions_items()]
+        return any(bool(x.attrs and x.attrs.get("tirx.is_scheduled", False)) for x in [task.mod, *funcs])
+
     tasks = ms.relax_integration.extract_tasks(mod, spec.tvm_target())
-    return [t for t in tasks if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled", False)]
+    return [t for t in tasks if not scheduled(t)]

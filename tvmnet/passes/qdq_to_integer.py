@@ -98,7 +98,22 @@ def _requant_like(acc, bias_q, acc_scale, quant, shape):
     return _requantize(acc, bias_q, multiplier, int(zo), str(quant.attrs.out_dtype), shape)
 
 
-def _rewrite_function(func: relax.Function) -> relax.Function:
+def _cancel_transposes(func: relax.Function) -> relax.Function:
+    """permute_dims(permute_dims(x, p), q) -> x where q undoes p (NHWC -> NCHW -> NHWC between layers)."""
+    inner = is_op("relax.permute_dims")(wildcard())
+    outer = is_op("relax.permute_dims")(inner)
+
+    def rewriter(expr, m):
+        p, q = m[inner].attrs.axes, m[outer].attrs.axes
+        if p is None or q is None:
+            return expr
+        p, q = [int(v) for v in p], [int(v) for v in q]
+        return m[inner].args[0] if [p[i] for i in q] == list(range(len(p))) else expr
+
+    return rewrite_call(outer, rewriter, func)
+
+
+def _rewrite_function(func: relax.Function, layout: str = "NCHW") -> relax.Function:
     conv = _Layer()
     conv_call = is_op("relax.nn.conv2d")(conv.x, conv.w)
     conv_out = is_op("relax.quantize")(
@@ -111,12 +126,18 @@ def _rewrite_function(func: relax.Function) -> relax.Function:
         if parts is None or (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW"):
             return expr
         xq, zx, wq, bq, sb = parts
+        if layout == "NHWC":
+            wq = np.ascontiguousarray(wq.transpose(0, 2, 3, 1))  # OIHW -> OHWI
         weights = relax.const(wq, "int8")
         if zx:  # the stem (ReLU'd activations have zero point 0): x - zx in int32, the zero point an argument
             xq = relax.op.subtract(relax.op.astype(xq, "int32"), relax.const(np.full((1, 1, 1, 1), zx, "int32")))
             weights = relax.const(wq.astype("int32"), "int32")
-        acc = nchw_conv2d(a, xq, weights, out_dtype="int32")
-        out = _requant_like(acc, bq, sb, quant, (1, -1, 1, 1))
+        if layout == "NHWC":
+            xq = relax.op.permute_dims(xq, [0, 2, 3, 1])
+        acc = nchw_conv2d(a, xq, weights, out_dtype="int32", layout=layout)
+        out = _requant_like(acc, bq, sb, quant, (1, -1, 1, 1) if layout == "NCHW" else (1, 1, 1, -1))
+        if out is not None and layout == "NHWC":  # back to NCHW; between two convs the pair cancels
+            out = relax.op.permute_dims(out, [0, 3, 1, 2])
         return expr if out is None else out
 
     func = rewrite_call(conv_out, conv_rewriter, func)
@@ -164,13 +185,20 @@ def _rewrite_function(func: relax.Function) -> relax.Function:
             )
 
         func = rewrite_call(qdq, vectorize, func)
-    return func
+    return _cancel_transposes(func) if layout == "NHWC" else func
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvmnet.QdqToInteger")
 class QdqToInteger:
-    """Rewrite every quantized conv2d and classifier of a QDQ graph into integer arithmetic."""
+    """Rewrite every quantized conv2d and classifier of a QDQ graph into integer arithmetic; with
+    ``layout="NHWC"`` the convolutions run in NHWC/OHWI (the input and the pooled features are
+    transposed once; between two layers the transposes cancel)."""
+
+    def __init__(self, layout: str = "NCHW"):
+        if layout not in ("NCHW", "NHWC"):
+            raise ValueError(f"layout {layout!r}: expected NCHW or NHWC")
+        self.layout = layout
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        new = rewrite_relax_functions(mod, _rewrite_function)
+        new = rewrite_relax_functions(mod, lambda f: _rewrite_function(f, self.layout))
         return relax.transform.DeadCodeElimination()(new) if new is not mod else mod

@@ -1,0 +1,101 @@
+"""PointwiseToVnni: the int8 1x1 convolutions (NHWC, after ``QdqToInteger("NHWC")``) as calls to
+the VNNI GEMM kernel (``vnni_kernel``), with their weights packed at compile time.
+
+Before (uint8 activations with zero point 0, int8 OHWI weights, the requantization of
+``QdqToInteger``)::
+
+    acc = R.nn.conv2d(x, W, data_layout="NHWC", kernel_layout="OHWI", out_dtype="int32")   # 1x1, stride 1
+    y = astype(clip(round(astype(acc + bias, "float32") * mult) + zo, 0, 255), "uint8")
+
+After::
+
+    a = R.reshape(x, (H * W, K))
+    y = R.reshape(R.call_tir(vnni_gemm_mM_kK_nN, (a, pack(W), bias, mult, zo), (H * W, N), "uint8"), (1, H, W, N))
+
+The kernel computes the same expression in the same order (int32 sum, float32 multiply, round
+half to even, add, clamp), so the output is bit-identical. A layer whose shape the kernel does not
+take (``vnni_kernel.fits``) stays as it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+from tvmnet.passes import vnni_kernel
+
+
+def _value(expr):
+    return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) else None
+
+
+class _Rewriter:
+    def __init__(self, bb: relax.BlockBuilder):
+        self.bb = bb  # the kernels are added to its module
+        self.by_shape = {}
+        self.x, self.w = wildcard(), is_const()
+        self.bias, self.mult, self.zo = is_const(), is_const(), is_const()
+        self.lo, self.hi = wildcard(), wildcard()
+        self.conv = is_op("relax.nn.conv2d")(self.x, self.w)
+        real = is_op("relax.multiply")(is_op("relax.astype")(is_op("relax.add")(self.conv, self.bias)), self.mult)
+        self.clip = is_op("relax.clip")(is_op("relax.add")(is_op("relax.round")(real), self.zo), self.lo, self.hi)
+        self.out = is_op("relax.astype")(self.clip)
+
+    def gvar(self, m: int, k: int, n: int) -> relax.GlobalVar:
+        key = (m, k, n)
+        if key not in self.by_shape:
+            name = f"vnni_gemm_m{m}_k{k}_n{n}"
+            self.by_shape[key] = self.bb.add_func(vnni_kernel.scheduled(m, k, n).without_attr("global_symbol"), name)
+        return self.by_shape[key]
+
+    def __call__(self, expr, match):
+        conv, x = match[self.conv], match[self.x]
+        a = conv.attrs
+        w, bias, mult, zo = (_value(match[p]) for p in (self.w, self.bias, self.mult, self.zo))
+        lo, hi = match[self.lo], match[self.hi]
+        if (
+            (a.data_layout, a.kernel_layout, str(a.out_dtype)) != ("NHWC", "OHWI", "int32")
+            or [int(v) for v in a.strides] != [1, 1]
+            or int(a.groups) != 1
+            or any(int(v) for v in a.padding)
+            or x.ty.dtype != "uint8"
+            or str(expr.attrs.dtype) != "uint8"
+            or w is None
+            or w.shape[1:3] != (1, 1)
+            or not all(isinstance(v, tvm.tirx.IntImm) for v in (lo, hi))
+            or (int(lo.value), int(hi.value)) != (0, 255)
+        ):
+            return expr
+        shape = [int(v) for v in x.ty.shape]
+        m, k, n = shape[1] * shape[2], shape[3], int(w.shape[0])
+        if shape[0] != 1 or not vnni_kernel.fits(m, k, n) or zo.size != 1:
+            return expr
+        args = [
+            relax.op.reshape(x, (m, k)),
+            relax.const(vnni_kernel.pack_weights(w.reshape(n, k)), "int8"),
+            relax.const(np.ascontiguousarray(bias.reshape(n)), "int32"),
+            relax.const(np.ascontiguousarray(mult.reshape(n)), "float32"),
+            relax.const(zo.reshape(1).astype("float32"), "float32"),
+        ]
+        y = relax.call_tir(self.gvar(m, k, n), args, relax.TensorType((m, n), "uint8"))
+        return relax.op.reshape(y, (1, shape[1], shape[2], n))
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvmnet.PointwiseToVnni")
+class PointwiseToVnni:
+    """Rewrite every int8 NHWC 1x1 convolution with its requantization into the VNNI GEMM kernel."""
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        bb = relax.BlockBuilder(mod)
+        rw = _Rewriter(bb)
+        rewritten = {
+            gv: rewrite_call(rw.out, rw, f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)
+        }
+        if not rw.by_shape:
+            return mod
+        out = bb.get()
+        for gv, f in rewritten.items():
+            out[gv] = f
+        return out
