@@ -19,6 +19,7 @@ given by --ghz).
 import argparse
 import json
 import os
+import re
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -83,7 +84,10 @@ def tvm_profile(cfg, spec, tuning_log, flush: bool, lowered=None):
         evaluator_config=ms.runner.EvaluatorConfig(number=20, repeat=5, min_repeat_ms=0, enable_cpu_cache_flush=flush),
     )
     rows = []
-    own = [(name, func, calls) for name, func, calls in _scheduled_kernels(lowered)]
+    own = [
+        (name, tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), calls)
+        for name, func, calls in _scheduled_kernels(lowered)
+    ]
     items = [(t.task_name, t.dispatched[0], int(t.weight), t) for t in tasks] + [(n, f, c, None) for n, f, c in own]
     for name, func, w, task in items:
         sch = tvm.s_tir.Schedule(func)
@@ -99,7 +103,11 @@ def tvm_profile(cfg, spec, tuning_log, flush: bool, lowered=None):
             raise SystemExit(f"{name}: run failed: {res.error_msg[-500:]}")
         secs = sorted(float(s) for s in res.run_secs)
         us = 1e6 * secs[len(secs) // 2]
-        flop = float(tvm.s_tir.analysis.estimate_tir_flops(func))
+        if task is None:  # tensorized: TVM's estimate cannot read it; vnni_gemm_m{M}_k{K}_n{N}: 2 M K N
+            m, k, n = (int(v) for v in re.findall(r"_[mkn](\d+)", name)[:3])
+            flop = 2.0 * m * k * n
+        else:
+            flop = float(tvm.s_tir.analysis.estimate_tir_flops(func))
         rows.append(
             {
                 "kernel": name,
