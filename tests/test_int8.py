@@ -94,7 +94,8 @@ def test_int8_compile_records_the_quantization_and_ships_the_quantized_reference
 
     out, res = int8_small
     meta = json.loads((out / "metadata.json").read_text())
-    assert meta["precision"] == "int8" and meta["layout"] == "NCHW" and meta["passes"][0] == "QdqToInteger"
+    assert meta["precision"] == "int8" and meta["layout"] == "NHWC" and meta["passes"][0] == "QdqToInteger(NHWC)"
+    assert ("PointwiseToVnni" in meta["passes"]) == host_has_vnni()
     q = meta["quantization"]
     assert q["name"] == "onnxruntime.quantization.quantize_static" and q["format"] == "QDQ"
     assert q["calibration"] == {"source": "seeded samples", "count": 8, "seed": 0, "distribution": "standard normal"}

@@ -198,7 +198,8 @@ def _build(opts, mod, input_name, input_shape, model_info, quant, say, t0) -> Ar
             "output": {"shape": list(out_shape), "dtype": "float32"},
             "library": LIBRARY,
             "library_elf_machine": machine,
-            "passes": (["QdqToInteger"] if quant is not None else [])
+            "passes": (["QdqToInteger(NHWC)"] if quant is not None else [])
+            + (["PointwiseToVnni"] if vnni else [])
             + ["FoldBatchNorm"]
             + (["ConvertLayout(NHWC)"] if layout == "NHWC" else [])
             + (["PointwiseToGemm"] if opts.gemm else [])
