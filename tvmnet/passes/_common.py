@@ -24,6 +24,11 @@ def rewrite_relax_functions(mod: tvm.IRModule, rewrite: Callable[[relax.Function
     return mod
 
 
+def const_value(expr):
+    """The numpy value of a Relax constant, or None."""
+    return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) else None
+
+
 def ints(values) -> list:
     """Python ints of a TVM shape or attribute array."""
     return [int(v) for v in values]

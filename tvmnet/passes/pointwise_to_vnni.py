@@ -25,10 +25,7 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from tvmnet.passes import vnni_kernel
-
-
-def _value(expr):
-    return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) else None
+from tvmnet.passes._common import const_value
 
 
 class _Rewriter:
@@ -53,7 +50,7 @@ class _Rewriter:
     def __call__(self, expr, match):
         conv, x = match[self.conv], match[self.x]
         a = conv.attrs
-        w, bias, mult, zo = (_value(match[p]) for p in (self.w, self.bias, self.mult, self.zo))
+        w, bias, mult, zo = (const_value(match[p]) for p in (self.w, self.bias, self.mult, self.zo))
         lo, hi = match[self.lo], match[self.hi]
         if (
             (a.data_layout, a.kernel_layout, str(a.out_dtype)) != ("NHWC", "OHWI", "int32")

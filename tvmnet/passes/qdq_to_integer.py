@@ -41,16 +41,11 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
-from tvmnet.passes._common import nchw_conv2d, rewrite_relax_functions
-
-
-def _const(expr):
-    """The numpy value of a Relax constant, or None."""
-    return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) else None
+from tvmnet.passes._common import const_value, nchw_conv2d, rewrite_relax_functions
 
 
 def _scalar(expr):
-    v = _const(expr)
+    v = const_value(expr)
     return None if v is None or v.size != 1 else v.reshape(())
 
 
@@ -68,8 +63,8 @@ class _Layer:
     def parts(self, m):
         """(xq, zx, Wq, Bq, bias scale) when the layer is the quantizer's, else None."""
         sx, zx = _scalar(m[self.sx]), _scalar(m[self.zx])
-        wq, sw, zw = _const(m[self.wq]), _const(m[self.sw]), _const(m[self.zw])
-        bq, sb, zb = _const(m[self.bq]), _const(m[self.sb]), _const(m[self.zb])
+        wq, sw, zw = const_value(m[self.wq]), const_value(m[self.sw]), const_value(m[self.zw])
+        bq, sb, zb = const_value(m[self.bq]), const_value(m[self.sb]), const_value(m[self.zb])
         xq = m[self.xq]
         if sx is None or zx is None or xq.ty.dtype not in ("uint8", "int8"):
             return None
@@ -106,7 +101,7 @@ def _flat_zero_point_off(xq, zx: int):
     computed its addresses lane by lane, 131 us) and reshaped back for free."""
     zero = relax.const(np.full((1,), zx, "int32"))
     call = xq if isinstance(xq, relax.Call) and getattr(xq.op, "name", "") == "relax.quantize" else None
-    scale, zp = (_const(call.args[1]), _const(call.args[2])) if call is not None else (None, None)
+    scale, zp = (const_value(call.args[1]), const_value(call.args[2])) if call is not None else (None, None)
     if call is None or xq.ty.shape is None or scale is None or zp is None or scale.size != 1 or zp.size != 1:
         return relax.op.subtract(relax.op.astype(xq, "int32"), relax.const(np.full((1, 1, 1, 1), zx, "int32")))
     shape = [int(v) for v in xq.ty.shape]
