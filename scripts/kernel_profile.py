@@ -103,8 +103,7 @@ def tvm_profile(cfg, spec, tuning_log, flush: bool, lowered=None):
         secs = sorted(float(s) for s in res.run_secs)
         us = 1e6 * secs[len(secs) // 2]
         if task is None:  # tensorized: TVM's estimate cannot read it; A is (M, K), the output (M, N): 2 M K N
-            bufs = [func["main"].buffer_map[p] for p in func["main"].params]
-            (m, k), n = [int(v) for v in bufs[0].shape], int(bufs[-1].shape[1])
+            (m, k), n = [int(v) for v in args[0].shape], int(args[-1].shape[1])
             flop = 2.0 * m * k * n
         else:
             flop = float(tvm.s_tir.analysis.estimate_tir_flops(func))

@@ -149,7 +149,7 @@ def _build(opts, mod, input_name, input_shape, model_info, quant, say, t0) -> Ar
     say("running graph passes (fold BatchNorm, layout, pointwise conv -> GEMM) and lowering to TIR")
     layout, mod, choice = lower_and_choose_logs(mod, opts, input_shape=input_shape, say=say)
     kernels = pipeline.tir_kernels(mod)
-    vnni = [k for k in kernels if k.startswith("vnni_gemm")]  # scheduled by tvmnet (passes/vnni_kernel.py)
+    vnni = pipeline.own_kernels(mod)  # scheduled by tvmnet (passes/vnni_stem.py, passes/vnni_kernel.py)
     log_note = _describe_logs(choice, len(kernels) - len(vnni), opts)
     if quant is not None and not choice.kernels_tuned:
         log_note = (
@@ -157,7 +157,7 @@ def _build(opts, mod, input_name, input_shape, model_info, quant, say, t0) -> Ar
             "log; tvmnet tune --precision int8 makes them): correct, not fast"
         )
     if vnni:
-        log_note += f"; {len(vnni)} pointwise kernels on VNNI (tvmnet's own schedule)"
+        log_note += f"; {len(vnni)} stem and pointwise kernels on VNNI (tvmnet's own schedules)"
     if choice.layout_choice:
         log_note += f"; layout {layout} applied ({choice.layout_choice['how']})"
     say(log_note)
@@ -199,7 +199,7 @@ def _build(opts, mod, input_name, input_shape, model_info, quant, say, t0) -> Ar
             "library": LIBRARY,
             "library_elf_machine": machine,
             "passes": (["QdqToInteger(NHWC)"] if quant is not None else [])
-            + (["PointwiseToVnni"] if vnni else [])
+            + (["PointwiseToVnni", "StemToVnni"] if vnni else [])
             + ["FoldBatchNorm"]
             + (["ConvertLayout(NHWC)"] if layout == "NHWC" else [])
             + (["PointwiseToGemm"] if opts.gemm else [])

@@ -29,6 +29,7 @@ def import_int8(opts, workdir: Path, say: Callable[[str], None]):
     from tvmnet.passes import vnni_kernel
     from tvmnet.passes.pointwise_to_vnni import PointwiseToVnni
     from tvmnet.passes.qdq_to_integer import QdqToInteger
+    from tvmnet.passes.stem_to_vnni import StemToVnni
     from tvmnet.quantize.model import quantized_onnx
 
     onnx_path, quant = quantized_onnx(opts, workdir, say)
@@ -36,12 +37,14 @@ def import_int8(opts, workdir: Path, say: Callable[[str], None]):
     vnni = vnni_kernel.has_vnni(target)
     say(
         "importing the quantized model (QDQ) and rewriting its layers into integer arithmetic"
-        + (" (1x1 convolutions: the VNNI GEMM kernel)" if vnni else "")
+        + (" (the stem and the 1x1 convolutions: VNNI kernels)" if vnni else "")
     )
     mod, input_name, input_shape, _ = import_model(opts.model, onnx_path)
     mod = QdqToInteger("NHWC")(mod)
     if vnni:
         with target:
-            mod = PointwiseToVnni()(mod)
-    quant["kernels"] = "pointwise: tvmnet VNNI GEMM (passes/vnni_kernel.py)" if vnni else "generic"
+            mod = StemToVnni()(PointwiseToVnni()(mod))
+    quant["kernels"] = (
+        "stem and pointwise: tvmnet's VNNI kernels (passes/vnni_stem.py, passes/vnni_kernel.py)" if vnni else "generic"
+    )
     return mod, input_name, input_shape, quant

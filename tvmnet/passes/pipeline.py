@@ -178,6 +178,16 @@ def tir_kernels(mod: tvm.IRModule) -> list:
     return sorted(g.name_hint for g, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
 
 
+def own_kernels(mod: tvm.IRModule) -> list:
+    """Names of the kernels a tvmnet pass scheduled itself (``tirx.is_scheduled``: the VNNI ones),
+    which no tuning log serves."""
+    return sorted(
+        g.name_hint
+        for g, f in mod.functions_items()
+        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and bool(f.attrs.get("tirx.is_scheduled", False))
+    )
+
+
 KERNEL_KINDS = ("pointwise GEMM", "depthwise conv", "stem conv", "fc", "mean", "other")
 
 

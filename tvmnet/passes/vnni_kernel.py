@@ -30,7 +30,7 @@ INTRIN = "tvmnet_dot_16x4_vnni"
 def _desc(
     A: T.Buffer((4,), "uint8", offset_factor=1),
     B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    C: T.Buffer((16,), "int32", offset_factor=1),
 ) -> None:
     with T.sblock("root"):
         T.reads(C[0:16], A[0:4], B[0:16, 0:4])
@@ -46,18 +46,15 @@ def _desc(
 def _impl(
     A: T.Buffer((4,), "uint8", offset_factor=1),
     B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    C: T.Buffer((16,), "int32", offset_factor=1),
 ) -> None:
     with T.sblock("root"):
         T.reads(C[0:16], A[0:4], B[0:16, 0:4])
         T.writes(C[0:16])
-        a_u8x64 = T.reinterpret(
-            T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="uint8x64"
-        )
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(  # no local variables: each would be a workspace
             T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
             C.vload([0], dtype="int32x16"),
-            a_u8x64,
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="uint8x64"),
             B.vload([0, 0], dtype="int8x64"),
             dtype="int32x16",
         )
@@ -142,7 +139,6 @@ def scheduled(m: int, k: int, n: int) -> tvm.tirx.PrimFunc:
     tile = sch.fuse(io, jo)
     sch.parallel(tile)
     sch.reverse_compute_at(epilogue, tile)
-    sch.set_scope(gemm, 0, "local")  # the accumulators: registers
     sch.decompose_reduction(gemm, ro)
     sch.tensorize(jv, register())
     sch.unroll(ii)
