@@ -39,7 +39,7 @@ def int8_module(cfg, spec, workdir):
 
 
 def _scheduled_kernels(lowered):
-    """(name, PrimFunc, calls) of the kernels tvmnet scheduled itself (the VNNI GEMMs)."""
+    """(name, PrimFunc, calls) of the kernels tvmnet scheduled itself (the VNNI stem and GEMMs)."""
     import tvm
     from tvm import relax
 
@@ -57,6 +57,23 @@ def _scheduled_kernels(lowered):
         for g, f in lowered.functions_items()
         if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled", False)
     ]
+
+
+def _own_kernel_kind(name: str) -> str:
+    return "stem conv" if name.startswith("vnni_stem") else "other" if name.startswith("stem_prep") else "pointwise GEMM"
+
+
+def _own_kernel_ops(name: str, args) -> float:
+    """Multiply-adds x 2 of a kernel scheduled by tvmnet: the VNNI GEMM (A (M, K), out (M, N)), the
+    stem (out (OH, OW, N), 27 taps of 3 channels; the padded kw = 3 column not counted), the prep
+    (one quantize per input element, counted as one op)."""
+    if name.startswith("stem_prep"):
+        return float(np.prod([int(v) for v in args[0].shape]))
+    if name.startswith("vnni_stem"):
+        oh, ow, n = (int(v) for v in args[-1].shape)
+        return 2.0 * oh * ow * n * 9 * int(args[0].shape[0])
+    (m, k), n = [int(v) for v in args[0].shape], int(args[-1].shape[1])
+    return 2.0 * m * k * n
 
 
 def tvm_profile(cfg, spec, tuning_log, flush: bool, lowered=None):
@@ -102,15 +119,14 @@ def tvm_profile(cfg, spec, tuning_log, flush: bool, lowered=None):
             raise SystemExit(f"{name}: run failed: {res.error_msg[-500:]}")
         secs = sorted(float(s) for s in res.run_secs)
         us = 1e6 * secs[len(secs) // 2]
-        if task is None:  # tensorized: TVM's estimate cannot read it; A is (M, K), the output (M, N): 2 M K N
-            (m, k), n = [int(v) for v in args[0].shape], int(args[-1].shape[1])
-            flop = 2.0 * m * k * n
+        if task is None:  # tvmnet's own kernels: TVM's estimate cannot read a tensorized one
+            flop = _own_kernel_ops(name, args)
         else:
             flop = float(tvm.s_tir.analysis.estimate_tir_flops(func))
         rows.append(
             {
                 "kernel": name,
-                "kind": "pointwise GEMM" if task is None else pipeline.kernel_kind(name, func),
+                "kind": _own_kernel_kind(name) if task is None else pipeline.kernel_kind(name, func),
                 "calls": w,
                 "us_each": us,
                 "us_total": us * w,
