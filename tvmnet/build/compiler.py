@@ -149,15 +149,16 @@ def _build(opts, mod, input_name, input_shape, model_info, quant, say, t0) -> Ar
     say("running graph passes (fold BatchNorm, layout, pointwise conv -> GEMM) and lowering to TIR")
     layout, mod, choice = lower_and_choose_logs(mod, opts, input_shape=input_shape, say=say)
     kernels = pipeline.tir_kernels(mod)
-    vnni = pipeline.own_kernels(mod)  # scheduled by tvmnet (passes/vnni_stem.py, passes/vnni_kernel.py)
-    log_note = _describe_logs(choice, len(kernels) - len(vnni), opts)
+    own = pipeline.own_kernels(mod)  # scheduled by tvmnet (the VNNI and ARM int8 kernels)
+    int8_passes = quant.pop("passes", []) if quant is not None else []
+    log_note = _describe_logs(choice, len(kernels) - len(own), opts)
     if quant is not None and not choice.kernels_tuned:
         log_note = (
-            f"int8: {len(kernels) - len(vnni)} kernels with default schedules (no int8 records for them in the "
+            f"int8: {len(kernels) - len(own)} kernels with default schedules (no int8 records for them in the "
             "log; tvmnet tune --precision int8 makes them): correct, not fast"
         )
-    if vnni:
-        log_note += f"; {len(vnni)} stem and pointwise kernels on VNNI (tvmnet's own schedules)"
+    if own:
+        log_note += f"; {len(own)} kernels scheduled by tvmnet ({quant['kernels']})"
     if choice.layout_choice:
         log_note += f"; layout {layout} applied ({choice.layout_choice['how']})"
     say(log_note)
@@ -198,9 +199,7 @@ def _build(opts, mod, input_name, input_shape, model_info, quant, say, t0) -> Ar
             "output": {"shape": list(out_shape), "dtype": "float32"},
             "library": LIBRARY,
             "library_elf_machine": machine,
-            "passes": (["QdqToInteger(NHWC)"] if quant is not None else [])
-            + (["PointwiseToVnni", "StemToVnni"] if vnni else [])
-            + ["FoldBatchNorm"]
+            "passes": int8_passes + ["FoldBatchNorm"]
             + (["ConvertLayout(NHWC)"] if layout == "NHWC" else [])
             + (["PointwiseToGemm"] if opts.gemm else [])
             + ([f"PrefetchWeights({prefetching} kernels)"] if prefetching else []),

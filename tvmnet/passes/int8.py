@@ -24,9 +24,11 @@ def graph_options(opts):
 
 def import_int8(opts, workdir: Path, say: Callable[[str], None]):
     """(Relax module in integers, input name, input shape, the ``quantization`` metadata). The
-    quantized model is written in ``workdir``; ``quant["onnx_path"]`` names it."""
+    quantized model is written in ``workdir``; ``quant["onnx_path"]`` names it, ``quant["passes"]``
+    the graph passes that ran (for ``metadata.json``'s list)."""
     from tvmnet.frontend import import_model
-    from tvmnet.passes import vnni_kernel
+    from tvmnet.passes import arm_kernel, vnni_kernel
+    from tvmnet.passes.pointwise_to_arm import PointwiseToArm
     from tvmnet.passes.pointwise_to_vnni import PointwiseToVnni
     from tvmnet.passes.qdq_to_integer import QdqToInteger
     from tvmnet.passes.stem_to_vnni import StemToVnni
@@ -38,13 +40,23 @@ def import_int8(opts, workdir: Path, say: Callable[[str], None]):
     say(
         "importing the quantized model (QDQ) and rewriting its layers into integer arithmetic"
         + (" (the stem and the 1x1 convolutions: VNNI kernels)" if vnni else "")
+        + (" (the 1x1 convolutions: tvmnet's ARM GEMM)" if arm_kernel.kind_for(target) else "")
     )
     mod, input_name, input_shape, _ = import_model(opts.model, onnx_path)
     mod = QdqToInteger("NHWC")(mod)
+    arm = arm_kernel.kind_for(target)
+    quant["passes"] = ["QdqToInteger(NHWC)"]
     if vnni:
         with target:
             mod = StemToVnni()(PointwiseToVnni()(mod))
-    quant["kernels"] = (
-        "stem and pointwise: tvmnet's VNNI kernels (passes/vnni_stem.py, passes/vnni_kernel.py)" if vnni else "generic"
-    )
+        quant["passes"] += ["PointwiseToVnni", "StemToVnni"]
+        quant["kernels"] = "stem and pointwise: tvmnet's VNNI kernels (passes/vnni_stem.py, passes/vnni_kernel.py)"
+    elif arm:
+        with target:
+            mod = PointwiseToArm(arm)(mod)
+        quant["passes"] += [f"PointwiseToArm({'sdot' if arm == arm_kernel.SDOT else 'smlal'})"]
+        how = "sdot" if arm == arm_kernel.SDOT else "smlal"
+        quant["kernels"] = f"pointwise: tvmnet's ARM GEMM on {how} (passes/arm_kernel.py)"
+    else:
+        quant["kernels"] = "generic"
     return mod, input_name, input_shape, quant

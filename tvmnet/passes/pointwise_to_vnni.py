@@ -28,9 +28,26 @@ from tvmnet.passes import vnni_kernel
 from tvmnet.passes._common import const_value
 
 
+class VnniBackend:
+    """What the rewrite asks of a kernel family: its name, which shapes it takes, its packed
+    weights and bias, its scheduled PrimFunc (``arm_kernel`` has a sibling)."""
+
+    prefix = "vnni_gemm"
+
+    def fits(self, m: int, k: int, n: int) -> bool:
+        return vnni_kernel.fits(m, k, n)
+
+    def pack(self, w: np.ndarray, bias: np.ndarray):
+        return vnni_kernel.pack_weights(w), bias
+
+    def scheduled(self, m: int, k: int, n: int):
+        return vnni_kernel.scheduled(m, k, n)
+
+
 class _Rewriter:
-    def __init__(self, bb: relax.BlockBuilder):
+    def __init__(self, bb: relax.BlockBuilder, backend=None):
         self.bb = bb  # the kernels are added to its module
+        self.backend = backend or VnniBackend()
         self.by_shape = {}
         self.x, self.w = wildcard(), is_const()
         self.bias, self.mult, self.zo = is_const(), is_const(), is_const()
@@ -43,8 +60,8 @@ class _Rewriter:
     def gvar(self, m: int, k: int, n: int) -> relax.GlobalVar:
         key = (m, k, n)
         if key not in self.by_shape:
-            name = f"vnni_gemm_m{m}_k{k}_n{n}"
-            self.by_shape[key] = self.bb.add_func(vnni_kernel.scheduled(m, k, n).without_attr("global_symbol"), name)
+            name = f"{self.backend.prefix}_m{m}_k{k}_n{n}"
+            self.by_shape[key] = self.bb.add_func(self.backend.scheduled(m, k, n).without_attr("global_symbol"), name)
         return self.by_shape[key]
 
     def __call__(self, expr, match):
@@ -67,12 +84,13 @@ class _Rewriter:
             return expr
         shape = [int(v) for v in x.ty.shape]
         m, k, n = shape[1] * shape[2], shape[3], int(w.shape[0])
-        if shape[0] != 1 or not vnni_kernel.fits(m, k, n) or zo.size != 1:
+        if shape[0] != 1 or not self.backend.fits(m, k, n) or zo.size != 1:
             return expr
+        packed, bias = self.backend.pack(w.reshape(n, k), bias.reshape(n))
         args = [
             relax.op.reshape(x, (m, k)),
-            relax.const(vnni_kernel.pack_weights(w.reshape(n, k)), "int8"),
-            relax.const(np.ascontiguousarray(bias.reshape(n)), "int32"),
+            relax.const(packed),
+            relax.const(np.ascontiguousarray(bias), "int32"),
             relax.const(np.ascontiguousarray(mult.reshape(n)), "float32"),
             relax.const(zo.reshape(1).astype("float32"), "float32"),
         ]
@@ -84,15 +102,20 @@ class _Rewriter:
 class PointwiseToVnni:
     """Rewrite every int8 NHWC 1x1 convolution with its requantization into the VNNI GEMM kernel."""
 
+    backend = VnniBackend
+
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        bb = relax.BlockBuilder(mod)
-        rw = _Rewriter(bb)
-        rewritten = {
-            gv: rewrite_call(rw.out, rw, f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)
-        }
-        if not rw.by_shape:
-            return mod
-        out = bb.get()
-        for gv, f in rewritten.items():
-            out[gv] = f
-        return out
+        return rewrite_pointwise(mod, self.backend())
+
+
+def rewrite_pointwise(mod: tvm.IRModule, backend) -> tvm.IRModule:
+    """Every int8 NHWC 1x1 convolution with its requantization as a call of ``backend``'s GEMM."""
+    bb = relax.BlockBuilder(mod)
+    rw = _Rewriter(bb, backend)
+    rewritten = {gv: rewrite_call(rw.out, rw, f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)}
+    if not rw.by_shape:
+        return mod
+    out = bb.get()
+    for gv, f in rewritten.items():
+        out[gv] = f
+    return out
