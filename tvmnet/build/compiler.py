@@ -199,7 +199,8 @@ def _build(opts, mod, input_name, input_shape, model_info, quant, say, t0) -> Ar
             "output": {"shape": list(out_shape), "dtype": "float32"},
             "library": LIBRARY,
             "library_elf_machine": machine,
-            "passes": int8_passes + ["FoldBatchNorm"]
+            "passes": int8_passes
+            + ["FoldBatchNorm"]
             + (["ConvertLayout(NHWC)"] if layout == "NHWC" else [])
             + (["PointwiseToGemm"] if opts.gemm else [])
             + ([f"PrefetchWeights({prefetching} kernels)"] if prefetching else []),

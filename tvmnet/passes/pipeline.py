@@ -178,6 +178,23 @@ def tir_kernels(mod: tvm.IRModule) -> list:
     return sorted(g.name_hint for g, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
 
 
+def own_kernel_calls(mod: tvm.IRModule) -> list:
+    """(name, PrimFunc, calls) of the kernels a tvmnet pass scheduled itself (``own_kernels``)."""
+    from collections import defaultdict
+
+    calls = defaultdict(int)
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and expr.args and isinstance(expr.args[0], tvm.ir.GlobalVar):
+            calls[expr.args[0].name_hint] += 1
+
+    for _, f in mod.functions_items():
+        if isinstance(f, relax.Function):
+            relax.analysis.post_order_visit(f, visit)
+    funcs = {g.name_hint: f for g, f in mod.functions_items()}
+    return [(name, funcs[name], calls[name]) for name in own_kernels(mod)]
+
+
 def own_kernels(mod: tvm.IRModule) -> list:
     """Names of the kernels a tvmnet pass scheduled itself (``tirx.is_scheduled``: the VNNI ones),
     which no tuning log serves."""

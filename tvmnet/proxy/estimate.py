@@ -46,9 +46,9 @@ class PublishedLatency:
     def line(self) -> str:
         return f"{self.engine}, {self.model}: {self.ms:g} ms ({self.setting}) [{self.source}, {self.url}]"
 
-    def same_model(self, model: str) -> bool:
-        """Whether this figure is for ``model`` ("1.0-224" or "1-224"), fp32."""
-        return self.model.endswith(" fp32") and _pair(self.model.split()[-2]) == _pair(model)
+    def same_model(self, model: str, precision: str = "fp32") -> bool:
+        """Whether this figure is for ``model`` ("1.0-224" or "1-224") in ``precision``."""
+        return self.model.endswith(f" {precision}") and _pair(self.model.split()[-2]) == _pair(model)
 
 
 def _pair(model: str) -> tuple:
@@ -60,7 +60,41 @@ _XNNPACK = (
     "XNNPACK README, 'Performance: Raspberry Pi' (end2end-bench, random weights, benchmarked 2020-02-12)",
     "https://github.com/google/XNNPACK#raspberry-pi",
 )
+_XNNPACK_INT8 = (
+    "XNNPACK README, 'Performance: Raspberry Pi', the revision of Feb 2022 with int8 rows (multi-threaded; "
+    "quoted in issue 33 and tvm-field-notes, not re-read here)",
+    "https://github.com/google/XNNPACK#raspberry-pi",
+)
 PUBLISHED = (
+    PublishedLatency(
+        "rpi4",
+        "XNNPACK",
+        "MobileNet v1 1.0-224 int8",
+        29.0,
+        "Raspberry Pi 4, multi-threaded (24 ms as ARM64)",
+        *_XNNPACK_INT8,
+    ),
+    PublishedLatency(
+        "rpi4",
+        "TFLite",
+        "MobileNet v1 1.0-224 int8",
+        35.6,
+        "Raspberry Pi 4 (TVM's 47.0 ms in the same thread)",
+        "TVM discuss forum, thread 6577",
+        "https://discuss.tvm.apache.org/t/6577",
+    ),
+    PublishedLatency(
+        "rpi4",
+        "ncnn",
+        "MobileNet v1 1.0-224 int8",
+        40.0,
+        "Raspberry Pi 4, 4 threads (about; fp32 72 ms)",
+        "Tencent/ncnn issue 3485",
+        "https://github.com/Tencent/ncnn/issues/3485",
+    ),
+    PublishedLatency(
+        "rpi3b", "XNNPACK", "MobileNet v1 1.0-224 int8", 46.0, "Raspberry Pi 3+, multi-threaded", *_XNNPACK_INT8
+    ),
     PublishedLatency(
         "rpi4", "XNNPACK", "MobileNet v1 1.0-224 fp32", 75.0, "Raspberry Pi 4 (BCM2711), multi-threaded", *_XNNPACK
     ),
@@ -156,7 +190,6 @@ def _estimate(art, board: str, say) -> dict:
     import tvm
 
     from tvmnet.core.config import ModelConfig
-    from tvmnet.frontend import import_model
     from tvmnet.passes import pipeline
     from tvmnet.passes.pipeline import extract_tasks
     from tvmnet.proxy.kernel import estimate
@@ -179,10 +212,7 @@ def _estimate(art, board: str, say) -> dict:
         f"estimating {art.path} on {board} with the cost proxy (llvm-mca -mcpu={spec.target.get('mcpu')}): "
         "lowering the model again as compile did"
     )
-    mod, *_ = import_model(cfg)
-    lowered = pipeline.lower_to_tir(
-        mod, spec, gemm="PointwiseToGemm" in art.metadata.get("passes", []), layout=art.metadata.get("layout")
-    )
+    lowered = _lowered(art, spec, cfg)
     tasks = extract_tasks(lowered, spec)
     tuned = art.metadata.get("tuning", {}).get("kernels_tuned", 0)
     choice = choose_logs(spec, "auto" if tuned else None, tasks)
@@ -208,6 +238,11 @@ def _estimate(art, board: str, say) -> dict:
             f"  [{i}/{len(tasks)}] {task.task_name}: {rows[-1]['ms_each']:.3f} ms x{rows[-1]['calls']} "
             f"({rows[-1]['schedule']})"
         )
+    for name, func, calls in pipeline.own_kernel_calls(lowered):  # scheduled by tvmnet (int8 GEMMs): as built
+        cycles = estimate(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), spec).cycles
+        kind = "stem conv" if "stem" in name else "pointwise GEMM"
+        rows.append({"kernel": name, "kind": kind, "calls": calls, "schedule": "tvmnet", "ms_each": cycles / ghz / 1e6})
+        say(f"  {name}: {rows[-1]['ms_each']:.3f} ms x{calls} (scheduled by tvmnet)")
     by_kind = defaultdict(float)
     for r in rows:
         by_kind[r["kind"]] += r["ms_each"] * r["calls"]
@@ -219,6 +254,8 @@ def _estimate(art, board: str, say) -> dict:
         "threads": int(spec.target.get("num-cores") or 1),
         "model": f"{m['alpha']:g}-{m['resolution']}",
         "records_applied": sum(r["schedule"] == "record" for r in rows),
+        "own_kernels": sum(r["schedule"] == "tvmnet" for r in rows),
+        "precision": art.metadata.get("precision", "fp32"),
         "kernels": len(rows),
         "match": choice.match,
         "total_ms": sum(by_kind.values()),
@@ -227,6 +264,30 @@ def _estimate(art, board: str, say) -> dict:
         "seconds": round(time.perf_counter() - t0, 1),
         "kind": "ESTIMATE (cost proxy), not a measurement",
     }
+
+
+def _lowered(art, spec, cfg):
+    """The artifact's model lowered as compile lowered it: fp32 from its MobileNet settings; int8
+    from the quantized model the artifact carries, through the same integer passes."""
+    from tvmnet.frontend import import_model
+    from tvmnet.passes import pipeline
+
+    if art.metadata.get("precision") == "int8":
+        from pathlib import Path
+        from tempfile import TemporaryDirectory
+        from types import SimpleNamespace
+
+        from tvmnet.passes.int8 import import_int8
+
+        ref = art.path / art.metadata["quantization"]["reference"]
+        opts = SimpleNamespace(model=cfg, target=spec, onnx=str(ref), calibration=None, calibration_samples=None)
+        with TemporaryDirectory(prefix="tvmnet-est-") as tmp:
+            mod, *_ = import_int8(opts, Path(tmp), lambda msg: None)
+        return pipeline.lower_to_tir(mod, spec, gemm=False, layout="NHWC")
+    mod, *_ = import_model(cfg)
+    return pipeline.lower_to_tir(
+        mod, spec, gemm="PointwiseToGemm" in art.metadata.get("passes", []), layout=art.metadata.get("layout")
+    )
 
 
 def add_calibration(est: dict, say: Callable[[str], None] = print) -> dict:
@@ -256,7 +317,7 @@ def add_calibration(est: dict, say: Callable[[str], None] = print) -> dict:
 def format_estimate(est: dict, art_path) -> str:
     """The estimate, beside the published figures for the board, never called a measurement."""
     lines = [
-        f"{art_path}: MobileNet v1 {est['model']} for {est['board']} ({est['mcpu']}, {est['threads']} threads at "
+        f"{art_path}: MobileNet v1 {est['model']} {est.get('precision', 'fp32')} for {est['board']} ({est['mcpu']}, {est['threads']} threads at "
         f"{est['clock_ghz']} GHz); this machine cannot run it and no board was given",
         f"ESTIMATED latency on {est['board']} by the board-free cost proxy (llvm-mca; it assumes every load "
         "hits L1, so it reads low; NOT a measurement): "
@@ -276,12 +337,17 @@ def format_estimate(est: dict, art_path) -> str:
             f"measured/estimated cycles per kernel kind (fitted on its own x86 build of {c['model']}, class "
             f"{c['class']}, clock {c['clock_ghz']:.2f} GHz measured): {spread}; still an estimate"
         )
-    pub = [p for p in published_for(est["board"]) if p.same_model(est["model"])]
+    precision = est.get("precision", "fp32")
+    pub = [p for p in published_for(est["board"]) if p.same_model(est["model"], precision)]
     if pub:
-        lines.append(f"published figures for {est['board']}, MobileNet v1 {est['model']} (measured by others):")
+        lines.append(
+            f"published figures for {est['board']}, MobileNet v1 {est['model']} {precision} (measured by others):"
+        )
         lines += [f"  {p.line()}" for p in pub]
     else:
-        lines.append(f"no published figure for MobileNet v1 {est['model']} on {est['board']} to compare with")
+        lines.append(
+            f"no published figure for MobileNet v1 {est['model']} {precision} on {est['board']} to compare with"
+        )
     lines.append(
         "measure it on the board: tvmnet deploy " + f"{art_path} --rpc HOST:PORT (or --tracker HOST:PORT --key KEY)"
     )
