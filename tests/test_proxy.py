@@ -287,7 +287,10 @@ def test_published_pi_figures_carry_sources_and_an_estimate_is_labelled_as_one()
     assert "tvmnet deploy build/arm --rpc HOST:PORT" in text
     # another model: no published figure beside it (issue 30: compared only with the same model)
     text = format_estimate(dict(est, model="0.5-224"), "build/arm")
-    assert "XNNPACK" not in text and "no published figure for MobileNet v1 0.5-224 on rpi4" in text
+    assert "XNNPACK" not in text and "no published figure for MobileNet v1 0.5-224 fp32 on rpi4" in text
+    # an int8 estimate sits beside the int8 figures only
+    text = format_estimate(dict(est, precision="int8"), "build/q8")
+    assert "1.0-224 int8 for rpi4" in text and "29 ms" in text and "35.6 ms" in text and "75 ms" not in text
 
 
 @pytest.mark.unit
