@@ -27,7 +27,15 @@ import tvm
 from tvm import te, tirx
 from tvm.script import tirx as T
 
-SDOT, SMLAL = "tvmnet_dot_4x4_u8s8_sdot", "tvmnet_mla_8x1_u8s16_smlal"
+SDOT, SMLAL, SMULL = "tvmnet_dot_4x4_u8s8_sdot", "tvmnet_mla_8x1_u8s16_smlal", "tvmnet_dot_1x16_u8s8_smull"
+PREFIX = {SDOT: "arm_sdot_gemm", SMLAL: "arm_smlal_gemm", SMULL: "arm_smull_gemm"}
+KIND_OF = {v: k for k, v in PREFIX.items()}
+
+
+def _pair_k(lane, j):
+    """The input channel (of 16) that ``sadalp`` lane ``lane`` (0..3) sums as its ``j``-th (0..3) term:
+    smull/smlal multiply bytes 0-7 and 8-15 into 8 int16 lanes, sadalp adds int16 lanes 2l and 2l+1."""
+    return (j // 2) * 8 + 2 * lane + j % 2
 
 
 @T.prim_func(s_tir=True)
@@ -107,12 +115,65 @@ def _smlal_impl(
         )
 
 
+@T.prim_func(s_tir=True)
+def _smull_desc(
+    A: T.Buffer((16,), "uint8", offset_factor=1),
+    B: T.Buffer((16,), "int8", offset_factor=1),
+    C: T.Buffer((4,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:16], B[0:16])
+        T.writes(C[0:4])
+        for lane in T.serial(0, 4):
+            for j in T.serial(0, 4):
+                with T.sblock("update"):
+                    vl, vj = T.axis.remap("SR", [lane, j])
+                    C[vl] = C[vl] + (T.cast(A[(vj // 2) * 8 + 2 * vl + vj % 2], "int32") - 128) * T.cast(
+                        B[(vj // 2) * 8 + 2 * vl + vj % 2], "int32"
+                    )
+
+
+@T.prim_func(s_tir=True)
+def _smull_impl(
+    A: T.Buffer((16,), "uint8", offset_factor=1),
+    B: T.Buffer((16,), "int8", offset_factor=1),
+    C: T.Buffer((4,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:16], B[0:16])
+        T.writes(C[0:4])
+        C[T.ramp(T.int32(0), 1, 4)] = C.vload([0], dtype="int32x4") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+            T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                T.reinterpret(T.bitwise_xor(A.vload([0], "uint8x8"), T.broadcast(T.uint8(128), 8)), dtype="int8x8"),
+                B.vload([0], dtype="int8x8"),
+                dtype="int16x8",
+            )
+            + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                T.reinterpret(T.bitwise_xor(A.vload([8], "uint8x8"), T.broadcast(T.uint8(128), 8)), dtype="int8x8"),
+                B.vload([8], dtype="int8x8"),
+                dtype="int16x8",
+            ),
+            dtype="int32x4",
+        )
+
+
+def int16_pairs_fit(w: np.ndarray) -> bool:
+    """Whether SMULL's int16 sums of two products cannot overflow: |a - 128| <= 128 and |w| <= 127
+    (ONNX Runtime's symmetric int8 weights are in [-127, 127]), so |p1 + p2| <= 32512."""
+    return int(w.min()) > -128
+
+
 @functools.cache
 def register(kind: str) -> str:
     """Register the intrinsic of ``kind`` (SDOT or SMLAL) once per process; returns its name."""
     from tvm.s_tir import TensorIntrin
 
-    desc, impl = (_sdot_desc, _sdot_impl) if kind == SDOT else (_smlal_desc, _smlal_impl)
+    desc, impl = {SDOT: (_sdot_desc, _sdot_impl), SMLAL: (_smlal_desc, _smlal_impl), SMULL: (_smull_desc, _smull_impl)}[
+        kind
+    ]
     TensorIntrin.register(kind, desc, impl, override=True)
     return kind
 
@@ -128,7 +189,7 @@ def kind_for(target):
 
 def _geometry(kind: str):
     """(output channels per step, input channels per step)."""
-    return (4, 4) if kind == SDOT else (8, 1)
+    return {SDOT: (4, 4), SMLAL: (8, 1), SMULL: (1, 16)}[kind]
 
 
 def block(kind: str, m: int, n: int):
@@ -139,6 +200,8 @@ def block(kind: str, m: int, n: int):
     tiles = ((7, 4), (4, 4), (7, 2), (8, 2), (4, 2), (2, 2), (7, 1), (4, 1), (2, 1), (1, 1))
     if kind == SMLAL:  # a group is 8 channels: two accumulators
         tiles = ((7, 2), (4, 3), (4, 2), (8, 1), (7, 1), (4, 1), (2, 1), (1, 1))
+    if kind == SMULL:  # a group is 1 channel: one accumulator; a row's 16 bytes and a channel's stay in registers
+        tiles = ((4, 4), (7, 2), (4, 2), (2, 4), (7, 1), (4, 1), (2, 1), (1, 1))
     for mr, nr in tiles:
         if m % mr == 0 and groups % nr == 0:
             return mr, nr
@@ -154,6 +217,8 @@ def pack(kind: str, w: np.ndarray, bias: np.ndarray):
     """(packed weights, bias) for int8 weights ``[N, K]`` and the int32 bias: SDOT
     ``[N/4, K/4, 4, 4]`` int8 with ``128 * sum(w)`` added to the bias; SMLAL ``[N/8, K, 8]`` int16."""
     n, k = w.shape
+    if kind == SMULL:  # read as it is: a channel's 16 input channels per step are contiguous
+        return np.ascontiguousarray(w), (bias.astype(np.int64) + 128 * w.astype(np.int64).sum(axis=1)).astype(np.int32)
     if kind == SDOT:
         packed = np.ascontiguousarray(w.reshape(n // 4, 4, k // 4, 4).transpose(0, 2, 1, 3))
         return packed, (bias.astype(np.int64) + 128 * w.astype(np.int64).sum(axis=1)).astype(np.int32)
@@ -167,6 +232,8 @@ def compute(kind: str, m: int, k: int, n: int) -> tvm.tirx.PrimFunc:
     mult = te.placeholder((n,), "float32", name="mult")
     zo = te.placeholder((1,), "float32", name="zo")
     r = te.reduce_axis((0, k), name="k")
+    if kind == SMULL:
+        return _smull_compute(a, bias, mult, zo, m, k, n)
     if kind == SDOT:
         w = te.placeholder((n // 4, k // 4, 4, 4), "int8", name="W")
         acc = te.compute(
@@ -194,11 +261,65 @@ def compute(kind: str, m: int, k: int, n: int) -> tvm.tirx.PrimFunc:
     return te.create_prim_func([a, w, bias, mult, zo, out])
 
 
+def _requant(acc, bias, mult, zo):
+    lo, hi = tirx.const(0.0, "float32"), tirx.const(255.0, "float32")
+    return te.max(te.min(te.round((acc + bias).astype("float32") * mult) + zo, hi), lo).astype("uint8")
+
+
+def _smull_compute(a, bias, mult, zo, m: int, k: int, n: int) -> tvm.tirx.PrimFunc:
+    """SMULL: 4 partial sums per (row, channel), one per ``sadalp`` lane, added in the epilogue."""
+    w = te.placeholder((n, k), "int8", name="W")
+    kb = te.reduce_axis((0, k // 16), name="kb")
+    j = te.reduce_axis((0, 4), name="j")
+    acc = te.compute(
+        (m, n, 4),
+        lambda i, c, lane: te.sum(
+            (a[i, kb * 16 + _pair_k(lane, j)].astype("int32") - 128) * w[c, kb * 16 + _pair_k(lane, j)].astype("int32"),
+            axis=[kb, j],
+        ),
+        name="acc",
+    )
+    out = te.compute(
+        (m, n),
+        lambda i, c: _requant(acc[i, c, 0] + acc[i, c, 1] + acc[i, c, 2] + acc[i, c, 3], bias[c], mult[c], zo[0]),
+        name="out",
+    )
+    return te.create_prim_func([a, w, bias, mult, zo, out])
+
+
+def _schedule_smull(m: int, k: int, n: int):
+    """The tile loop is the epilogue's, the partial sums computed at it (``reverse_compute_at`` fails
+    on the lane axis that the epilogue reads by constant index)."""
+    from tvm import s_tir
+
+    mr, nr = block(SMULL, m, n)
+    sch = s_tir.Schedule(compute(SMULL, m, k, n))
+    gemm, epilogue = sch.get_sblock("acc"), sch.get_sblock("out")
+    i, c = sch.get_loops(epilogue)
+    io, ii = sch.split(i, [None, mr])
+    co, ci = sch.split(c, [None, nr])
+    sch.reorder(io, co, ii, ci)
+    tile = sch.fuse(io, co)
+    sch.parallel(tile)
+    sch.compute_at(gemm, tile, preserve_unit_loops=True)
+    gi, gc, lane, kb, j = sch.get_loops(gemm)[1:]
+    sch.reorder(kb, gi, gc, lane, j)
+    sch.decompose_reduction(gemm, kb)
+    sch.tensorize(lane, register(SMULL))
+    sch.unroll(gi)
+    sch.unroll(gc)
+    sch.unroll(ii)
+    sch.unroll(ci)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
 def scheduled(kind: str, m: int, k: int, n: int) -> tvm.tirx.PrimFunc:
     """The kernel for (M, K, N), scheduled like ``vnni_kernel.scheduled``: tiles in parallel, the
     reduction tensorized, the requantization per tile, vectorized by 4."""
     from tvm import s_tir
 
+    if kind == SMULL:
+        return _schedule_smull(m, k, n)
     lanes, kstep = _geometry(kind)
     mr, nr = block(kind, m, n)
     sch = s_tir.Schedule(compute(kind, m, k, n))

@@ -9,6 +9,7 @@ move the quantization axis and the bias wrongly (outputs off by 14 output steps 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -54,9 +55,17 @@ def import_int8(opts, workdir: Path, say: Callable[[str], None]):
     elif arm:
         with target:
             mod = PointwiseToArm(arm)(mod)
-        quant["passes"] += [f"PointwiseToArm({'sdot' if arm == arm_kernel.SDOT else 'smlal'})"]
-        how = "sdot" if arm == arm_kernel.SDOT else "smlal"
-        quant["kernels"] = f"pointwise: tvmnet's ARM GEMM on {how} (passes/arm_kernel.py)"
+        used = Counter(
+            kind.split("_")[1]
+            for g in mod.get_global_vars()
+            for kind in arm_kernel.KIND_OF
+            if g.name_hint.startswith(kind + "_")
+        )
+        how = " + ".join(sorted(used)) or "none"
+        quant["passes"] += [f"PointwiseToArm({how})"]
+        quant["kernels"] = "pointwise: tvmnet's ARM GEMM (passes/arm_kernel.py), " + ", ".join(
+            f"{n} on {k}" for k, n in sorted(used.items())
+        )
     else:
         quant["kernels"] = "generic"
     return mod, input_name, input_shape, quant

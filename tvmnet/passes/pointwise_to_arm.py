@@ -14,18 +14,24 @@ from tvmnet.passes.pointwise_to_vnni import rewrite_pointwise
 
 
 class ArmBackend:
+    """sdot where the CPU has the dot product; else smull (two products summed in int16, 2x the
+    multiply-adds per instruction of smlal) where K is a multiple of 16 and no weight is -128
+    (``arm_kernel.int16_pairs_fit``), smlal otherwise."""
+
     def __init__(self, kind: str):
         self.kind = kind
-        self.prefix = "arm_sdot_gemm" if kind == arm_kernel.SDOT else "arm_smlal_gemm"
 
-    def fits(self, m: int, k: int, n: int) -> bool:
-        return arm_kernel.fits(self.kind, m, k, n)
+    def choose(self, m: int, k: int, n: int, w: np.ndarray):
+        kind = self.kind
+        if kind == arm_kernel.SMLAL and arm_kernel.fits(arm_kernel.SMULL, m, k, n) and arm_kernel.int16_pairs_fit(w):
+            kind = arm_kernel.SMULL
+        return arm_kernel.PREFIX[kind] if arm_kernel.fits(kind, m, k, n) else None
 
-    def pack(self, w: np.ndarray, bias: np.ndarray):
-        return arm_kernel.pack(self.kind, w, bias)
+    def pack(self, variant: str, w: np.ndarray, bias: np.ndarray):
+        return arm_kernel.pack(arm_kernel.KIND_OF[variant], w, bias)
 
-    def scheduled(self, m: int, k: int, n: int):
-        return arm_kernel.scheduled(self.kind, m, k, n)
+    def scheduled(self, variant: str, m: int, k: int, n: int):
+        return arm_kernel.scheduled(arm_kernel.KIND_OF[variant], m, k, n)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvmnet.PointwiseToArm")

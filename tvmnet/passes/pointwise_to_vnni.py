@@ -29,18 +29,17 @@ from tvmnet.passes._common import const_value
 
 
 class VnniBackend:
-    """What the rewrite asks of a kernel family: its name, which shapes it takes, its packed
-    weights and bias, its scheduled PrimFunc (``arm_kernel`` has a sibling)."""
+    """What the rewrite asks of a kernel family: which kernel (if any) takes a layer, its packed
+    weights and bias, its scheduled PrimFunc (``pointwise_to_arm`` has a sibling)."""
 
-    prefix = "vnni_gemm"
+    def choose(self, m: int, k: int, n: int, w: np.ndarray):
+        """The kernel variant for this layer (its name's prefix), or None to leave the layer alone."""
+        return "vnni_gemm" if vnni_kernel.fits(m, k, n) else None
 
-    def fits(self, m: int, k: int, n: int) -> bool:
-        return vnni_kernel.fits(m, k, n)
-
-    def pack(self, w: np.ndarray, bias: np.ndarray):
+    def pack(self, variant: str, w: np.ndarray, bias: np.ndarray):
         return vnni_kernel.pack_weights(w), bias
 
-    def scheduled(self, m: int, k: int, n: int):
+    def scheduled(self, variant: str, m: int, k: int, n: int):
         return vnni_kernel.scheduled(m, k, n)
 
 
@@ -57,11 +56,11 @@ class _Rewriter:
         self.clip = is_op("relax.clip")(is_op("relax.add")(is_op("relax.round")(real), self.zo), self.lo, self.hi)
         self.out = is_op("relax.astype")(self.clip)
 
-    def gvar(self, m: int, k: int, n: int) -> relax.GlobalVar:
-        key = (m, k, n)
+    def gvar(self, variant: str, m: int, k: int, n: int) -> relax.GlobalVar:
+        key = (variant, m, k, n)
         if key not in self.by_shape:
-            name = f"{self.backend.prefix}_m{m}_k{k}_n{n}"
-            self.by_shape[key] = self.bb.add_func(self.backend.scheduled(m, k, n).without_attr("global_symbol"), name)
+            func = self.backend.scheduled(variant, m, k, n).without_attr("global_symbol")
+            self.by_shape[key] = self.bb.add_func(func, f"{variant}_m{m}_k{k}_n{n}")
         return self.by_shape[key]
 
     def __call__(self, expr, match):
@@ -84,9 +83,10 @@ class _Rewriter:
             return expr
         shape = [int(v) for v in x.ty.shape]
         m, k, n = shape[1] * shape[2], shape[3], int(w.shape[0])
-        if shape[0] != 1 or not self.backend.fits(m, k, n) or zo.size != 1:
+        variant = self.backend.choose(m, k, n, w) if shape[0] == 1 and zo.size == 1 else None
+        if variant is None:
             return expr
-        packed, bias = self.backend.pack(w.reshape(n, k), bias.reshape(n))
+        packed, bias = self.backend.pack(variant, w.reshape(n, k), bias.reshape(n))
         args = [
             relax.op.reshape(x, (m, k)),
             relax.const(packed),
@@ -94,7 +94,7 @@ class _Rewriter:
             relax.const(np.ascontiguousarray(mult.reshape(n)), "float32"),
             relax.const(zo.reshape(1).astype("float32"), "float32"),
         ]
-        y = relax.call_tir(self.gvar(m, k, n), args, relax.TensorType((m, n), "uint8"))
+        y = relax.call_tir(self.gvar(variant, m, k, n), args, relax.TensorType((m, n), "uint8"))
         return relax.op.reshape(y, (1, shape[1], shape[2], n))
 
 

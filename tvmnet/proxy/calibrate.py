@@ -94,19 +94,63 @@ def _worker_threads(n: int) -> None:
     os.environ["TVM_NUM_THREADS"] = str(n)
 
 
-def cache_path(spec) -> Path:
-    return CACHE_DIR / "calibration" / f"{spec.machine_class()['key']}.json"
+def cache_path(spec, precision: str = "fp32") -> Path:
+    """fp32's factors in ``<class>.json``, int8's (fitted on the int8 build) in ``<class>-int8.json``."""
+    return (
+        CACHE_DIR
+        / "calibration"
+        / (f"{spec.machine_class()['key']}" + ("-int8" if precision == "int8" else "") + ".json")
+    )
 
 
-def load_calibration(spec) -> Optional[dict]:
+def load_calibration(spec, precision: str = "fp32") -> Optional[dict]:
     try:
-        cal = json.loads(cache_path(spec).read_text())
+        cal = json.loads(cache_path(spec, precision).read_text())
         return cal if cal.get("format") == FORMAT else None
     except (OSError, ValueError):
         return None
 
 
-def kernel_rows(cfgs: list, spec, say: Callable[[str], None] = print, rounds: int = 3) -> list:
+def _kernels(cfg, spec, precision: str):
+    """(name, kind, calls, scheduled module) of each kernel of ``cfg``'s build here, as compile
+    builds it: the records of the log for the searched kernels; in int8 also tvmnet's own."""
+    import tvm
+
+    from tvmnet.passes import pipeline
+    from tvmnet.tune.classes import choose_logs
+    from tvmnet.tune.logs import best_record
+
+    if precision == "int8":
+        from types import SimpleNamespace
+
+        from tvmnet.passes.int8 import import_int8
+
+        opts = SimpleNamespace(model=cfg, target=spec, onnx=None, calibration=None, calibration_samples=None)
+        with tempfile.TemporaryDirectory(prefix="tvmnet-cal-") as tmp:
+            mod, *_ = import_int8(opts, Path(tmp), lambda msg: None)
+        lowered = pipeline.lower_to_tir(mod, spec, gemm=False, layout="NHWC")
+    else:
+        from tvmnet.frontend import import_model
+
+        mod, *_ = import_model(cfg)
+        lowered = pipeline.lower_to_tir(mod, spec)
+    tasks = pipeline.extract_tasks(lowered, spec)
+    choice = choose_logs(spec, "auto", tasks)
+    items = []
+    for task in tasks:
+        sch = tvm.s_tir.Schedule(task.dispatched[0])
+        rec = best_record(choice.database, task, spec.tvm_target()) if choice.database is not None else None
+        if rec is not None:
+            rec.trace.apply_to_schedule(sch, remove_postproc=False)
+        kind = pipeline.kernel_kind(task.task_name, task.dispatched[0])
+        items.append((task.task_name, kind, int(task.weight), sch.mod))
+    for name, func, calls in pipeline.own_kernel_calls(lowered):
+        kind = "stem conv" if "stem" in name and "prep" not in name else "other" if "prep" in name else "pointwise GEMM"
+        items.append((name, kind, calls, tvm.IRModule({"main": func.with_attr("global_symbol", "main")})))
+    return items
+
+
+def kernel_rows(cfgs: list, spec, say: Callable[[str], None] = print, rounds: int = 3, precision: str = "fp32") -> list:
     """For each model of ``cfgs``, each kernel of its x86 build (the records compile applies):
     kind, calls, measured seconds here (warm cache) and the proxy's cycles. The models' kernels
     are measured in turn, one of each in a row, so that a slow phase of the VM (its speed moves by
@@ -116,30 +160,13 @@ def kernel_rows(cfgs: list, spec, say: Callable[[str], None] = print, rounds: in
     llvm-mca between two timings, a third of the kernels timed at half speed (one thread's worth,
     Zen 4, Dec 6), which made the factors of one model miss another's by 25-30%."""
     spec.use_threads()
-    import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from tvmnet.frontend import import_model
-    from tvmnet.passes import pipeline
     from tvmnet.proxy.kernel import estimate
     from tvmnet.tune.builder import make_builder
-    from tvmnet.tune.classes import choose_logs
-    from tvmnet.tune.logs import best_record
 
     target = spec.tvm_target()
-    queues = []
-    for cfg in cfgs:
-        mod, *_ = import_model(cfg)
-        tasks = pipeline.extract_tasks(pipeline.lower_to_tir(mod, spec), spec)
-        choice = choose_logs(spec, "auto", tasks)
-        items = []
-        for task in tasks:
-            sch = tvm.s_tir.Schedule(task.dispatched[0])
-            rec = best_record(choice.database, task, target) if choice.database is not None else None
-            if rec is not None:
-                rec.trace.apply_to_schedule(sch, remove_postproc=False)
-            items.append((task, sch.mod))
-        queues.append(items)
+    queues = [_kernels(cfg, spec, precision) for cfg in cfgs]
     builder = make_builder(spec)
     runner = ms.runner.LocalRunner(
         timeout_sec=60,
@@ -151,11 +178,11 @@ def kernel_rows(cfgs: list, spec, say: Callable[[str], None] = print, rounds: in
     say(f"building {sum(len(q) for q in queues)} kernels")
     built = []
     for items in queues:
-        inputs = [ms.builder.BuilderInput(fmod, target) for _, fmod in items]
+        inputs = [ms.builder.BuilderInput(fmod, target) for *_, fmod in items]
         results = builder.build(inputs)
-        for (task, _), res in zip(items, results):
+        for (name, *_), res in zip(items, results):
             if res.error_msg:
-                raise ToolchainError(f"{task.task_name}: build failed: {res.error_msg.strip().splitlines()[-1]}")
+                raise ToolchainError(f"{name}: build failed: {res.error_msg.strip().splitlines()[-1]}")
         built.append([r.artifact_path for r in results])
     samples = [[[] for _ in q] for q in queues]
     total = rounds * sum(len(q) for q in queues)
@@ -165,28 +192,28 @@ def kernel_rows(cfgs: list, spec, say: Callable[[str], None] = print, rounds: in
             for m, items in enumerate(queues):
                 if k >= len(items):
                     continue
-                task, fmod = items[k]
+                name, _, _, fmod = items[k]
                 args = ms.arg_info.ArgInfo.from_entry_func(fmod, remove_preproc=True)
                 (res,) = [f.result() for f in runner.run([ms.runner.RunnerInput(built[m][k], "cpu", args)])]
                 if res.error_msg:
-                    raise ToolchainError(f"{task.task_name}: run failed: {res.error_msg.strip().splitlines()[-1]}")
+                    raise ToolchainError(f"{name}: run failed: {res.error_msg.strip().splitlines()[-1]}")
                 secs = sorted(float(s) for s in res.run_secs)
                 samples[m][k].append(secs[len(secs) // 2])
                 done += 1
                 say(f"  [{done}/{total}] round {rnd + 1}/{rounds} {cfgs[m].alpha:g}-{cfgs[m].resolution} "
-                    f"{task.task_name}: {1e6 * samples[m][k][-1]:.1f} us")  # fmt: skip
+                    f"{name}: {1e6 * samples[m][k][-1]:.1f} us")  # fmt: skip
     seconds = [[sorted(s)[len(s) // 2] for s in q] for q in samples]
     say("estimating each kernel with the proxy")
     out = []
     for m, items in enumerate(queues):
         rows = []
-        for k, (task, fmod) in enumerate(items):
+        for k, (name, kind, calls, fmod) in enumerate(items):
             est = estimate(fmod, spec, with_memory=True)
             rows.append(
                 {
-                    "kernel": task.task_name,
-                    "kind": pipeline.kernel_kind(task.task_name, task.dispatched[0]),
-                    "calls": int(task.weight),
+                    "kernel": name,
+                    "kind": kind,
+                    "calls": calls,
                     "seconds": seconds[m][k],
                     "cycles": est.cycles,
                     "launches": est.parallel_launches,
@@ -218,7 +245,7 @@ def factors(rows: list, ghz: float) -> dict:
     return out
 
 
-def calibrate(spec, cfg, say: Callable[[str], None] = print, check_cfg=None) -> dict:
+def calibrate(spec, cfg, say: Callable[[str], None] = print, check_cfg=None, precision: str = "fp32") -> dict:
     """Fit the factors on ``cfg``'s x86 build here and cache them for this machine class; with
     ``check_cfg``, measure that model's kernels in turn with them and check the fit on it
     (``cal["check"]``: measured / calibrated, a model the factors were not fitted on)."""
@@ -229,9 +256,10 @@ def calibrate(spec, cfg, say: Callable[[str], None] = print, check_cfg=None) -> 
     ghz = measured_clock_ghz()
     say(f"clock {ghz:.2f} GHz; measuring and estimating each kernel of {cfg.display()} here")
     t0 = time.perf_counter()
-    rows, *other = kernel_rows([cfg] + ([check_cfg] if check_cfg is not None else []), spec, say)
+    rows, *other = kernel_rows([cfg] + ([check_cfg] if check_cfg is not None else []), spec, say, precision=precision)
     cal = {
         "format": FORMAT,
+        "precision": precision,
         "class": spec.machine_class()["key"],
         "clock_ghz": round(ghz, 3),
         "model": f"{cfg.alpha:g}-{cfg.resolution}",
@@ -244,7 +272,7 @@ def calibrate(spec, cfg, say: Callable[[str], None] = print, check_cfg=None) -> 
     }
     if other:
         cal["check"] = check(cal, check_cfg, other[0])
-    path = cache_path(spec)
+    path = cache_path(spec, precision)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(cal, indent=1) + "\n")

@@ -300,15 +300,20 @@ def add_calibration(est: dict, say: Callable[[str], None] = print) -> dict:
 
     calibrate.threads_first()
     host = load_target("x86")
-    cal = calibrate.load_calibration(host)
+    precision = est.get("precision", "fp32")
+    cal = calibrate.load_calibration(host, precision)
     if cal is None:
         alpha, res = est["model"].split("-")
-        say(f"no calibration of the cost proxy for this machine class yet: fitting one on {est['model']} here")
-        cal = calibrate.calibrate(host, ModelConfig(alpha=float(alpha), resolution=int(res)), say=say)
+        say(
+            f"no {precision} calibration of the cost proxy for this machine class yet: fitting one on "
+            f"{est['model']} {precision} here"
+        )
+        cfg = ModelConfig(alpha=float(alpha), resolution=int(res))
+        cal = calibrate.calibrate(host, cfg, say=say, precision=precision)
     by_kind = calibrate.apply(cal, est["by_kind"])
     return dict(
         est,
-        calibration={k: cal[k] for k in ("class", "clock_ghz", "model", "factors", "created")},
+        calibration={k: cal.get(k, "fp32") for k in ("class", "clock_ghz", "model", "precision", "factors", "created")},
         calibrated_by_kind=by_kind,
         calibrated_ms=sum(by_kind.values()),
     )
@@ -334,7 +339,8 @@ def format_estimate(est: dict, art_path) -> str:
         )
         lines.append(
             f"CALIBRATED estimate: {est['calibrated_ms']:.1f} ms end to end: the raw estimate times this machine's "
-            f"measured/estimated cycles per kernel kind (fitted on its own x86 build of {c['model']}, class "
+            f"measured/estimated cycles per kernel kind (fitted on its own x86 {c.get('precision', 'fp32')} build of "
+            f"{c['model']}, class "
             f"{c['class']}, clock {c['clock_ghz']:.2f} GHz measured): {spread}; still an estimate"
         )
     precision = est.get("precision", "fp32")
