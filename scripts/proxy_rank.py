@@ -1,7 +1,7 @@
 """Does the board-free cost proxy (tvmnet/proxy/) rank schedules as real measurements do?
 
     nice -n 19 python3 scripts/proxy_rank.py --db DIR [--alpha 1.0 --resolution 224] [--target x86]
-        [--per-kernel 30] [--seed 0] [--kernels SUBSTR] [--out rows.jsonl]
+        [--per-kernel 30] [--seed 0] [--kernels SUBSTR] [--out rows.jsonl] [--precision int8]
     python3 scripts/proxy_rank.py --from rows.jsonl          # re-aggregate without rebuilding
 
 For each kernel (tuning task) of the model, up to --per-kernel records of the MetaSchedule
@@ -95,7 +95,8 @@ def collect(args, out):
 
     spec = load_target(args.target)
     _install_light_tensor_intrin(intrin_families(spec))
-    _, tasks = prepare_tasks(TuneOptions(model=ModelConfig(args.alpha, args.resolution), target=spec))
+    opts = TuneOptions(model=ModelConfig(args.alpha, args.resolution), target=spec, precision=args.precision)
+    _, tasks = prepare_tasks(opts)
     if args.kernels:
         tasks = [t for t in tasks if args.kernels in t.task_name]
     db = open_database(Path(args.db))
@@ -224,6 +225,9 @@ def main():
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--target", default="x86", help="target preset/JSON; its mcpu is llvm-mca's")
+    ap.add_argument(
+        "--precision", default="fp32", choices=["fp32", "int8"], help="the build's kernels (int8: the searched ones)"
+    )
     ap.add_argument("--per-kernel", type=int, default=30, help="records sampled per kernel (0: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kernels", help="only kernels whose name contains this")

@@ -337,6 +337,31 @@ def test_a_cpu_llvm_mca_does_not_know_is_analysed_as_a_known_one_of_its_isa():
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # extended run: the int8 build's kernels built, timed and estimated
+@needs_mca
+def test_calibrate_int8_fits_on_the_int8_build_including_tvmnets_own_kernels(tmp_path):
+    """int8 factors come from the int8 x86 build (on a VNNI CPU its GEMMs are tvmnet's own
+    kernels, timed and estimated like the searched ones) and go to their own cache file, beside
+    fp32's, so a board's int8 estimate is scaled by int8 kernels."""
+    import json
+
+    from conftest import host_class, run_cli
+
+    from tests.test_int8 import host_has_vnni
+
+    res = run_cli(
+        "calibrate", "--alpha", "0.25", "--resolution", "32", "--precision", "int8", env={"TVMNET_CACHE": str(tmp_path)}
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert not (tmp_path / "calibration" / f"{host_class()}.json").exists()  # fp32's factors untouched
+    cal = json.loads((tmp_path / "calibration" / f"{host_class()}-int8.json").read_text())
+    assert cal["precision"] == "int8" and "int8" in res.stdout
+    gemm = cal["factors"]["pointwise GEMM"]
+    assert gemm["kernels"] >= 5 and 0 < gemm["min"] <= gemm["factor"] <= gemm["max"]
+    own = [r for r in cal["rows"] if r["kernel"].startswith("vnni_")]
+    assert (len(own) >= 5) == host_has_vnni() and all(r["cycles"] > 0 and r["seconds"] > 0 for r in own)
+
+
 @pytest.mark.slow  # extended run: ~50 s (two models' kernels built, timed and estimated)
 @needs_mca
 def test_calibrate_fits_the_factors_here_caches_them_and_checks_them_on_another_model(tmp_path):
