@@ -60,7 +60,9 @@ def _scheduled_kernels(lowered):
 
 
 def _own_kernel_kind(name: str) -> str:
-    return "stem conv" if name.startswith("vnni_stem") else "other" if name.startswith("stem_prep") else "pointwise GEMM"
+    return (
+        "stem conv" if name.startswith("vnni_stem") else "other" if name.startswith("stem_prep") else "pointwise GEMM"
+    )
 
 
 def _own_kernel_ops(name: str, args) -> float:

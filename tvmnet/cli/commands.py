@@ -330,14 +330,16 @@ def cmd_calibrate(args) -> int:
     spec = load_target("x86")
     model = _model_config(args)
     other = dataclasses.replace(model, alpha=args.check_alpha) if args.check_alpha is not None else None
-    cal = calibrate.calibrate(spec, model, say=say, check_cfg=other)
+    cal = calibrate.calibrate(spec, model, say=say, check_cfg=other, precision=args.precision)
     print(
-        f"cost proxy calibrated on {cal['model']} here (class {cal['class']}, clock {cal['clock_ghz']:.2f} GHz measured): "
+        f"cost proxy calibrated on {cal['model']} {args.precision} here (class {cal['class']}, clock {cal['clock_ghz']:.2f} GHz measured): "
         f"kernels {cal['measured_ms']:.3f} ms measured, {cal['estimated_ms']:.3f} ms estimated"
     )
     for kind, f in cal["factors"].items():
         print(f"  {kind:<16} x{f['factor']:.3f}  (per kernel {f['min']:.2f}-{f['max']:.2f}, {f['kernels']} kernels)")
-    print(f"cached in {calibrate.cache_path(spec)}; `tvmnet bench` applies it to board estimates")
+    print(
+        f"cached in {calibrate.cache_path(spec, args.precision)}; `tvmnet bench` applies it to {args.precision} board estimates"
+    )
     chk = cal.get("check")
     if chk:
         print(
@@ -419,6 +421,7 @@ def cmd_sweep(args) -> int:
         target=spec,
         alphas=_list_arg(args.alphas),
         resolutions=_list_arg(args.resolutions),
+        precisions=_list_arg(args.precisions),
         out=args.out,
         force=args.force,
         tune_minutes=args.tune_minutes,
@@ -435,8 +438,9 @@ def cmd_sweep(args) -> int:
     res = run_sweep(opts, say=say)
     print(res.table())
     print(f"wrote {res.path}, {res.csv.name} and {res.plot.name} beside it")
+    what = "pair(s)" if len(opts.precisions) == 1 else "point(s) (alpha, resolution, precision)"
     print(
-        f"sweep {'interrupted' if res.interrupted else 'done'}: {res.measured} pair(s) measured, {res.skipped} "
+        f"sweep {'interrupted' if res.interrupted else 'done'}: {res.measured} {what} measured, {res.skipped} "
         f"measured before and skipped, in {res.seconds:.1f} s"
     )
     if res.failed:
@@ -468,6 +472,7 @@ def cmd_pick(args) -> int:
             target=spec,
             output=args.output,
             tuning_log="auto",
+            precision=choice.precision,
         )
         t0 = time.perf_counter()
         art = compile_model(opts, progress=say)

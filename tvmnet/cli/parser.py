@@ -276,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="then check the fit on this width's x86 build (same resolution): measured / calibrated",
     )
+    s.add_argument(
+        "--precision",
+        choices=["fp32", "int8"],
+        default="fp32",
+        help="fit on this precision's build (default fp32); bench applies int8 factors to int8 board estimates",
+    )
     s.set_defaults(func=c.cmd_calibrate)
 
     s = add("export-onnx", help="export the zoo model to ONNX")
@@ -306,12 +312,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="input sizes, multiples of 32, comma-separated (default 224,192,160,128)",
     )
     s.add_argument(
+        "--precisions",
+        default="fp32",
+        help="fp32, int8 or both, comma-separated (default fp32); int8 is compile's --precision int8 (post-training "
+        "quantization, CPU targets), validated against ONNX Runtime's integer kernels, its top-1 the published "
+        "figure of TF's quantized (_quant) checkpoints",
+    )
+    s.add_argument(
         "--out",
         type=Path,
         default=Path("sweeps"),
         help="results root (default sweeps/); writes <out>/<machine class>/sweep.json, .csv, .png",
     )
-    s.add_argument("--force", action="store_true", help="measure pairs measured before again")
+    s.add_argument("--force", action="store_true", help="measure points measured before again")
     s.add_argument(
         "--tune-minutes",
         type=float,
@@ -329,11 +342,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_remote(s)
     s.set_defaults(func=c.cmd_sweep)
 
-    s = add("pick", help="the most accurate swept pair within a latency budget, and the command that builds it")
+    s = add(
+        "pick",
+        help="the most accurate swept point (alpha, resolution, precision) within a latency budget, and the "
+        "command that builds it",
+    )
     s.add_argument("--target", default="x86", help="the target the sweep measured (default x86)")
     s.add_argument("--budget-ms", type=float, required=True, help="latency budget: median milliseconds per image")
     s.add_argument("--out", type=Path, default=Path("sweeps"), help="results root the sweep wrote (default sweeps/)")
-    s.add_argument("-o", "--output", type=Path, help="also build the pick into this artifact directory")
+    s.add_argument(
+        "-o", "--output", type=Path, help="also build the pick into this artifact directory (at its precision)"
+    )
     s.set_defaults(func=c.cmd_pick)
 
     s = add("emulator", help="an emulated board (qemu-user) running TVM's RPC server")

@@ -1,4 +1,4 @@
-"""Published ImageNet accuracy of MobileNet v1 per (alpha, resolution), with its source.
+"""Published ImageNet accuracy of MobileNet v1 per (alpha, resolution, precision), with its source.
 
 tvmnet never measures accuracy (its models carry a seeded initialisation, not trained
 weights); these are the figures of the trained models, read from
@@ -7,11 +7,17 @@ weights); these are the figures of the trained models, read from
 - ``tf-slim``: the TensorFlow model garden table (``research/slim/nets/mobilenet_v1.md``,
   float checkpoints ``mobilenet_v1_2018_02_22``), top-1 and top-5 for all 16 pairs of
   alpha 1.0/0.75/0.5/0.25 x resolution 224/192/160/128. ``sweep`` and ``pick`` use this one
-  (``PRIMARY``), since it covers every pair;
+  for fp32 (``PRIMARY``), since it covers every pair;
+- ``tf-slim-quant``: the same table's ``_quant`` rows (``PRIMARY_INT8``), the figures ``sweep`` and
+  ``pick`` give int8 points. Those checkpoints were trained with quantization-aware training
+  (TensorFlow's contrib/quantize) and converted by TFLite to uint8; tvmnet's int8 is post-training
+  quantization of the same architecture, so the figure is the published accuracy of an int8
+  MobileNet of that shape, not a measurement of tvmnet's build;
 - ``paper``: Howard et al. 2017 (arXiv:1704.04861), Table 6 (width multiplier at 224) and
-  Table 7 (resolution at alpha 1.0), top-1 only; shown beside it where present.
+  Table 7 (resolution at alpha 1.0), top-1 only, fp32; shown beside it where present.
 
-A pair neither source lists (alpha 0.6, resolution 96...) has no published figure: ``None``.
+An entry of the data file without ``precision`` is fp32. A pair no source lists (alpha 0.6,
+resolution 96...) at a precision has no published figure: ``None``.
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Dict, List, Optional
 
-PRIMARY = "tf-slim"
+PRIMARY = "tf-slim"  # fp32
+PRIMARY_INT8 = "tf-slim-quant"
 PAPER = "paper"
+PRECISIONS = ("fp32", "int8")
+FP32 = "fp32"
 DATA_FILE = "mobilenet_v1_accuracy.json"
 NO_FIGURE = "no published figure"
 
@@ -40,13 +49,19 @@ class Published:
     mult_adds_m: Optional[float]  # as the source gives them (million)
     params_m: Optional[float]
     where: str  # checkpoint name or table in the source
+    precision: str = FP32  # of the model the figure is of
 
     def cite(self) -> str:
         return f"{source_name(self.source)}, {self.where}"
 
 
-def _key(alpha: float, resolution: int) -> tuple:
-    return round(float(alpha), 6), int(resolution)
+def _key(alpha: float, resolution: int, precision: str = FP32) -> tuple:
+    return round(float(alpha), 6), int(resolution), precision
+
+
+def primary(precision: str = FP32) -> str:
+    """The source ``sweep`` and ``pick`` use for a precision (the one that covers all 16 pairs)."""
+    return {FP32: PRIMARY, "int8": PRIMARY_INT8}[precision]
 
 
 @functools.lru_cache(maxsize=1)
@@ -64,8 +79,9 @@ def _load() -> dict:
             e.get("mult_adds_m"),
             e.get("params_m"),
             e["where"],
+            e.get("precision", FP32),
         )
-        entries.setdefault(_key(pub.alpha, pub.resolution), {})[pub.source] = pub
+        entries.setdefault(_key(pub.alpha, pub.resolution, pub.precision), {})[pub.source] = pub
     return {"sources": doc["sources"], "entries": entries}
 
 
@@ -83,14 +99,32 @@ def citation(source: str = PRIMARY) -> str:
     return f"{info['citation']} <{info['url']}>"
 
 
-def published(alpha: float, resolution: int) -> Dict[str, Published]:
-    """Every published figure for the pair, by source (empty: no published figure)."""
-    return dict(_load()["entries"].get(_key(alpha, resolution), {}))
+def url(source: str) -> str:
+    return _load()["sources"][source]["url"]
+
+
+def description(source: str) -> Optional[str]:
+    """What the source's figures are of, where the data file says more than the citation (int8)."""
+    return _load()["sources"][source].get("description")
+
+
+def source_precision(source: str) -> str:
+    return _load()["sources"][source].get("precision", FP32)
+
+
+def published(alpha: float, resolution: int, precision: str = FP32) -> Dict[str, Published]:
+    """Every published figure for the pair at the precision, by source (empty: no published figure)."""
+    return dict(_load()["entries"].get(_key(alpha, resolution, precision), {}))
 
 
 def lookup(alpha: float, resolution: int, source: str = PRIMARY) -> Optional[Published]:
-    """The figure of one source for the pair, or None."""
-    return _load()["entries"].get(_key(alpha, resolution), {}).get(source)
+    """The figure of one source for the pair (at the source's precision), or None."""
+    return _load()["entries"].get(_key(alpha, resolution, source_precision(source)), {}).get(source)
+
+
+def figure(alpha: float, resolution: int, precision: str = FP32) -> Optional[Published]:
+    """The figure ``sweep`` and ``pick`` use for the pair at the precision (its ``primary`` source), or None."""
+    return published(alpha, resolution, precision).get(primary(precision))
 
 
 def table(source: Optional[str] = None) -> List[Published]:

@@ -1,6 +1,11 @@
 """The sweep's table: the Pareto front of latency against published top-1, ``pick`` (the most
 accurate model within a latency budget), and the files (``sweep.json``, the CSV, the plot).
-``pareto_front`` and ``pick`` are pure functions on the table's rows."""
+``pareto_front`` and ``pick`` are pure functions on the table's rows.
+
+A row is one point: (alpha, resolution, precision). ``precision`` is ``fp32`` or ``int8``; a row
+without it (a sweep.json from before int8 was swept) is fp32. The front and ``pick`` span both
+precisions: an int8 point is dominated by any point, of either precision, at least as accurate
+and at least as fast."""
 
 from __future__ import annotations
 
@@ -31,9 +36,18 @@ def fmt_alpha(alpha: float) -> str:
     return text if "." in text or "e" in text else f"{text}.0"
 
 
-def label(alpha: float, resolution: int) -> str:
-    """A pair as the plot and the messages name it: ``0.5-160``, ``1.0-224``."""
-    return f"{fmt_alpha(alpha)}-{int(resolution)}"
+def label(alpha: float, resolution: int, precision: str = accuracy.FP32) -> str:
+    """A point as the plot and the messages name it: ``0.5-160``, ``1.0-224``; int8 ``0.5-160-int8``."""
+    return f"{fmt_alpha(alpha)}-{int(resolution)}" + ("" if precision == accuracy.FP32 else f"-{precision}")
+
+
+def precision_of(row: dict) -> str:
+    """The row's precision; a row from before int8 was swept has none: fp32."""
+    return row.get("precision") or accuracy.FP32
+
+
+def row_label(row: dict) -> str:
+    return label(row["alpha"], row["resolution"], precision_of(row))
 
 
 # --------------------------------------------------------------------------------------- the table
@@ -43,21 +57,26 @@ def sweep_dir(spec: TargetSpec, out: Path = DEFAULT_OUT) -> Path:
     return Path(out) / spec.machine_class()["key"]
 
 
-def same_pair(row: dict, alpha: float, resolution: int, target: str) -> bool:
+def same_pair(row: dict, alpha: float, resolution: int, target: str, precision: str = accuracy.FP32) -> bool:
+    """Is the row the point (alpha, resolution, precision) of the target (a row without a precision: fp32)."""
     return (
         round(float(row["alpha"]), 6) == round(float(alpha), 6)
         and int(row["resolution"]) == int(resolution)
         and row.get("target") == target
+        and precision_of(row) == precision
     )
 
 
 def annotate(row: dict) -> dict:
-    """Set the row's published accuracy from the data file (never from anything measured)."""
-    pubs = accuracy.published(row["alpha"], row["resolution"])
-    main, paper = pubs.get(accuracy.PRIMARY), pubs.get(accuracy.PAPER)
+    """Set the row's precision (fp32 where it has none) and its published accuracy at that
+    precision from the data file (never from anything measured)."""
+    precision = row["precision"] = precision_of(row)
+    pubs = accuracy.published(row["alpha"], row["resolution"], precision)
+    main, paper = pubs.get(accuracy.primary(precision)), pubs.get(accuracy.PAPER)
     row["top1"] = main.top1 if main else None
     row["top5"] = main.top5 if main else None
     row["top1_source"] = main.cite() if main else accuracy.NO_FIGURE
+    row["top1_source_id"] = main.source if main else None
     row["top1_paper"] = paper.top1 if paper else None
     row["top1_paper_source"] = paper.cite() if paper else None
     return row
@@ -92,17 +111,19 @@ def front_of(rows: Sequence[dict]) -> List[int]:
     return pareto_front([(r["median_ms"], r["top1"]) if eligible(r) else (None, None) for r in rows])
 
 
-def compile_command(target: str, alpha: float, resolution: int) -> str:
+def compile_command(target: str, alpha: float, resolution: int, precision: str = accuracy.FP32) -> str:
+    prec = "" if precision == accuracy.FP32 else f" --precision {precision}"
     return (
-        f"tvmnet compile --target {shlex.quote(target)} --alpha {fmt_alpha(alpha)} --resolution {resolution} "
-        f"-o build/mobilenet-{label(alpha, resolution)}"
+        f"tvmnet compile --target {shlex.quote(target)} --alpha {fmt_alpha(alpha)} --resolution {resolution}"
+        f"{prec} -o build/mobilenet-{label(alpha, resolution, precision)}"
     )
 
 
 def _describe(row: dict) -> str:
     paper = f", paper {row['top1_paper']:.1f}%" if row.get("top1_paper") is not None else ""
     return (
-        f"alpha {fmt_alpha(row['alpha'])} resolution {row['resolution']}: top-1 {row['top1']:.1f}% "
+        f"alpha {fmt_alpha(row['alpha'])} resolution {row['resolution']} {precision_of(row)}: "
+        f"top-1 {row['top1']:.1f}% "
         f"(top-5 {row['top5']:.1f}%{paper}), median {row['median_ms']:.3f} ms (p90 {row['p90_ms']:.3f}), "
         f"{row['mult_adds_m']:.0f} M mult-adds, {row['params_m']:.2f} M params, "
         f"{tuned(row)}"
@@ -117,22 +138,50 @@ class Pick:
     runner_up: Optional[dict]
     budget_ms: float
     within: int  # pairs within the budget
-    considered: int  # pairs with a published top-1 and validated numerics
+    considered: int  # points with a published top-1 and validated numerics
     target: str
+    precisions: Tuple[str, ...] = (accuracy.FP32,)  # of the points considered
+
+    @property
+    def precision(self) -> str:
+        return precision_of(self.best)
 
     @property
     def command(self) -> str:
-        return compile_command(self.target, self.best["alpha"], self.best["resolution"])
+        return compile_command(self.target, self.best["alpha"], self.best["resolution"], self.precision)
 
     def lines(self) -> List[str]:
         out = [
-            f"budget {self.budget_ms:g} ms: {self.within} of {self.considered} measured pairs with a published "
-            f"top-1 run within it (top-1: {accuracy.source_name(accuracy.PRIMARY)})",
+            f"budget {self.budget_ms:g} ms: {self.within} of {self.considered} measured points with a published "
+            f"top-1 run within it (top-1: {_sources_line(self.precisions)})",
             f"pick:      {_describe(self.best)}",
         ]
+        if self.precision != accuracy.FP32:
+            out.append(f"accuracy:  {accuracy_note(self.best)}")
         out.append(f"runner-up: {_describe(self.runner_up)}" if self.runner_up else "runner-up: none within the budget")
         out.append(f"build it:  {self.command}")
         return out
+
+
+def _rank(precision: str) -> int:
+    return accuracy.PRECISIONS.index(precision) if precision in accuracy.PRECISIONS else len(accuracy.PRECISIONS)
+
+
+def _sources_line(precisions) -> str:
+    """``TensorFlow model garden`` (fp32 only), or the source of each precision named."""
+    precs = [p for p in accuracy.PRECISIONS if p in set(precisions)] or [accuracy.FP32]
+    if precs == [accuracy.FP32]:
+        return accuracy.source_name(accuracy.PRIMARY)
+    return "; ".join(f"{p}: {accuracy.source_name(accuracy.primary(p))}" for p in precs)
+
+
+def accuracy_note(row: dict) -> str:
+    """Which figure a (picked) row's top-1 is and where it comes from, and, for int8, what it is of."""
+    src = row.get("top1_source_id") or accuracy.primary(precision_of(row))
+    what = accuracy.description(src)
+    return f"top-1 {row['top1']:.1f}% is the published figure of {row['top1_source']} <{accuracy.url(src)}>" + (
+        f". {what}" if what else ""
+    )
 
 
 def pick(rows: Sequence[dict], budget_ms: float, target: str = "x86") -> Pick:
@@ -154,11 +203,16 @@ def pick(rows: Sequence[dict], budget_ms: float, target: str = "x86") -> Pick:
         f = min(considered, key=lambda r: (r["median_ms"], -r["top1"]))
         raise BudgetError(
             f"no measured pair runs within {budget_ms:g} ms on {target}: the fastest is "
-            f"{label(f['alpha'], f['resolution'])} (alpha {fmt_alpha(f['alpha'])}, resolution {f['resolution']}) "
+            f"{row_label(f)} (alpha {fmt_alpha(f['alpha'])}, resolution {f['resolution']}, {precision_of(f)}) "
             f"at {f['median_ms']:.3f} ms median; raise --budget-ms to at least {f['median_ms']:.3f}"
         )
-    ranked = sorted(within, key=lambda r: (-r["top1"], r["median_ms"], -r["alpha"], -r["resolution"]))
-    return Pick(ranked[0], ranked[1] if len(ranked) > 1 else None, budget_ms, len(within), len(considered), target)
+    ranked = sorted(  # equal in all else: fp32 first
+        within, key=lambda r: (-r["top1"], r["median_ms"], -r["alpha"], -r["resolution"], _rank(precision_of(r)))
+    )
+    precisions = tuple(sorted({precision_of(r) for r in considered}, key=_rank))
+    return Pick(
+        ranked[0], ranked[1] if len(ranked) > 1 else None, budget_ms, len(within), len(considered), target, precisions
+    )
 
 
 # --------------------------------------------------------------------------------------- files
@@ -188,9 +242,9 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def rows_for(doc: dict, target: str) -> List[dict]:
-    """The document's rows of one target, widest and largest first, annotated."""
+    """The document's rows of one target, widest and largest first (fp32 before int8), annotated."""
     rows = [annotate(r) for r in doc["rows"] if r.get("target") == target]
-    return sorted(rows, key=lambda r: (-float(r["alpha"]), -int(r["resolution"])))
+    return sorted(rows, key=lambda r: (-float(r["alpha"]), -int(r["resolution"]), _rank(r["precision"])))
 
 
 def load_rows(spec: TargetSpec, out: Path = DEFAULT_OUT, target_arg: Optional[str] = None) -> Tuple[Path, List[dict]]:
@@ -217,6 +271,7 @@ CSV_COLUMNS = [
     "params_m",
     "top1",
     "top5",
+    "precision",
     "top1_source",
     "top1_paper",
     "median_ms",
@@ -260,60 +315,98 @@ def format_table(rows: Sequence[dict], front: Sequence[int], title: str) -> str:
         title,
         f"top-1: {accuracy.source_name(accuracy.PRIMARY)} table (float checkpoints mobilenet_v1_2018_02_22), "
         "the one source covering all 16 pairs; 'paper': Howard et al. 2017, Tables 6 and 7, where published",
-        f"{'alpha':>5} {'res':>4} {'mult-adds M':>11} {'params M':>8}  {'top-1 %':<20} {'paper %':>7} "
-        f"{'median ms':>9} {'p90 ms':>8} {'tuned':>7}  {'front':<5} numerics",
     ]
+    if any(precision_of(r) == "int8" for r in rows):
+        lines.append(
+            "int8 top-1: the same table's _quant rows (quantization-aware training, converted by TFLite to uint8): "
+            "the published accuracy of an int8 MobileNet of that shape, not a measurement of tvmnet's "
+            "post-training quantized build"
+        )
+    lines.append(
+        f"{'alpha':>5} {'res':>4} {'prec':<4} {'mult-adds M':>11} {'params M':>8}  {'top-1 %':<20} {'paper %':>7} "
+        f"{'median ms':>9} {'p90 ms':>8} {'tuned':>7}  {'front':<5} numerics"
+    )
     for i, r in enumerate(rows):
         top1 = f"{r['top1']:.1f}" if r.get("top1") is not None else accuracy.NO_FIGURE
         paper = f"{r['top1_paper']:.1f}" if r.get("top1_paper") is not None else "-"
         lines.append(
-            f"{fmt_alpha(r['alpha']):>5} {r['resolution']:>4} {r['mult_adds_m']:>11.1f} {r['params_m']:>8.2f}  "
-            f"{top1:<20} {paper:>7} {r['median_ms']:>9.3f} {r['p90_ms']:>8.3f} "
+            f"{fmt_alpha(r['alpha']):>5} {r['resolution']:>4} {precision_of(r):<4} {r['mult_adds_m']:>11.1f} "
+            f"{r['params_m']:>8.2f}  {top1:<20} {paper:>7} {r['median_ms']:>9.3f} {r['p90_ms']:>8.3f} "
             f"{str(r.get('kernels_tuned', 0)) + '/' + str(r.get('kernels_total', '?')):>7}  "
             f"{'yes' if i in on else '':<5} {'ok' if r.get('validated') else 'FAILED'}"
         )
     return "\n".join(lines)
 
 
+STYLE = {"fp32": ("o", "tab:blue"), "int8": ("^", "tab:orange")}  # marker, colour of each precision's points
+
+
 def plot_sweep(rows: Sequence[dict], front: Sequence[int], path: Path, title: str) -> dict:
-    """Latency (x) against published top-1 (y), each point labelled alpha-res, the Pareto front
-    as a step line; a PNG at ``path``. Returns what was drawn: ``points`` and ``front`` as
-    (latency ms, top-1 %, label) and ``left_out`` (labels of pairs without a point)."""
+    """Latency (x) against published top-1 (y), each point labelled alpha-res (``-int8`` for int8),
+    a marker and colour per precision (faded off the front), the single Pareto front across both
+    precisions as a step line; a PNG at ``path``. Returns what was drawn: ``points`` and ``front`` as
+    (latency ms, top-1 %, label), ``left_out`` (labels of points without one) and ``precisions``
+    (precision -> labels of its points, in ``STYLE``'s marker and colour)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     on = set(front)
-    drawn = {"points": [], "front": [], "left_out": []}
+    drawn = {"points": [], "front": [], "left_out": [], "precisions": {}}
     fig = Figure(figsize=(9, 6.2))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for i, r in enumerate(rows):
-        name = label(r["alpha"], r["resolution"])
+        name, precision = row_label(r), precision_of(r)
         if not eligible(r):
             why = accuracy.NO_FIGURE if r.get("top1") is None else "numerics failed"
             drawn["left_out"].append(f"{name} ({why})")
             continue
         x, y = float(r["median_ms"]), float(r["top1"])
         drawn["points"].append((x, y, name))
-        ax.scatter([x], [y], s=36, zorder=3, color="tab:blue" if i in on else "tab:gray")
+        marker, colour = STYLE.get(precision, ("s", "tab:gray"))
+        drawn["precisions"].setdefault(precision, []).append(name)
+        ax.scatter([x], [y], s=40, zorder=3, marker=marker, color=colour, alpha=1.0 if i in on else 0.35)
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    handles = [
+        Line2D(
+            [],
+            [],
+            linestyle="none",
+            marker=STYLE.get(p, ("s", "tab:gray"))[0],
+            color=STYLE.get(p, ("s", "tab:gray"))[1],
+            label=p,
+        )
+        for p in drawn["precisions"]
+    ]
     if front:
         fx = [float(rows[i]["median_ms"]) for i in front]
         fy = [float(rows[i]["top1"]) for i in front]
-        drawn["front"] = [(x, y, label(rows[i]["alpha"], rows[i]["resolution"])) for x, y, i in zip(fx, fy, front)]
-        ax.step(fx, fy, where="post", color="tab:blue", linewidth=1.5, zorder=2, label="Pareto front")
-        ax.legend(loc="lower right")
-    if not drawn["points"]:
+        drawn["front"] = [(x, y, row_label(rows[i])) for x, y, i in zip(fx, fy, front)]
+        both = len(drawn["precisions"]) > 1
+        colour = "black" if both else "tab:blue"
+        ax.step(fx, fy, where="post", color=colour, linewidth=1.2, zorder=2)
+        handles.append(Line2D([], [], color=colour, label="Pareto front" + (" (both precisions)" if both else "")))
+    if drawn["points"]:
+        ax.margins(x=0.15, y=0.12)  # room for the labels at the edges
+        ax.legend(handles=handles, loc="best", title="faded: off the front", title_fontsize=7)
+    else:
         ax.text(0.5, 0.5, "no pair with a published top-1", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("median latency (ms), batch 1")
-    ax.set_ylabel(f"ImageNet top-1 (%), published ({accuracy.source_name(accuracy.PRIMARY)})")
+    int8 = "; int8: its _quant rows" if "int8" in drawn["precisions"] else ""
+    ax.set_ylabel(f"ImageNet top-1 (%), published ({accuracy.source_name(accuracy.PRIMARY)}{int8})")
     ax.grid(True, alpha=0.3)
     ax.set_title(title, fontsize=10)
+    notes = []
+    if "int8" in drawn["precisions"]:
+        notes.append("int8 top-1: TF's quantization-aware _quant checkpoints (tvmnet builds post-training int8)")
     if drawn["left_out"]:
-        fig.text(0.01, 0.01, "not plotted: " + ", ".join(drawn["left_out"]), fontsize=7)
+        notes.append("not plotted: " + ", ".join(drawn["left_out"]))
+    if notes:
+        fig.text(0.01, 0.01, "; ".join(notes), fontsize=7)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")

@@ -1,16 +1,20 @@
 """``sweep`` and ``pick``: the paper's accuracy/latency trade-off, measured on this hardware.
 
-``run_sweep`` builds MobileNet v1 for every (alpha, resolution) pair, validates its numerics
-against PyTorch and times it on the target (locally, or on a board over TVM RPC). The results
-go to one JSON file per machine class, ``<out>/<class key>/sweep.json``, written after every
-pair: the same command again skips the pairs measured before (``force`` rebuilds them). A
-CSV beside it and a plot of latency against published top-1 (``sweep.png``, the Pareto front
-as a step line) are rewritten at the end.
+``run_sweep`` builds MobileNet v1 for every (alpha, resolution) pair at each precision asked
+(``fp32``, and ``int8``: post-training quantization, CPU targets only), validates its numerics
+(fp32 against PyTorch; int8 against ONNX Runtime's integer kernels on the same quantized model,
+as ``tvmnet validate`` does) and times it on the target (locally, or on a board over TVM RPC).
+The results go to one JSON file per machine class, ``<out>/<class key>/sweep.json``, written
+after every point: the same command again skips the (alpha, resolution, precision) points
+measured before (``force`` rebuilds them; a row without a precision is fp32). A CSV beside it
+and a plot of latency against published top-1 (``sweep.png``, one Pareto front across both
+precisions as a step line) are rewritten at the end.
 
 Accuracy is never measured here: it is the published ImageNet figure of the trained model
 (``tvmnet.study.accuracy``; the TensorFlow model garden table, which covers all 16 pairs, with the
-paper's Tables 6/7 beside it). A pair without a published figure stays in the table but off
-the front, and ``pick`` never chooses it.
+paper's Tables 6/7 beside it; for int8, the same table's quantization-aware ``_quant`` rows). A
+point without a published figure stays in the table but off the front, and ``pick`` never
+chooses it.
 
 ``pareto_front`` and ``pick`` are pure functions on the table.
 """
@@ -30,7 +34,7 @@ from typing import Callable, List, Optional, Tuple
 
 from tvmnet.core.config import check_alpha, check_resolution
 from tvmnet.core.endpoint import Endpoint
-from tvmnet.core.errors import DeviceError, UsageError
+from tvmnet.core.errors import DeviceError, TargetError, UsageError
 from tvmnet.core.targets import TargetSpec
 from tvmnet.study import accuracy
 from tvmnet.study.frontier import (
@@ -46,6 +50,7 @@ from tvmnet.study.frontier import (
     label,
     load_sweep,
     plot_sweep,
+    precision_of,
     rows_for,
     same_pair,
     sweep_dir,
@@ -68,6 +73,18 @@ def _unique(values) -> tuple:
     return tuple(out)
 
 
+def check_precisions(values) -> tuple:
+    """The precisions asked, in order, each once; a UsageError naming the valid ones otherwise."""
+    got = _unique(str(v).strip().lower() for v in values)
+    bad = [v for v in got if v not in accuracy.PRECISIONS]
+    if bad or not got:
+        raise UsageError(
+            f"--precisions {','.join(bad) or '(none)'}: choose from {', '.join(accuracy.PRECISIONS)} "
+            "(comma-separated, e.g. --precisions fp32,int8)"
+        )
+    return got
+
+
 @dataclass(frozen=True)
 class SweepOptions:
     """Which pairs to sweep, where to measure them, where the results go."""
@@ -75,6 +92,7 @@ class SweepOptions:
     target: TargetSpec
     alphas: tuple = DEFAULT_ALPHAS
     resolutions: tuple = DEFAULT_RESOLUTIONS
+    precisions: tuple = (accuracy.FP32,)  # fp32 and/or int8 (compile's --precision)
     out: Path = DEFAULT_OUT
     force: bool = False  # rebuild pairs measured before
     tune_minutes: float = 0.0  # > 0: tune each model first (at most this long) where this class's log lacks kernels
@@ -93,7 +111,13 @@ class SweepOptions:
             raise UsageError("give at least one alpha and one resolution, e.g. --alphas 1.0,0.5 --resolutions 224,128")
         object.__setattr__(self, "alphas", alphas)
         object.__setattr__(self, "resolutions", resolutions)
+        object.__setattr__(self, "precisions", check_precisions(self.precisions))
         object.__setattr__(self, "out", Path(self.out))
+        if "int8" in self.precisions and not self.target.is_cpu:  # compile's refusal (quantize/model.py)
+            raise TargetError(
+                f"--precision int8 builds for CPU targets (x86, rpi3b, rpi4, rpi5); target {self.target.name} is "
+                f"{self.target.device}: sweep it with --precisions fp32"
+            )
         if not (self.tune_minutes >= 0 and math.isfinite(self.tune_minutes)):
             raise UsageError(
                 f"--tune-minutes {self.tune_minutes} must be 0 (no tuning) or a positive number of minutes"
@@ -142,6 +166,10 @@ class SweepOptions:
     def pairs(self) -> List[Tuple[float, int]]:
         return list(product(self.alphas, self.resolutions))
 
+    def points(self) -> List[Tuple[float, int, str]]:
+        """(alpha, resolution, precision) to measure: each pair's precisions one after the other."""
+        return list(product(self.alphas, self.resolutions, self.precisions))
+
     def display(self) -> str:
         where = "locally" if self.rpc is None else f"on {self.rpc}"
         tune = (
@@ -149,9 +177,15 @@ class SweepOptions:
             if self.tune_minutes > 0
             else "no tuning (the logs as they are)"
         )
+        precisions = (
+            f" x {', '.join(self.precisions)} ({len(self.points())} points)"
+            if len(self.precisions) > 1
+            else f", {self.precisions[0]}"
+        )
         return (
             f"sweep: alpha {', '.join(fmt_alpha(a) for a in self.alphas)} x resolution "
-            f"{', '.join(str(r) for r in self.resolutions)} ({len(self.pairs())} pairs), seed {self.seed}\n"
+            f"{', '.join(str(r) for r in self.resolutions)} ({len(self.pairs())} pairs){precisions}, "
+            f"seed {self.seed}\n"
             f"target: {self.target_name} ({self.target.description}), machine class {self.class_key}, "
             f"measured {where}; {tune}\n"
             f"results: {self.path}" + ("; --force: rebuilding measured pairs" if self.force else "")
@@ -173,7 +207,7 @@ class SweepResult:
     front: List[int] = field(default_factory=list)  # indices into rows
     measured: int = 0
     skipped: int = 0
-    failed: List[str] = field(default_factory=list)  # pairs whose numerics failed
+    failed: List[str] = field(default_factory=list)  # points whose numerics failed
     interrupted: bool = False
     seconds: float = 0.0
     plotted: dict = field(default_factory=dict)
@@ -185,13 +219,13 @@ class SweepResult:
         return format_table(self.rows, self.front, self.title().replace("\n", ", "))
 
 
-def exact_coverage(spec: TargetSpec, model) -> Tuple[int, int]:
-    """(kernels this machine class's own log has a record for, kernels of the model)."""
+def exact_coverage(spec: TargetSpec, model, precision: str = accuracy.FP32) -> Tuple[int, int]:
+    """(kernels this machine class's own log has a record for, kernels of the model at the precision)."""
     from tvmnet.tune.logs import RECORD_FILE, best_record, database_dir, open_database
     from tvmnet.tune.options import TuneOptions
     from tvmnet.tune.search import prepare_tasks
 
-    _, tasks = prepare_tasks(TuneOptions(model=model, target=spec))
+    _, tasks = prepare_tasks(TuneOptions(model=model, target=spec, precision=precision))
     path = database_dir(spec)
     if not (path / RECORD_FILE).is_file():
         return 0, len(tasks)
@@ -203,8 +237,10 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _measure(opts: SweepOptions, alpha: float, resolution: int, tag: str, say) -> Optional[dict]:
-    """Tune (if asked and needed), build, validate and time one pair; None when tuning was interrupted."""
+def _measure(opts: SweepOptions, alpha: float, resolution: int, precision: str, tag: str, say) -> Optional[dict]:
+    """Tune (if asked and needed), build at the precision, validate and time one point; None when
+    tuning was interrupted. The validation's reference is the artifact's own (``Reference``): PyTorch
+    for fp32, ONNX Runtime's integer kernels on the quantized model it carries for int8."""
     from tvmnet.build.compiler import CompileOptions, compile_model
     from tvmnet.core import __version__
     from tvmnet.core.config import ModelConfig
@@ -219,7 +255,7 @@ def _measure(opts: SweepOptions, alpha: float, resolution: int, tag: str, say) -
     info = model_info(model)
     tuned = None
     if opts.tune_minutes > 0:
-        have, total = exact_coverage(spec, model)
+        have, total = exact_coverage(spec, model, precision)
         if have < total:
             from tvmnet.tune.options import TuneOptions
             from tvmnet.tune.search import tune_model
@@ -237,6 +273,7 @@ def _measure(opts: SweepOptions, alpha: float, resolution: int, tag: str, say) -
                     rpc=opts.rpc,
                     progress=opts.progress,
                     only_untuned=True,
+                    precision=precision,
                 ),
                 say=say,
             )
@@ -246,7 +283,8 @@ def _measure(opts: SweepOptions, alpha: float, resolution: int, tag: str, say) -
     quiet = lambda msg: log.info("%s: %s", tag, msg)  # noqa: E731 - compile's steps: --verbose shows them
     with tempfile.TemporaryDirectory(prefix="tvmnet-sweep-") as tmp:
         art = compile_model(
-            CompileOptions(model=model, target=spec, output=Path(tmp) / "mnet", tuning_log="auto"), progress=quiet
+            CompileOptions(model=model, target=spec, output=Path(tmp) / "mnet", tuning_log="auto", precision=precision),
+            progress=quiet,
         )
         reference = Reference(art)
         x = seeded_inputs(art.input_shape, 1, opts.seed)[0]
@@ -266,9 +304,11 @@ def _measure(opts: SweepOptions, alpha: float, resolution: int, tag: str, say) -
         tun = art.metadata.get("tuning", {})
         import tvm
 
+        quant = art.metadata.get("quantization") or {}
         row = {
             "alpha": alpha,
             "resolution": resolution,
+            "precision": precision,
             "target": spec.name,
             "target_dict": spec.target,
             "device": device,
@@ -293,8 +333,12 @@ def _measure(opts: SweepOptions, alpha: float, resolution: int, tag: str, say) -
                 "max_rel": report.max_rel,
                 "top1_agree": report.top1_agree,
                 "reference": report.reference,
+                "atol": report.atol,
+                "rtol": report.rtol,
                 "failures": report.failures,
+                "notes": report.notes,
             },
+            "calibration": quant.get("calibration_note"),
             "compile_seconds": art.metadata.get("compile_seconds"),
             "seconds": round(time.perf_counter() - t0, 1),
             "measured_at": _now(),
@@ -305,12 +349,15 @@ def _measure(opts: SweepOptions, alpha: float, resolution: int, tag: str, say) -
 
 
 def _pair_line(tag: str, row: dict) -> str:
+    int8 = precision_of(row) == "int8"
     top1 = (
-        f"top-1 {row['top1']:.1f}% (TF model garden)" if row.get("top1") is not None else f"top-1: {accuracy.NO_FIGURE}"
+        f"top-1 {row['top1']:.1f}% (TF model garden{', _quant checkpoint' if int8 else ''})"
+        if row.get("top1") is not None
+        else f"top-1: {accuracy.NO_FIGURE}" + (" for int8" if int8 else "")
     )
     v = row["validation"]
     numerics = (
-        f"numerics ok (max abs {v['max_abs']:.1e})"
+        f"numerics ok (max abs {v['max_abs']:.1e}{' vs ONNX Runtime int8' if int8 else ''})"
         if row["validated"]
         else "numerics FAILED: " + "; ".join(v["failures"])
     )
@@ -347,15 +394,19 @@ def run_sweep(opts: SweepOptions, say: Callable[[str], None] = print) -> SweepRe
             "host_cpu": cpu_model(),
             "accuracy_source": accuracy.PRIMARY,
             "accuracy_citation": accuracy.citation(accuracy.PRIMARY),
+            "accuracy_sources": {  # by precision; rows without a precision are fp32
+                p: {"source": accuracy.primary(p), "citation": accuracy.citation(accuracy.primary(p))}
+                for p in accuracy.PRECISIONS
+            },
         }
     )
     result = SweepResult(
         opts.path, directory / CSV_FILE, directory / PLOT_FILE, opts.target_name, opts.class_key, where
     )
-    pairs = opts.pairs()
-    for i, (alpha, res) in enumerate(pairs, 1):
-        tag = f"[{i}/{len(pairs)}] {label(alpha, res)}"
-        old = next((r for r in doc["rows"] if same_pair(r, alpha, res, spec.name)), None)
+    points = opts.points()
+    for i, (alpha, res, precision) in enumerate(points, 1):
+        tag = f"[{i}/{len(points)}] {label(alpha, res, precision)}"
+        old = next((r for r in doc["rows"] if same_pair(r, alpha, res, spec.name, precision)), None)
         if old is not None and old.get("validated") and not opts.force:
             result.skipped += 1
             say(
@@ -363,16 +414,16 @@ def run_sweep(opts: SweepOptions, say: Callable[[str], None] = print) -> SweepRe
                 "(--force measures it again)"
             )
             continue
-        row = _measure(opts, alpha, res, tag, say)
+        row = _measure(opts, alpha, res, precision, tag, say)
         if row is None:
             result.interrupted = True
             say(f"{tag}: tuning interrupted; the sweep stops here (rerun the same command to resume)")
             break
-        doc["rows"] = [r for r in doc["rows"] if not same_pair(r, alpha, res, spec.name)] + [row]
+        doc["rows"] = [r for r in doc["rows"] if not same_pair(r, alpha, res, spec.name, precision)] + [row]
         write_atomic(opts.path, json.dumps(doc, indent=1) + "\n")
         result.measured += 1
         if not row["validated"]:
-            result.failed.append(label(alpha, res))
+            result.failed.append(label(alpha, res, precision))
         say(_pair_line(tag, row))
     result.rows = rows_for(doc, spec.name)
     result.front = front_of(result.rows)
