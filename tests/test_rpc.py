@@ -38,6 +38,16 @@ def test_deploy_to_emulated_rpi4(board, rpi4_artifact):
     assert "device timing" in res.stdout and "median" in res.stdout
 
 
+def test_int8_on_the_emulated_pi4_matches_the_quantized_reference(board, tmp_path):
+    """tvmnet's ARM int8 GEMM (passes/arm_kernel.py) on the emulated Cortex-A72: the same integers
+    as ONNX Runtime's kernels on the quantized model the artifact carries."""
+    from test_arm_int8 import compile_and_deploy
+
+    meta = compile_and_deploy("rpi4", board, "0.25", "64", tmp_path / "q")
+    # the first layer (K = 8) on smlal, the rest (K a multiple of 16) on smull pairs
+    assert "PointwiseToArm(smlal + smull)" in meta["passes"] and "1 on smlal" in meta["quantization"]["kernels"]
+
+
 def test_another_architectures_schedules_apply_and_validate_on_the_board(board, tuned, tmp_path):
     """No aarch64 log anywhere: compile for the Pi replays the x86 class's records (the kernels
     are the same TIR on every CPU), says so, and the build still matches PyTorch on the board."""
