@@ -53,8 +53,11 @@ class Artifact:
             else "tuned kernels"
         )
         precision = ", int8 (QDQ)" if self.metadata.get("precision") == "int8" else ""
-        if "VNNI" in str(self.metadata.get("quantization", {}).get("kernels", "")):
-            precision += ", 1x1 convs on tvmnet's VNNI GEMM"
+        own = str(self.metadata.get("quantization", {}).get("kernels", ""))
+        if "VNNI" in own:
+            precision += ", stem and 1x1 convs on tvmnet's VNNI kernels"
+        elif "ARM GEMM" in own:
+            precision += ", 1x1 convs on tvmnet's ARM int8 GEMM (" + own.split("), ", 1)[-1] + ")"
         return (
             f"{self.path}: {what}, target {t['name']} ({t['arch']}, {t['device']}){precision}, "
             f"input {self.input_shape}, {how} {kernels}"
