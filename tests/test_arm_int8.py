@@ -90,3 +90,21 @@ def test_int8_1_0_224_validates_on_the_emulated_pi4_and_pi5(boards, board, kind,
     """The Pi 5 build runs sdot on QEMU's Cortex-A76 (the Pi 4's A72 model would fault on it)."""
     meta = compile_and_deploy(board, boards(board), "1.0", "224", tmp_path / "q")
     assert any(p.startswith("PointwiseToArm(") and kind in p for p in meta["passes"])
+
+
+@pytest.mark.slow
+def test_an_int8_estimate_tune_for_the_pi4_tunes_the_stem_and_compile_applies_it(tmp_path):
+    """`tune --estimate --precision int8` for a board: the GEMMs are tvmnet's (nothing to tune), the
+    depthwise convs, pool and classifier keep the nearest class's schedules (the proxy does not
+    rank them well enough), the stem is searched by the proxy; compile then applies its record."""
+    logs = tmp_path / "logs"
+    args = ["--target", "rpi4", "--precision", "int8", "--alpha", "0.25", "--resolution", "64"]
+    res = run_cli("tune", *args, "--estimate", "--trials", "8", "--log-dir", logs)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "1 tasks" in res.stderr and "keep the nearest class's schedules" in res.stderr
+    db = logs / "estimated" / "aarch64-cortex-a72-neon-4c"
+    assert (db / "database_tuning_record.json").read_text().count("\n") >= 1
+    out = tmp_path / "q"
+    res = run_cli("compile", *args, "-o", out, "--tuning-log", db)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((out / "metadata.json").read_text())["tuning"]["kernels_tuned"] >= 1
