@@ -319,6 +319,11 @@ def test_estimate_options_refuse_a_board_link_and_a_gpu_and_keep_their_own_direc
     # only kinds whose measured rank agreement reaches the bar are tuned by the proxy
     assert set(TRUSTED_KINDS) == {k for k, rho in PROXY_RHO.items() if rho >= RHO_BAR} >= {"pointwise GEMM"}
     assert "depthwise conv" not in TRUSTED_KINDS
+    from tvmnet.proxy.tuning import trusted_kinds
+
+    # int8 (Zen 4 int8 records): the depthwise convs and the stem rank well enough, the classifier not
+    assert set(trusted_kinds("int8")) == {"stem conv", "depthwise conv"}
+    assert set(trusted_kinds()) == set(TRUSTED_KINDS)
 
 
 _LIGHT_INTRIN_PROBE = r"""

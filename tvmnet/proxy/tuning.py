@@ -40,8 +40,19 @@ from tvmnet.core.targets import cpu_model
 # score (the throughput bound: it ranked better than Total Cycles, whose pick for the GEMMs was
 # no better than a random record: 1.42x the best measured vs 1.09x).
 PROXY_RHO = {"pointwise GEMM": 0.86, "stem conv": 0.89, "depthwise conv": 0.70, "fc": 0.53}
+# The same for the int8 build's searched kernels (its GEMMs are tvmnet's own, nothing to search):
+# the Zen 4 int8 records of 1.0-224 (Dec 6; 20 per kernel, the stem's 181 from before it moved to
+# VNNI), Block RThroughput, pooled. Picking each kernel's first by it: depthwise 1.02x the best
+# measured, stem 1.19x, fc 1.08x (a random record: 1.93x, 1.73x, 1.82x).
+PROXY_RHO_INT8 = {"stem conv": 0.84, "depthwise conv": 0.85, "fc": 0.76}
 RHO_BAR = 0.8
 TRUSTED_KINDS = tuple(k for k, rho in PROXY_RHO.items() if rho >= RHO_BAR)
+
+
+def trusted_kinds(precision: str = "fp32") -> dict:
+    """{kind: rho} of the kinds the proxy may tune in this precision's build."""
+    table = PROXY_RHO_INT8 if precision == "int8" else PROXY_RHO
+    return {k: rho for k, rho in table.items() if rho >= RHO_BAR}
 
 
 def clock_ghz(spec) -> float:
@@ -117,30 +128,31 @@ def make_proxy_runner():
     return ProxyRunner()
 
 
-def select_trusted(tasks, say) -> list:
+def select_trusted(tasks, say, precision: str = "fp32") -> list:
     """The kernels the cost proxy may tune: those of the kinds it ranks as measurements do
-    (``TRUSTED_KINDS``); the others keep the nearest class's schedules."""
+    (``trusted_kinds``: per precision); the others keep the nearest class's schedules."""
     from tvmnet.passes.pipeline import kernel_kind
 
+    kinds_ok = trusted_kinds(precision)
     kinds = [kernel_kind(t.task_name, t.dispatched[0]) for t in tasks]
-    trusted = [t for t, kind in zip(tasks, kinds) if kind in TRUSTED_KINDS]
-    left = sorted(set(kinds) - set(TRUSTED_KINDS))
+    trusted = [t for t, kind in zip(tasks, kinds) if kind in kinds_ok]
+    left = sorted(set(kinds) - set(kinds_ok))
     if left:
         say(
-            f"--estimate tunes only kernel kinds the cost proxy ranks as measurements do (Spearman's rho >= "
-            f"{RHO_BAR}: {', '.join(f'{k} {PROXY_RHO[k]}' for k in TRUSTED_KINDS)}); "
+            f"--estimate tunes only kernel kinds the cost proxy ranks as measurements do ({precision} kernels, "
+            f"Spearman's rho >= {RHO_BAR}: {', '.join(f'{k} {rho}' for k, rho in kinds_ok.items())}); "
             f"{len(tasks) - len(trusted)} kernel(s) of kind {', '.join(left)} keep the nearest class's schedules"
         )
     if not trusted:
         raise UsageError(
             "no kernel of a kind the cost proxy is trusted for ("
-            + ", ".join(TRUSTED_KINDS)
+            + ", ".join(kinds_ok)
             + ") matches; drop --kernels or choose a pointwise (matmul) kernel or the stem conv"
         )
     return trusted
 
 
-def proxy_measurer(spec):
+def proxy_measurer(spec, precision: str = "fp32"):
     """``tune_model``'s measurer for ``tvmnet tune --estimate``: nothing runs; the builder's
     workers score each candidate with the cost proxy, the runner reads the score."""
     from tvmnet.proxy.mca import llvm_mca_path
@@ -155,7 +167,7 @@ def proxy_measurer(spec):
             f"nothing: estimated by the cost proxy (llvm-mca -mcpu={spec.target.get('mcpu')}, "
             f"cycles at {ghz:g} GHz) on {cpu_model()}"
         ),
-        select=select_trusted,
+        select=lambda tasks, say: select_trusted(tasks, say, precision),
     )
 
 
@@ -163,4 +175,4 @@ def tune_by_proxy(opts, say=print):
     """``tune_model`` with candidates scored by the cost proxy (``opts.estimate``)."""
     from tvmnet.tune.search import tune_model
 
-    return tune_model(opts, say=say, measurer=proxy_measurer(opts.target))
+    return tune_model(opts, say=say, measurer=proxy_measurer(opts.target, opts.precision))
