@@ -49,3 +49,13 @@ def nchw_conv2d(attrs, data, weight, out_dtype=None, layout: str = "NCHW"):
         out_layout=layout,
         out_dtype=out_dtype,
     )
+
+
+def requant_u8(acc, bias, mult, zo):
+    """The TE expression of a layer's requantization to uint8, as ONNX Runtime's integer kernels
+    compute it: ``clamp(round_half_even(float(acc + bias) * mult) + zo, 0, 255)`` (the int8
+    kernels' epilogue: vnni_kernel, vnni_stem, arm_kernel)."""
+    from tvm import te, tirx
+
+    lo, hi = tirx.const(0.0, "float32"), tirx.const(255.0, "float32")
+    return te.max(te.min(te.round((acc + bias).astype("float32") * mult) + zo, hi), lo).astype("uint8")

@@ -24,8 +24,10 @@ import functools
 
 import numpy as np
 import tvm
-from tvm import te, tirx
+from tvm import te
 from tvm.script import tirx as T
+
+from tvmnet.passes._common import requant_u8
 
 SDOT, SMLAL, SMULL = "tvmnet_dot_4x4_u8s8_sdot", "tvmnet_mla_8x1_u8s16_smlal", "tvmnet_dot_1x16_u8s8_smull"
 PREFIX = {SDOT: "arm_sdot_gemm", SMLAL: "arm_smlal_gemm", SMULL: "arm_smull_gemm"}
@@ -250,20 +252,8 @@ def compute(kind: str, m: int, k: int, n: int) -> tvm.tirx.PrimFunc:
             lambda i, j: te.sum(a[i, r].astype("int32") * w[j // 8, r, j % 8].astype("int32"), axis=r),
             name="acc",
         )
-    lo, hi = tirx.const(0.0, "float32"), tirx.const(255.0, "float32")
-    out = te.compute(
-        (m, n),
-        lambda i, j: te.max(te.min(te.round((acc[i, j] + bias[j]).astype("float32") * mult[j]) + zo[0], hi), lo).astype(
-            "uint8"
-        ),
-        name="out",
-    )
+    out = te.compute((m, n), lambda i, j: requant_u8(acc[i, j], bias[j], mult[j], zo[0]), name="out")
     return te.create_prim_func([a, w, bias, mult, zo, out])
-
-
-def _requant(acc, bias, mult, zo):
-    lo, hi = tirx.const(0.0, "float32"), tirx.const(255.0, "float32")
-    return te.max(te.min(te.round((acc + bias).astype("float32") * mult) + zo, hi), lo).astype("uint8")
 
 
 def _smull_compute(a, bias, mult, zo, m: int, k: int, n: int) -> tvm.tirx.PrimFunc:
@@ -281,7 +271,7 @@ def _smull_compute(a, bias, mult, zo, m: int, k: int, n: int) -> tvm.tirx.PrimFu
     )
     out = te.compute(
         (m, n),
-        lambda i, c: _requant(acc[i, c, 0] + acc[i, c, 1] + acc[i, c, 2] + acc[i, c, 3], bias[c], mult[c], zo[0]),
+        lambda i, c: requant_u8(acc[i, c, 0] + acc[i, c, 1] + acc[i, c, 2] + acc[i, c, 3], bias[c], mult[c], zo[0]),
         name="out",
     )
     return te.create_prim_func([a, w, bias, mult, zo, out])

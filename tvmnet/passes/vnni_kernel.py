@@ -20,8 +20,10 @@ import functools
 
 import numpy as np
 import tvm
-from tvm import te, tirx
+from tvm import te
 from tvm.script import tirx as T
+
+from tvmnet.passes._common import requant_u8
 
 INTRIN = "tvmnet_dot_16x4_vnni"
 
@@ -112,14 +114,7 @@ def compute(m: int, k: int, n: int) -> tvm.tirx.PrimFunc:
         lambda i, j: te.sum(a[i, r].astype("int32") * w[j // 16, r // 4, j % 16, r % 4].astype("int32"), axis=r),
         name="acc",
     )
-    lo, hi = tirx.const(0.0, "float32"), tirx.const(255.0, "float32")
-    out = te.compute(
-        (m, n),
-        lambda i, j: te.max(te.min(te.round((acc[i, j] + bias[j]).astype("float32") * mult[j]) + zo[0], hi), lo).astype(
-            "uint8"
-        ),
-        name="out",
-    )
+    out = te.compute((m, n), lambda i, j: requant_u8(acc[i, j], bias[j], mult[j], zo[0]), name="out")
     return te.create_prim_func([a, w, bias, mult, zo, out])
 
 

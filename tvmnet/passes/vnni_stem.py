@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
-from tvm import te, tirx
+from tvm import te
 from tvm.script import tirx as T
 
 from tvmnet.passes import vnni_kernel
+from tvmnet.passes._common import requant_u8
 
 
 def out_size(size: int) -> int:
@@ -137,14 +138,7 @@ def compute(c: int, h: int, w: int, n: int) -> tvm.tirx.PrimFunc:
         ),
         name="acc",
     )
-    lo, hi = tirx.const(0.0, "float32"), tirx.const(255.0, "float32")
-    out = te.compute(
-        (oh, ow, n),
-        lambda y, x, j: te.max(
-            te.min(te.round((acc[y, x, j] + bias[j]).astype("float32") * mult[j]) + zo[0], hi), lo
-        ).astype("uint8"),
-        name="out",
-    )
+    out = te.compute((oh, ow, n), lambda y, x, j: requant_u8(acc[y, x, j], bias[j], mult[j], zo[0]), name="out")
     return te.create_prim_func([xp, wt, bias, mult, zo, out])
 
 
