@@ -246,7 +246,7 @@ def test_bench_and_deploy_without_a_board_print_the_proxy_estimate_labelled_besi
     assert res.returncode == 0, res.stdout + res.stderr
     assert "ESTIMATED latency on rpi4" in res.stdout and "NOT a measurement" in res.stdout
     # issue 30: published figures only beside the same model (XNNPACK's is 1.0-224); none for 0.25-64
-    assert "no published figure for MobileNet v1 0.25-64 on rpi4" in res.stdout and "XNNPACK" not in res.stdout
+    assert "no published figure for MobileNet v1 0.25-64 fp32 on rpi4" in res.stdout and "XNNPACK" not in res.stdout
     assert "CALIBRATED estimate" in res.stdout  # this machine's factors, fitted on its own x86 build
     est = json.loads(out.read_text())
     assert est["calibrated_ms"] > est["total_ms"] > 0 and set(est["calibrated_by_kind"]) == set(est["by_kind"])

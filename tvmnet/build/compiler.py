@@ -237,6 +237,7 @@ def _describe_logs(choice, n_kernels: int, opts: CompileOptions) -> str:
     fix = (
         f"tvmnet tune --target {opts.target.name} --alpha {m.alpha:g}"
         + (f" --resolution {m.resolution}" if m.resolution != 224 else "")
+        + (" --precision int8" if opts.precision == "int8" else "")
         + " --trials 2000"
         + (" --tracker HOST:PORT --key KEY" if opts.target.is_cross else "")
     )
@@ -261,8 +262,9 @@ def _describe_logs(choice, n_kernels: int, opts: CompileOptions) -> str:
         no_board = fix.replace(" --trials 2000 --tracker HOST:PORT --key KEY", " --trials 400 --estimate")
         return (
             f"this machine is class {choice.this_class}; tuning logs hold {held}; applied {applied}; "
-            f"a tune on the board beats them: run `{fix}` (no board: `{no_board}` tunes the GEMMs and the stem by the "
-            "cost proxy)"
+            f"a tune on the board beats them: run `{fix}` (no board: `{no_board}` tunes "
+            + ("the stem and the depthwise convs" if opts.precision == "int8" else "the GEMMs and the stem")
+            + " by the cost proxy)"
         )
     return (
         f"this machine is class {choice.this_class}; tuning logs hold {held}; applied {applied}; "
