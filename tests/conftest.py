@@ -74,3 +74,16 @@ def tuned(tmp_path_factory):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     return logs, res
+
+
+@pytest.fixture(scope="session")
+def emulated_rpi4():
+    """One emulated Pi 4 (qemu-user, TVM's RPC server) on a free loopback port for the whole run,
+    shared by the modules that only talk to it (an emulator start takes ~18 s); (host, port)."""
+    from tvmnet.run import emulator
+
+    port = free_port()
+    emulator.prepare("rpi4")
+    emulator.start("rpi4", host="127.0.0.1", port=port)
+    yield "127.0.0.1", port
+    emulator.stop("rpi4", port)

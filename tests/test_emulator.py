@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import free_port
 
 from tvmnet.core.errors import UsageError
 from tvmnet.run import emulator
@@ -13,13 +12,9 @@ BOARD = "rpi4"
 
 
 @pytest.fixture(scope="module")
-def server():
-    """An emulated rpi4 on a free loopback port for this module; (host, port)."""
-    port = free_port()
-    emulator.prepare(BOARD)
-    emulator.start(BOARD, host="127.0.0.1", port=port)
-    yield "127.0.0.1", port
-    emulator.stop(BOARD, port)
+def server(emulated_rpi4):
+    """The run's emulated rpi4 (conftest); (host, port)."""
+    return emulated_rpi4
 
 
 def _add_library(path):

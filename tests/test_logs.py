@@ -167,6 +167,7 @@ def test_compile_falls_back_to_the_nearest_class_and_names_the_fix(host_log, tmp
 
 
 @pytest.mark.tune
+@pytest.mark.slow  # extended run: ~45 s of timing (kept out of the default run's 15 minutes)
 def test_a_stale_exact_class_against_a_current_near_class_is_timed_and_the_faster_applied(host_log, tmp_path):
     """Issue 30: this machine's class holds only records of an older pipeline generation (NCHW, as
     Zen 4's log did), a near class holds the current one's (NHWC). Which is faster is unknown, so

@@ -15,11 +15,9 @@ pytestmark = pytest.mark.device
 
 
 @pytest.fixture(scope="module")
-def board():
-    port = free_port()
-    emulator.start("rpi4", host="127.0.0.1", port=port)
-    yield f"127.0.0.1:{port}"
-    emulator.stop("rpi4", port)
+def board(emulated_rpi4):
+    host, port = emulated_rpi4
+    return f"{host}:{port}"
 
 
 @pytest.fixture(scope="module")
