@@ -28,41 +28,10 @@ import numpy as np
 
 def int8_module(cfg, spec, workdir):
     """(the int8 build's lowered module, the quantized ONNX model) as `compile --precision int8` makes them."""
-    from types import SimpleNamespace
+    from tvmnet.passes.int8 import lowered_int8
 
-    from tvmnet.passes import pipeline
-    from tvmnet.passes.int8 import import_int8
-
-    opts = SimpleNamespace(model=cfg, target=spec, onnx=None, calibration=None, calibration_samples=None)
-    mod, _, _, quant = import_int8(opts, Path(workdir), lambda msg: None)
-    return pipeline.lower_to_tir(mod, spec, gemm=False, layout="NHWC"), Path(quant["onnx_path"])
-
-
-def _scheduled_kernels(lowered):
-    """(name, PrimFunc, calls) of the kernels tvmnet scheduled itself (the VNNI stem and GEMMs)."""
-    import tvm
-    from tvm import relax
-
-    calls = defaultdict(int)
-
-    def visit(expr):
-        if isinstance(expr, relax.Call) and expr.args and isinstance(expr.args[0], tvm.ir.GlobalVar):
-            calls[expr.args[0].name_hint] += 1
-
-    for _, f in lowered.functions_items():
-        if isinstance(f, relax.Function):
-            relax.analysis.post_order_visit(f, visit)
-    return [
-        (g.name_hint, f, calls[g.name_hint])
-        for g, f in lowered.functions_items()
-        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled", False)
-    ]
-
-
-def _own_kernel_kind(name: str) -> str:
-    return (
-        "stem conv" if name.startswith("vnni_stem") else "other" if name.startswith("stem_prep") else "pointwise GEMM"
-    )
+    lowered, quant = lowered_int8(cfg, spec, Path(workdir))
+    return lowered, Path(quant["onnx_path"])
 
 
 def _own_kernel_ops(name: str, args) -> float:
@@ -104,7 +73,7 @@ def tvm_profile(cfg, spec, tuning_log, flush: bool, lowered=None):
     rows = []
     own = [
         (name, tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), calls)
-        for name, func, calls in _scheduled_kernels(lowered)
+        for name, func, calls in pipeline.own_kernel_calls(lowered)
     ]
     items = [(t.task_name, t.dispatched[0], int(t.weight), t) for t in tasks] + [(n, f, c, None) for n, f, c in own]
     for name, func, w, task in items:
@@ -128,7 +97,7 @@ def tvm_profile(cfg, spec, tuning_log, flush: bool, lowered=None):
         rows.append(
             {
                 "kernel": name,
-                "kind": _own_kernel_kind(name) if task is None else pipeline.kernel_kind(name, func),
+                "kind": pipeline.own_kernel_kind(name) if task is None else pipeline.kernel_kind(name, func),
                 "calls": w,
                 "us_each": us,
                 "us_total": us * w,

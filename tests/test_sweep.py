@@ -301,20 +301,9 @@ def test_pick_cli_budget_error_and_build(tmp_path, monkeypatch, capsys):
     one_line_error(res, "0.25-128", "1.000 ms")
 
     # -o builds the pick directly (compile_model stubbed: the build itself is tested elsewhere)
-    import tvmnet.build.compiler
     from tvmnet import cli
 
-    built = {}
-
-    class FakeArtifact:
-        def summary(self):
-            return "stub"
-
-    def fake_compile(opts, progress=None):
-        built["opts"] = opts
-        return FakeArtifact()
-
-    monkeypatch.setattr(tvmnet.build.compiler, "compile_model", fake_compile)
+    built = _stub_compile(monkeypatch)
     assert cli.main(["pick", "--budget-ms", "5", "--out", str(tmp_path), "-o", str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
     assert "--alpha 0.75 --resolution 160" in out and "compiled stub" in out
@@ -482,13 +471,10 @@ def test_sweep_bad_precisions_is_one_line(tmp_path, args, code, needles):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-@pytest.mark.unit
-def test_pick_cli_builds_an_int8_pick_in_int8(tmp_path, monkeypatch, capsys):
-    d = tmp_path / host_class()
-    d.mkdir()
-    (d / "sweep.json").write_text(json.dumps({"format": frontier.FORMAT, "rows": mixed()}))
+def _stub_compile(monkeypatch) -> dict:
+    """compile_model replaced by a stub that records its options (``built["opts"]``): pick's own
+    plumbing under test, the build itself is tested elsewhere."""
     import tvmnet.build.compiler
-    from tvmnet import cli
 
     built = {}
 
@@ -500,7 +486,18 @@ def test_pick_cli_builds_an_int8_pick_in_int8(tmp_path, monkeypatch, capsys):
         built["opts"] = opts
         return FakeArtifact()
 
-    monkeypatch.setattr(tvmnet.build.compiler, "compile_model", fake_compile)  # the build is tested elsewhere
+    monkeypatch.setattr(tvmnet.build.compiler, "compile_model", fake_compile)
+    return built
+
+
+@pytest.mark.unit
+def test_pick_cli_builds_an_int8_pick_in_int8(tmp_path, monkeypatch, capsys):
+    d = tmp_path / host_class()
+    d.mkdir()
+    (d / "sweep.json").write_text(json.dumps({"format": frontier.FORMAT, "rows": mixed()}))
+    from tvmnet import cli
+
+    built = _stub_compile(monkeypatch)  # the build is tested elsewhere
     assert cli.main(["pick", "--budget-ms", "5", "--out", str(tmp_path), "-o", str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
     assert "--alpha 1.0 --resolution 224 --precision int8" in out and "MobileNet_v1_1.0_224_quant" in out

@@ -69,3 +69,17 @@ def import_int8(opts, workdir: Path, say: Callable[[str], None]):
     else:
         quant["kernels"] = "generic"
     return mod, input_name, input_shape, quant
+
+
+def lowered_int8(cfg, spec, workdir: Path, onnx=None):
+    """(the int8 build's lowered module, the ``quantization`` metadata) as ``compile --precision
+    int8`` makes them, quiet: the zoo model quantized on seeded samples, or ``onnx`` (an already
+    quantized model, such as an artifact's reference) as it is. Shared by the estimate, the
+    calibration and ``scripts/kernel_profile.py``."""
+    from types import SimpleNamespace
+
+    from tvmnet.passes import pipeline
+
+    opts = SimpleNamespace(model=cfg, target=spec, onnx=onnx, calibration=None, calibration_samples=None)
+    mod, _, _, quant = import_int8(opts, Path(workdir), lambda msg: None)
+    return pipeline.lower_to_tir(mod, spec, gemm=False, layout="NHWC"), quant

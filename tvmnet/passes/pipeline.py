@@ -195,6 +195,14 @@ def own_kernel_calls(mod: tvm.IRModule) -> list:
     return [(name, funcs[name], calls[name]) for name in own_kernels(mod)]
 
 
+def own_kernel_kind(name: str) -> str:
+    """The kind of a kernel tvmnet scheduled itself, from its name: the VNNI stem conv, the stem's
+    quantize-and-pad (``stem_prep``: other), else a pointwise GEMM (VNNI or ARM)."""
+    if name.startswith("stem_prep"):
+        return "other"
+    return "stem conv" if name.startswith("vnni_stem") else "pointwise GEMM"
+
+
 def own_kernels(mod: tvm.IRModule) -> list:
     """Names of the kernels a tvmnet pass scheduled itself (``tirx.is_scheduled``: the VNNI ones),
     which no tuning log serves."""

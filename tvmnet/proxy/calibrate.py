@@ -121,14 +121,10 @@ def _kernels(cfg, spec, precision: str):
     from tvmnet.tune.logs import best_record
 
     if precision == "int8":
-        from types import SimpleNamespace
+        from tvmnet.passes.int8 import lowered_int8
 
-        from tvmnet.passes.int8 import import_int8
-
-        opts = SimpleNamespace(model=cfg, target=spec, onnx=None, calibration=None, calibration_samples=None)
         with tempfile.TemporaryDirectory(prefix="tvmnet-cal-") as tmp:
-            mod, *_ = import_int8(opts, Path(tmp), lambda msg: None)
-        lowered = pipeline.lower_to_tir(mod, spec, gemm=False, layout="NHWC")
+            lowered, _ = lowered_int8(cfg, spec, Path(tmp))
     else:
         from tvmnet.frontend import import_model
 
@@ -145,8 +141,14 @@ def _kernels(cfg, spec, precision: str):
         kind = pipeline.kernel_kind(task.task_name, task.dispatched[0])
         items.append((task.task_name, kind, int(task.weight), sch.mod))
     for name, func, calls in pipeline.own_kernel_calls(lowered):
-        kind = "stem conv" if "stem" in name and "prep" not in name else "other" if "prep" in name else "pointwise GEMM"
-        items.append((name, kind, calls, tvm.IRModule({"main": func.with_attr("global_symbol", "main")})))
+        items.append(
+            (
+                name,
+                pipeline.own_kernel_kind(name),
+                calls,
+                tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+            )
+        )
     return items
 
 

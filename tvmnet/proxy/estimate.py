@@ -240,8 +240,15 @@ def _estimate(art, board: str, say) -> dict:
         )
     for name, func, calls in pipeline.own_kernel_calls(lowered):  # scheduled by tvmnet (int8 GEMMs): as built
         cycles = estimate(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), spec).cycles
-        kind = "stem conv" if "stem" in name else "pointwise GEMM"
-        rows.append({"kernel": name, "kind": kind, "calls": calls, "schedule": "tvmnet", "ms_each": cycles / ghz / 1e6})
+        rows.append(
+            {
+                "kernel": name,
+                "kind": pipeline.own_kernel_kind(name),
+                "calls": calls,
+                "schedule": "tvmnet",
+                "ms_each": cycles / ghz / 1e6,
+            }
+        )
         say(f"  {name}: {rows[-1]['ms_each']:.3f} ms x{calls} (scheduled by tvmnet)")
     by_kind = defaultdict(float)
     for r in rows:
@@ -275,15 +282,12 @@ def _lowered(art, spec, cfg):
     if art.metadata.get("precision") == "int8":
         from pathlib import Path
         from tempfile import TemporaryDirectory
-        from types import SimpleNamespace
 
-        from tvmnet.passes.int8 import import_int8
+        from tvmnet.passes.int8 import lowered_int8
 
         ref = art.path / art.metadata["quantization"]["reference"]
-        opts = SimpleNamespace(model=cfg, target=spec, onnx=str(ref), calibration=None, calibration_samples=None)
         with TemporaryDirectory(prefix="tvmnet-est-") as tmp:
-            mod, *_ = import_int8(opts, Path(tmp), lambda msg: None)
-        return pipeline.lower_to_tir(mod, spec, gemm=False, layout="NHWC")
+            return lowered_int8(cfg, spec, Path(tmp), onnx=str(ref))[0]
     mod, *_ = import_model(cfg)
     return pipeline.lower_to_tir(
         mod, spec, gemm="PointwiseToGemm" in art.metadata.get("passes", []), layout=art.metadata.get("layout")
